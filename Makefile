@@ -1,0 +1,53 @@
+# The two commands: `make run` (full dev stack) and `make test` (everything CI runs).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync clean
+
+# Installs the project and its dev tools into .venv; redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
+run: install
+	$(PY) -m embedd_server.devtools.devstack
+
+## Everything: contract checks, lint, types, then the whole test suite.
+test: install proto-lint proto-breaking lint typecheck
+	$(PY) -m pytest -q
+
+## Regenerates the committed Python stubs and the Envoy descriptor from protos/.
+gen: install
+	$(PY) tools/gen.py
+
+gen-check: install
+	$(PY) tools/gen.py --check
+
+proto-lint: install
+	$(BIN)/buf lint
+
+# Compares protos/ with the last published contract (contract/embedd-v1.binpb). Update that
+# image only on purpose, in a commit that says the change is meant to break clients.
+proto-breaking: install
+	$(BIN)/buf breaking --against contract/embedd-v1.binpb
+
+lint: install
+	$(BIN)/ruff check server clients/python/embedd_client tests bench tools
+
+typecheck: install
+	$(BIN)/mypy server/embedd_server clients/python/embedd_client tools
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

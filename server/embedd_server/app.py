@@ -1,0 +1,141 @@
+"""Composition root: builds the pool, stores, secret box and servicers once, and serves them."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import structlog
+from embedd.v1 import (
+    api_key_pb2,
+    api_key_pb2_grpc,
+    connection_pb2,
+    connection_pb2_grpc,
+    embedding_provider_pb2,
+    embedding_provider_pb2_grpc,
+    environment_pb2,
+    environment_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    sync_pb2,
+    sync_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+    vector_table_pb2,
+    vector_table_pb2_grpc,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # the asyncio servicer (`health.aio`)
+from grpc_reflection.v1alpha import reflection
+
+from embedd_server.auth import Authenticator
+from embedd_server.config import Settings
+from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
+from embedd_server.interceptors import ServiceInterceptor
+from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
+from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
+from embedd_server.services.connections import Checker, ConnectionServicer
+from embedd_server.services.embedding_providers import EmbeddingProviderServicer
+from embedd_server.services.pending import (
+    PendingQueryServicer,
+    PendingSyncServicer,
+    PendingTaskServicer,
+    PendingVectorTableServicer,
+)
+from embedd_server.sources.pg_check import check_postgres
+from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
+from embedd_server.store.db import create_pool
+from embedd_server.store.orgs import OrgStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = tuple(
+    d.services_by_name[name].full_name
+    for d, name in (
+        (connection_pb2.DESCRIPTOR, "ConnectionService"),
+        (embedding_provider_pb2.DESCRIPTOR, "EmbeddingProviderService"),
+        (vector_table_pb2.DESCRIPTOR, "VectorTableService"),
+        (sync_pb2.DESCRIPTOR, "SyncService"),
+        (query_pb2.DESCRIPTOR, "QueryService"),
+        (task_pb2.DESCRIPTOR, "TaskService"),
+        (api_key_pb2.DESCRIPTOR, "ApiKeyService"),
+        (environment_pb2.DESCRIPTOR, "EnvironmentService"),
+    )
+)
+
+
+def secret_box(settings: Settings) -> SecretBox:
+    if settings.secret_key is not None:
+        return SecretBox(decode_key(settings.secret_key.get_secret_value()))
+    if settings.secret_key_file is not None:
+        return SecretBox(load_or_create_key_file(settings.secret_key_file))
+    raise ValueError(
+        "No secret key: set EMBEDD_SECRET_KEY (base64 of 32 random bytes) or EMBEDD_SECRET_KEY_FILE"
+    )
+
+
+def default_checker(settings: Settings) -> Checker:
+    async def check(creds: PgCredentials, platform_mode: bool) -> ConnectionTestResult:
+        return await check_postgres(creds, platform_mode=platform_mode, timeout_s=settings.connect_timeout_s)
+
+    return check
+
+
+@dataclass
+class Service:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    pool: asyncpg.Pool
+    port: int
+    orgs: OrgStore
+    health: HealthServicer
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops taking calls, lets in-flight ones finish within `grace`, closes the pool."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        with contextlib.suppress(Exception):
+            await self.pool.close()
+
+
+async def start(settings: Settings, *, checker: Checker | None = None) -> Service:
+    """Builds every dependency once and starts serving. `checker` is injectable for tests."""
+    pool = await create_pool(
+        settings.database_url.get_secret_value(),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+    )
+    box = secret_box(settings)
+    orgs = OrgStore(pool)
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(Authenticator(orgs))],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
+        ConnectionServicer(ConnectionStore(pool), box, checker or default_checker(settings)), server
+    )
+    embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
+        EmbeddingProviderServicer(EmbeddingProviderStore(pool), box), server
+    )
+    api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs), server)
+    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(EnvironmentServicer(orgs), server)
+    vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(PendingVectorTableServicer(), server)
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(PendingSyncServicer(), server)
+    query_pb2_grpc.add_QueryServiceServicer_to_server(PendingQueryServicer(), server)
+    task_pb2_grpc.add_TaskServiceServicer_to_server(PendingTaskServicer(), server)
+
+    health_servicer = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", grpc_port=port)
+    return Service(server=server, pool=pool, port=port, orgs=orgs, health=health_servicer)

@@ -1,0 +1,73 @@
+"""Control-plane records as the domain sees them (no transport, no driver types)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the API key's organisation, permission and the chosen environment."""
+
+    org_id: str
+    key_id: str
+    permission: str  # "full" | "read_only"
+    env_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    id: str
+    org_id: str
+    name: str
+    is_default: bool
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    org_id: str
+    name: str
+    key_prefix: str
+    permission: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    id: str
+    org_id: str
+    env_id: str
+    name: str
+    provider: str
+    mode: str
+    status: str
+    created_at: dt.datetime
+    last_tested_at: dt.datetime | None
+    # Encrypted credentials JSON; decrypt only where the database is actually reached.
+    credentials_enc: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingProvider:
+    id: str
+    org_id: str
+    env_id: str
+    name: str
+    provider: str
+    default_model: str
+    base_url: str | None
+    created_at: dt.datetime
+    api_key_enc: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str

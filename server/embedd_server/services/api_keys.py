@@ -1,0 +1,133 @@
+"""ApiKeyService and EnvironmentService: the organisation's own administration."""
+
+from __future__ import annotations
+
+from embedd.v1 import api_key_pb2, api_key_pb2_grpc, environment_pb2, environment_pb2_grpc, values_pb2
+
+from embedd_server.auth import current_principal
+from embedd_server.domain import models
+from embedd_server.domain.errors import ApiError, Kind, not_found
+from embedd_server.domain.validation import (
+    Violations,
+    check_env_name,
+    check_id,
+    check_name,
+    page_request,
+)
+from embedd_server.services.base import Context
+from embedd_server.services.convert import timestamp
+from embedd_server.store.orgs import OrgStore
+
+_PERMISSION = values_pb2.Permission
+
+
+def key_to_proto(k: models.ApiKey) -> api_key_pb2.ApiKey:
+    return api_key_pb2.ApiKey(
+        id=k.id,
+        name=k.name,
+        key_prefix=k.key_prefix,
+        permission=_PERMISSION.Value.Value(k.permission),
+        created_at=timestamp(k.created_at),
+        revoked_at=timestamp(k.revoked_at),
+    )
+
+
+def env_to_proto(e: models.Environment) -> environment_pb2.Environment:
+    return environment_pb2.Environment(
+        id=e.id, name=e.name, created_at=timestamp(e.created_at), is_default=e.is_default
+    )
+
+
+class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
+    def __init__(self, orgs: OrgStore) -> None:
+        self._orgs = orgs
+
+    async def CreateApiKey(
+        self, request: api_key_pb2.CreateApiKeyRequest, context: Context
+    ) -> api_key_pb2.CreateApiKeyResponse:
+        p = current_principal()
+        v = Violations()
+        check_name(v, request.name)
+        v.raise_if_any()
+        permission = "read_only" if request.permission == _PERMISSION.read_only else "full"
+        record, secret = await self._orgs.create_api_key(p.org_id, request.name.strip(), permission)
+        return api_key_pb2.CreateApiKeyResponse(api_key=key_to_proto(record), key=secret)
+
+    async def ListApiKeys(
+        self, request: api_key_pb2.ListApiKeysRequest, context: Context
+    ) -> api_key_pb2.ListApiKeysResponse:
+        p = current_principal()
+        page = await self._orgs.list_api_keys(p.org_id, page_request(request.limit, request.cursor))
+        return api_key_pb2.ListApiKeysResponse(
+            api_keys=[key_to_proto(k) for k in page.items], next_cursor=page.next_cursor
+        )
+
+    async def DeleteApiKey(
+        self, request: api_key_pb2.DeleteApiKeyRequest, context: Context
+    ) -> api_key_pb2.DeleteApiKeyResponse:
+        p = current_principal()
+        check_id(request.api_key_id, "key_", "api_key_id")
+        record = await self._orgs.revoke_api_key(p.org_id, request.api_key_id)
+        if record is None:
+            raise not_found("api_key_not_found", "API key", request.api_key_id)
+        return api_key_pb2.DeleteApiKeyResponse(api_key=key_to_proto(record))
+
+
+class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
+    def __init__(self, orgs: OrgStore) -> None:
+        self._orgs = orgs
+
+    async def CreateEnvironment(
+        self, request: environment_pb2.CreateEnvironmentRequest, context: Context
+    ) -> environment_pb2.CreateEnvironmentResponse:
+        p = current_principal()
+        v = Violations()
+        check_env_name(v, request.name)
+        v.raise_if_any()
+        env = await self._orgs.create_environment(p.org_id, request.name)
+        if env is None:
+            raise ApiError(
+                Kind.CONFLICT,
+                "environment_conflict",
+                f"An environment named {request.name!r} already exists. Pick another name.",
+            )
+        return environment_pb2.CreateEnvironmentResponse(environment=env_to_proto(env))
+
+    async def _get(self, env_id: str) -> models.Environment:
+        p = current_principal()
+        check_id(env_id, "env_", "environment_id")
+        env = await self._orgs.find_environment(p.org_id, env_id)
+        if env is None or env.id != env_id:
+            raise not_found("environment_not_found", "Environment", env_id)
+        return env
+
+    async def GetEnvironment(
+        self, request: environment_pb2.GetEnvironmentRequest, context: Context
+    ) -> environment_pb2.GetEnvironmentResponse:
+        return environment_pb2.GetEnvironmentResponse(
+            environment=env_to_proto(await self._get(request.environment_id))
+        )
+
+    async def ListEnvironments(
+        self, request: environment_pb2.ListEnvironmentsRequest, context: Context
+    ) -> environment_pb2.ListEnvironmentsResponse:
+        p = current_principal()
+        page = await self._orgs.list_environments(p.org_id, page_request(request.limit, request.cursor))
+        return environment_pb2.ListEnvironmentsResponse(
+            environments=[env_to_proto(e) for e in page.items], next_cursor=page.next_cursor
+        )
+
+    async def DeleteEnvironment(
+        self, request: environment_pb2.DeleteEnvironmentRequest, context: Context
+    ) -> environment_pb2.DeleteEnvironmentResponse:
+        p = current_principal()
+        env = await self._get(request.environment_id)
+        if env.is_default:
+            raise ApiError(
+                Kind.CONFLICT,
+                "environment_conflict",
+                f"{env.name!r} is the default environment and cannot be deleted.",
+            )
+        if not await self._orgs.delete_environment(p.org_id, env.id):
+            raise not_found("environment_not_found", "Environment", env.id)
+        return environment_pb2.DeleteEnvironmentResponse(id=env.id, deleted=True)

@@ -1,0 +1,126 @@
+"""EmbeddingProviderService: validate against the model catalog, encrypt the key, map back."""
+
+from __future__ import annotations
+
+from embedd.v1 import embedding_provider_pb2 as pb
+from embedd.v1 import embedding_provider_pb2_grpc, values_pb2
+
+from embedd_server.auth import current_principal
+from embedd_server.domain import catalog, models
+from embedd_server.domain.errors import not_found, unimplemented
+from embedd_server.domain.ids import new_id
+from embedd_server.domain.validation import (
+    Violations,
+    check_base_url,
+    check_id,
+    check_name,
+    page_request,
+)
+from embedd_server.secretbox import SecretBox
+from embedd_server.services.base import Context
+from embedd_server.services.convert import timestamp
+from embedd_server.store.connections import EmbeddingProviderStore
+
+_TYPE = values_pb2.EmbeddingProviderType
+
+
+def to_proto(e: models.EmbeddingProvider) -> pb.EmbeddingProvider:
+    msg = pb.EmbeddingProvider(
+        id=e.id,
+        name=e.name,
+        provider=_TYPE.Value.Value(e.provider),
+        default_model=e.default_model,
+        created_at=timestamp(e.created_at),
+    )
+    if e.base_url:
+        msg.base_url = e.base_url
+    return msg
+
+
+class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderServiceServicer):
+    def __init__(self, store: EmbeddingProviderStore, secrets: SecretBox) -> None:
+        self._store = store
+        self._secrets = secrets
+
+    async def CreateEmbeddingProvider(
+        self, request: pb.CreateEmbeddingProviderRequest, context: Context
+    ) -> pb.CreateEmbeddingProviderResponse:
+        p = current_principal()
+        v = Violations()
+        check_name(v, request.name)
+        provider = _TYPE.Value.Name(request.provider)
+        if request.provider == _TYPE.unspecified:
+            v.add("provider", f"is required: one of {', '.join(catalog.PROVIDERS)}")
+        elif provider != "local" and not request.api_key.strip():
+            v.add("api_key", f"is required for provider {provider!r}")
+        if request.HasField("base_url"):
+            check_base_url(v, request.base_url, "base_url")
+        v.raise_if_any()
+        catalog.require_model(provider, request.default_model, "default_model")
+        provider_id = new_id("embedding_provider")
+        api_key = request.api_key.strip()
+        row = await self._store.create(
+            id=provider_id,
+            org_id=p.org_id,
+            env_id=p.env_id,
+            name=request.name.strip(),
+            provider=provider,
+            default_model=request.default_model,
+            base_url=request.base_url if request.HasField("base_url") else None,
+            api_key_enc=self._secrets.encrypt(api_key, bound_to=provider_id) if api_key else None,
+        )
+        return pb.CreateEmbeddingProviderResponse(embedding_provider=to_proto(row))
+
+    async def _get(self, provider_id: str) -> models.EmbeddingProvider:
+        p = current_principal()
+        check_id(provider_id, "emb_", "embedding_provider_id")
+        row = await self._store.get(p.org_id, p.env_id, provider_id)
+        if row is None:
+            raise not_found("embedding_provider_not_found", "Embedding provider", provider_id)
+        return row
+
+    async def GetEmbeddingProvider(
+        self, request: pb.GetEmbeddingProviderRequest, context: Context
+    ) -> pb.GetEmbeddingProviderResponse:
+        row = await self._get(request.embedding_provider_id)
+        return pb.GetEmbeddingProviderResponse(embedding_provider=to_proto(row))
+
+    async def ListEmbeddingProviders(
+        self, request: pb.ListEmbeddingProvidersRequest, context: Context
+    ) -> pb.ListEmbeddingProvidersResponse:
+        p = current_principal()
+        page = await self._store.list(p.org_id, p.env_id, page_request(request.limit, request.cursor))
+        return pb.ListEmbeddingProvidersResponse(
+            embedding_providers=[to_proto(e) for e in page.items], next_cursor=page.next_cursor
+        )
+
+    async def DeleteEmbeddingProvider(
+        self, request: pb.DeleteEmbeddingProviderRequest, context: Context
+    ) -> pb.DeleteEmbeddingProviderResponse:
+        p = current_principal()
+        row = await self._get(request.embedding_provider_id)
+        if not await self._store.delete(p.org_id, p.env_id, row.id):
+            raise not_found("embedding_provider_not_found", "Embedding provider", row.id)
+        return pb.DeleteEmbeddingProviderResponse(id=row.id, deleted=True)
+
+    async def TestEmbeddingProvider(
+        self, request: pb.TestEmbeddingProviderRequest, context: Context
+    ) -> pb.TestEmbeddingProviderResponse:
+        await self._get(request.embedding_provider_id)
+        raise unimplemented(
+            "Testing an embedding provider (a real call to its API)",
+            "tracked by the embedding-providers issue #3",
+        )
+
+    async def ListEmbeddingModels(
+        self, request: pb.ListEmbeddingModelsRequest, context: Context
+    ) -> pb.ListEmbeddingModelsResponse:
+        provider = None if request.provider == _TYPE.unspecified else _TYPE.Value.Name(request.provider)
+        return pb.ListEmbeddingModelsResponse(
+            models=[
+                pb.EmbeddingModel(
+                    provider=_TYPE.Value.Value(m.provider), model=m.model, dimensions=m.dimensions
+                )
+                for m in catalog.models_of(provider)
+            ]
+        )

@@ -1,0 +1,138 @@
+"""Organisations, environments and API keys."""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+
+from embedd_server.domain.errors import ApiError, Kind
+from embedd_server.domain.ids import new_api_key, new_id
+from embedd_server.domain.models import ApiKey, Environment, Page
+from embedd_server.domain.validation import PageRequest
+from embedd_server.store.paging import fetch_page
+
+DEFAULT_ENVIRONMENT = "prod"
+
+
+def hash_key(secret: str) -> bytes:
+    """API keys are stored as SHA-256: high-entropy secrets need no slow hash."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _env(r: asyncpg.Record) -> Environment:
+    return Environment(r["id"], r["org_id"], r["name"], r["is_default"], r["created_at"])
+
+
+def _key(r: asyncpg.Record) -> ApiKey:
+    return ApiKey(
+        r["id"],
+        r["org_id"],
+        r["name"],
+        r["key_prefix"],
+        r["permission"],
+        r["created_at"],
+        r["revoked_at"],
+    )
+
+
+class OrgStore:
+    """SQL for organisations, their environments and their API keys."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create_org(self, name: str, tier: str = "free") -> str:
+        """A new organisation with its default `prod` environment."""
+        org_id = new_id("org")
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO orgs (id, name, tier) VALUES ($1, $2, $3)", org_id, name, tier)
+            await conn.execute(
+                "INSERT INTO environments (id, org_id, name, is_default) VALUES ($1, $2, $3, true)",
+                new_id("environment"),
+                org_id,
+                DEFAULT_ENVIRONMENT,
+            )
+        return org_id
+
+    # --- API keys ---------------------------------------------------------------------
+
+    async def create_api_key(self, org_id: str, name: str, permission: str) -> tuple[ApiKey, str]:
+        """The key record and its secret (returned once, stored only as a hash)."""
+        secret = new_api_key()
+        row = await self._pool.fetchrow(
+            "INSERT INTO api_keys (id, org_id, name, key_hash, key_prefix, permission)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+            new_id("api_key"),
+            org_id,
+            name,
+            hash_key(secret),
+            secret[:8],
+            permission,
+        )
+        assert row is not None
+        return _key(row), secret
+
+    async def find_key(self, secret: str) -> ApiKey | None:
+        row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_hash = $1", hash_key(secret))
+        return _key(row) if row else None
+
+    async def list_api_keys(self, org_id: str, page: PageRequest) -> Page[ApiKey]:
+        return await fetch_page(self._pool, "SELECT * FROM api_keys WHERE org_id = $1", [org_id], page, _key)
+
+    async def revoke_api_key(self, org_id: str, key_id: str) -> ApiKey | None:
+        row = await self._pool.fetchrow(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp())"
+            " WHERE org_id = $1 AND id = $2 RETURNING *",
+            org_id,
+            key_id,
+        )
+        return _key(row) if row else None
+
+    # --- environments -----------------------------------------------------------------
+
+    async def default_environment(self, org_id: str) -> Environment:
+        row = await self._pool.fetchrow("SELECT * FROM environments WHERE org_id = $1 AND is_default", org_id)
+        assert row is not None, "every organisation has a default environment"
+        return _env(row)
+
+    async def find_environment(self, org_id: str, id_or_name: str) -> Environment | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM environments WHERE org_id = $1 AND (id = $2 OR name = $2)"
+            " ORDER BY (id = $2) DESC LIMIT 1",
+            org_id,
+            id_or_name,
+        )
+        return _env(row) if row else None
+
+    async def create_environment(self, org_id: str, name: str) -> Environment | None:
+        """The new environment, or None when the name is taken."""
+        row = await self._pool.fetchrow(
+            "INSERT INTO environments (id, org_id, name) VALUES ($1, $2, $3)"
+            " ON CONFLICT (org_id, name) DO NOTHING RETURNING *",
+            new_id("environment"),
+            org_id,
+            name,
+        )
+        return _env(row) if row else None
+
+    async def list_environments(self, org_id: str, page: PageRequest) -> Page[Environment]:
+        return await fetch_page(
+            self._pool, "SELECT * FROM environments WHERE org_id = $1", [org_id], page, _env
+        )
+
+    async def delete_environment(self, org_id: str, env_id: str) -> bool:
+        """True when deleted. Raises `environment_conflict` while resources live in it (the
+        foreign keys decide, so a resource created concurrently cannot slip through)."""
+        try:
+            status = await self._pool.execute(
+                "DELETE FROM environments WHERE org_id = $1 AND id = $2", org_id, env_id
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise ApiError(
+                Kind.CONFLICT,
+                "environment_conflict",
+                "This environment still holds connections, embedding providers or vector "
+                "tables. Delete them first.",
+            ) from exc
+        return bool(status.endswith(" 1"))

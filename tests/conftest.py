@@ -1,0 +1,143 @@
+"""Session fixtures: one real PostgreSQL, one server (in-process, port 0), one Envoy."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from embedd_server import app
+from embedd_server.config import load_settings
+from embedd_server.devtools.envoy import EnvoyProcess, render_config
+from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
+from embedd_server.logs import configure_logging
+
+from tests.harness import ROOT, Org, random_secret_key
+
+
+@pytest.fixture(scope="session")
+def log_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every log line the server writes during the session (checked for secrets)."""
+    return tmp_path_factory.mktemp("logs") / "server.log"
+
+
+@pytest.fixture(scope="session")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    server = LocalPostgres(tmp_path_factory.mktemp("pg") / "data", port=0, fast=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def control_dsn(pg: LocalPostgres) -> str:
+    await create_database(pg.superuser_dsn(), "embedd_control", with_vector=False)
+    return pg.superuser_dsn("embedd_control")
+
+
+@pytest.fixture(scope="session")
+async def service(control_dsn: str, log_path: Path) -> AsyncIterator[app.Service]:
+    log_file = log_path.open("a", buffering=1)
+    configure_logging("DEBUG", "json", stream=log_file)
+    settings = load_settings(
+        database_url=control_dsn,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        secret_key=random_secret_key(),
+        connect_timeout_s=5.0,
+    )
+    svc = await app.start(settings)
+    yield svc
+    await svc.stop(1.0)
+    log_file.close()
+
+
+@pytest.fixture(scope="session")
+def envoy(service: app.Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvoyProcess]:
+    config = render_config(
+        ROOT / "envoy" / "envoy.yaml",
+        grpc_host="127.0.0.1",
+        grpc_port=service.port,
+        http_host="127.0.0.1",
+        http_port=0,
+        admin_port=0,
+        descriptor=ROOT / "envoy" / "embedd.binpb",
+    )
+    with EnvoyProcess(config, work_dir=tmp_path_factory.mktemp("envoy")) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+async def rest(envoy: EnvoyProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=envoy.http_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def org(service: app.Service, rest: httpx.AsyncClient) -> Org:
+    """A new organisation per test: tests never see each other's resources."""
+    org_id = await service.orgs.create_org(f"test-{secrets.token_hex(4)}")
+    _, key = await service.orgs.create_api_key(org_id, "full", "full")
+    _, read_key = await service.orgs.create_api_key(org_id, "reader", "read_only")
+    return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)
+
+
+@dataclass(frozen=True)
+class UserDb:
+    """A user's database as the seed describes it, plus variants that fail the checks."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    reader: str  # may SELECT, lacks CREATE on public
+    reader_password: str
+    novector_db: str  # a database without the vector extension
+    owner_dsn: str
+
+    def credentials(self, **overrides: object) -> dict[str, object]:
+        creds: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "database": self.database,
+            "user": self.user,
+            "password": self.password,
+        }
+        creds.update(overrides)
+        return creds
+
+
+@pytest.fixture(scope="session")
+async def user_db(pg: LocalPostgres) -> UserDb:
+    admin = pg.superuser_dsn()
+    user_pw, reader_pw = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    await create_role(admin, "embedd_user", user_pw)
+    await create_role(admin, "reader_user", reader_pw)
+    await create_database(admin, "shop", with_vector=True)
+    await create_database(admin, "novector", with_vector=False)
+    conn = await asyncpg.connect(pg.superuser_dsn("shop"))
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS products (id int PRIMARY KEY, name text, description text);"
+            "GRANT SELECT ON products TO embedd_user, reader_user;"
+            "GRANT CREATE ON SCHEMA public TO embedd_user;"
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"
+        )
+    finally:
+        await conn.close()
+    return UserDb(
+        host="127.0.0.1",
+        port=pg.port,
+        database="shop",
+        user="embedd_user",
+        password=user_pw,
+        reader="reader_user",
+        reader_password=reader_pw,
+        novector_db="novector",
+        owner_dsn=pg.superuser_dsn("shop"),
+    )

@@ -1,0 +1,76 @@
+"""Shared test plumbing: a real PostgreSQL, the server in-process on port 0, a real Envoy,
+and helpers that run the same call over gRPC and over REST."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+from embedd_client import EmbeddClient, error_reason
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Org:
+    """A fresh organisation with a full and a read_only key."""
+
+    org_id: str
+    key: str
+    read_key: str
+    grpc_target: str
+    rest: httpx.AsyncClient
+
+    def client(self, key: str | None = None, environment_id: str | None = None) -> EmbeddClient:
+        return EmbeddClient(self.grpc_target, key or self.key, environment_id=environment_id)
+
+    def headers(self, key: str | None = None, environment_id: str | None = None) -> dict[str, str]:
+        h = {"Authorization": f"Bearer {key or self.key}"}
+        if environment_id:
+            h["X-Environment-Id"] = environment_id
+        return h
+
+    async def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | None = None,
+        environment_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = {**self.headers(key, environment_id), **(headers or {})}
+        return await self.rest.request(method, path, json=body, headers=all_headers)
+
+
+async def grpc_error(call: Any) -> tuple[grpc.StatusCode, str, list[tuple[str, str]], str]:
+    """Runs a call that must fail: (status, Embedd code, field violations, message)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        reason, violations = error_reason(err)
+        return err.code(), reason, violations, err.details() or ""
+    raise AssertionError("the call succeeded but was expected to fail")
+
+
+def rest_error(response: httpx.Response) -> tuple[int, str, dict[str, Any]]:
+    """(HTTP status, Embedd code, error object) of a REST error response."""
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    return response.status_code, body["error"]["code"], body["error"]
+
+
+def random_secret_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def database_url_from_env() -> str | None:
+    return os.environ.get("DATABASE_URL") or os.environ.get("EMBEDD_TEST_DATABASE_URL")
