@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import aiohttp
 import asyncpg
 import grpc
 import structlog
@@ -34,6 +35,7 @@ from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.interceptors import ServiceInterceptor
+from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
 from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
 from embedd_server.services.connections import Checker, ConnectionServicer
@@ -92,11 +94,16 @@ class Service:
     port: int
     orgs: OrgStore
     health: HealthServicer
+    http: aiohttp.ClientSession
+    embedders: EmbedderRegistry
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stops taking calls, lets in-flight ones finish within `grace`, closes the pool."""
+        """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
+        embedders, the HTTP session and the pool."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        await self.embedders.aclose()
+        await self.http.close()
         with contextlib.suppress(Exception):
             await self.pool.close()
 
@@ -110,6 +117,8 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     )
     box = secret_box(settings)
     orgs = OrgStore(pool)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s))
+    embedders = EmbedderRegistry(http, box)
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(Authenticator(orgs))],
         options=[("grpc.so_reuseport", 0)],
@@ -118,7 +127,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         ConnectionServicer(ConnectionStore(pool), box, checker or default_checker(settings)), server
     )
     embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
-        EmbeddingProviderServicer(EmbeddingProviderStore(pool), box), server
+        EmbeddingProviderServicer(EmbeddingProviderStore(pool), box, embedders), server
     )
     api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs), server)
     environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(EnvironmentServicer(orgs), server)
@@ -138,4 +147,6 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("serving", grpc_port=port)
-    return Service(server=server, pool=pool, port=port, orgs=orgs, health=health_servicer)
+    return Service(
+        server=server, pool=pool, port=port, orgs=orgs, health=health_servicer, http=http, embedders=embedders
+    )

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
 
     # Connection tests and user-database calls.
     connect_timeout_s: float = 10.0
+    # Total time of one HTTP request to an embedding provider.
+    provider_timeout_s: float = 60.0
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -16,6 +16,7 @@ from embedd_server.domain.validation import (
     check_name,
     page_request,
 )
+from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.base import Context
 from embedd_server.services.convert import timestamp
@@ -38,9 +39,12 @@ def to_proto(e: models.EmbeddingProvider) -> pb.EmbeddingProvider:
 
 
 class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderServiceServicer):
-    def __init__(self, store: EmbeddingProviderStore, secrets: SecretBox) -> None:
+    def __init__(
+        self, store: EmbeddingProviderStore, secrets: SecretBox, embedders: EmbedderRegistry
+    ) -> None:
         self._store = store
         self._secrets = secrets
+        self._embedders = embedders
 
     async def CreateEmbeddingProvider(
         self, request: pb.CreateEmbeddingProviderRequest, context: Context
