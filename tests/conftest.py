@@ -12,6 +12,7 @@ import httpx
 import pytest
 from embedd_server import app
 from embedd_server.config import load_settings
+from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
 from embedd_server.logs import configure_logging
@@ -86,6 +87,9 @@ async def org(service: app.Service, rest: httpx.AsyncClient) -> Org:
     return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)
 
 
+PRODUCT_ROWS = 500
+
+
 @dataclass(frozen=True)
 class UserDb:
     """A user's database as the seed describes it, plus variants that fail the checks."""
@@ -122,8 +126,14 @@ async def user_db(pg: LocalPostgres) -> UserDb:
     await create_database(admin, "novector", with_vector=False)
     conn = await asyncpg.connect(pg.superuser_dsn("shop"))
     try:
+        await conn.execute(SCHEMA)
+        if not await conn.fetchval("SELECT count(*) FROM products"):
+            await conn.copy_records_to_table(
+                "products",
+                records=[tuple(p) for p in products(PRODUCT_ROWS)],
+                columns=["id", "name", "description", "category", "price", "in_stock"],
+            )
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS products (id int PRIMARY KEY, name text, description text);"
             "GRANT SELECT ON products TO embedd_user, reader_user;"
             "GRANT CREATE ON SCHEMA public TO embedd_user;"
             "REVOKE CREATE ON SCHEMA public FROM PUBLIC;"

@@ -34,22 +34,22 @@ from grpc_reflection.v1alpha import reflection
 from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
+from embedd_server.engine.tables import TableManager
+from embedd_server.engine.worker import EngineSettings, Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
 from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
 from embedd_server.services.connections import Checker, ConnectionServicer
 from embedd_server.services.embedding_providers import EmbeddingProviderServicer
-from embedd_server.services.pending import (
-    PendingQueryServicer,
-    PendingSyncServicer,
-    PendingTaskServicer,
-    PendingVectorTableServicer,
-)
+from embedd_server.services.pending import PendingQueryServicer
+from embedd_server.services.tasks import TaskServicer
+from embedd_server.services.vector_tables import SyncServicer, VectorTableServicer
 from embedd_server.sources.pg_check import check_postgres
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.db import create_pool
 from embedd_server.store.orgs import OrgStore
+from embedd_server.store.vector_tables import TaskStore, VectorTableStore
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +85,18 @@ def default_checker(settings: Settings) -> Checker:
     return check
 
 
+def engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings(
+        chunk_rows=settings.engine_chunk_rows,
+        inflight_chunks=settings.engine_inflight_chunks,
+        max_tasks=settings.engine_max_tasks,
+        lease_s=settings.engine_lease_s,
+        poll_s=settings.engine_poll_s,
+        maintenance_work_mem=settings.index_maintenance_work_mem,
+        connect_timeout_s=settings.connect_timeout_s,
+    )
+
+
 @dataclass
 class Service:
     """A started server and what it owns."""
@@ -96,12 +108,15 @@ class Service:
     health: HealthServicer
     http: aiohttp.ClientSession
     embedders: EmbedderRegistry
+    worker: Worker | None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
         embedders, the HTTP session and the pool."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.worker is not None:
+            await self.worker.stop()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -123,18 +138,43 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         interceptors=[ServiceInterceptor(Authenticator(orgs))],
         options=[("grpc.so_reuseport", 0)],
     )
+    connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
     connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
-        ConnectionServicer(ConnectionStore(pool), box, checker or default_checker(settings)), server
+        ConnectionServicer(connections, box, checker or default_checker(settings)), server
     )
     embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
-        EmbeddingProviderServicer(EmbeddingProviderStore(pool), box, embedders), server
+        EmbeddingProviderServicer(providers, box, embedders), server
     )
     api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs), server)
     environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(EnvironmentServicer(orgs), server)
-    vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(PendingVectorTableServicer(), server)
-    sync_pb2_grpc.add_SyncServiceServicer_to_server(PendingSyncServicer(), server)
+    vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
+    worker = (
+        Worker(
+            tasks=tasks,
+            vector_tables=vector_tables,
+            connections=connections,
+            providers=providers,
+            embedders=embedders,
+            secrets=box,
+            settings=engine_settings(settings),
+        )
+        if settings.engine_enabled
+        else None
+    )
+    vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(
+        VectorTableServicer(
+            store=vector_tables,
+            connections=connections,
+            providers=providers,
+            tasks=tasks,
+            tables=TableManager(settings.connect_timeout_s),
+            secrets=box,
+        ),
+        server,
+    )
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
     query_pb2_grpc.add_QueryServiceServicer_to_server(PendingQueryServicer(), server)
-    task_pb2_grpc.add_TaskServiceServicer_to_server(PendingTaskServicer(), server)
+    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -146,7 +186,16 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", grpc_port=port)
+    if worker is not None:
+        worker.start()
+    log.info("serving", grpc_port=port, engine=worker is not None)
     return Service(
-        server=server, pool=pool, port=port, orgs=orgs, health=health_servicer, http=http, embedders=embedders
+        server=server,
+        pool=pool,
+        port=port,
+        orgs=orgs,
+        health=health_servicer,
+        http=http,
+        embedders=embedders,
+        worker=worker,
     )

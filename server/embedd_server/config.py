@@ -39,6 +39,20 @@ class Settings(BaseSettings):
     # Total time of one HTTP request to an embedding provider.
     provider_timeout_s: float = 60.0
 
+    # The sync engine. Rows read per chunk (one keyset query, one COPY, one checkpoint).
+    engine_chunk_rows: int = 1000
+    # Chunks being embedded at once per task (the embedder adds its own request concurrency).
+    engine_inflight_chunks: int = 4
+    # Tasks one process works on at once.
+    engine_max_tasks: int = 4
+    # A claimed task is another process's to take over when not renewed for this long.
+    engine_lease_s: float = 30.0
+    engine_poll_s: float = 0.5
+    # Run the engine in this process (a replica may serve the API only).
+    engine_enabled: bool = True
+    # maintenance_work_mem for HNSW builds in the user's database ("" keeps the server's).
+    index_maintenance_work_mem: str = "1GB"
+
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (tests, dev stack)."""

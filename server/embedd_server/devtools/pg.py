@@ -55,6 +55,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from embedd_server.sources.sql import quote_ident, quote_literal
+
 __all__ = [
     "SSL_ONLY_USER",
     "SUPERUSER",
@@ -84,23 +86,6 @@ _MAX_LOG_BYTES: Final = 20 * 1024 * 1024
 
 # --------------------------------------------------------------------------------------------
 # SQL quoting
-
-
-def quote_ident(name: str) -> str:
-    """Quote an SQL identifier the way PostgreSQL's quote_ident() does (always quoting)."""
-    if not name or "\x00" in name:
-        raise ValueError("an SQL identifier must be non-empty and must not contain NUL")
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    """Quote an SQL string literal the way PostgreSQL's quote_literal() does."""
-    if "\x00" in value:
-        raise ValueError("an SQL string literal must not contain NUL")
-    quoted = "'" + value.replace("'", "''") + "'"
-    if "\\" in value:
-        return "E" + quoted.replace("\\", "\\\\")
-    return quoted
 
 
 # --------------------------------------------------------------------------------------------

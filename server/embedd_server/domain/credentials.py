@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 
 SSL_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
@@ -56,3 +57,22 @@ class ConnectionTestResult:
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def encode_credentials(c: PgCredentials) -> str:
+    """The JSON that is sealed at rest (the whole object: host names are not public either)."""
+    return json.dumps(
+        {
+            "host": c.host,
+            "port": c.port,
+            "database": c.database,
+            "user": c.user,
+            "password": c.password,
+            "ssl_mode": c.ssl_mode,
+            "schema": c.schema,
+        }
+    )
+
+
+def decode_credentials(text: str) -> PgCredentials:
+    return PgCredentials(**json.loads(text))

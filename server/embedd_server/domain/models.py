@@ -6,6 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from embedd_server.domain.vector_tables import VectorTableSpec
+
 T = TypeVar("T")
 
 
@@ -71,3 +73,46 @@ class EmbeddingProvider:
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class VectorTable:
+    id: str
+    org_id: str
+    env_id: str
+    name: str
+    connection_id: str
+    embedding_provider_id: str
+    spec: VectorTableSpec
+    sync_status: str
+    platform_vector_ref: str
+    created_at: dt.datetime
+    synced_rows: int
+    total_rows: int
+    last_synced_at: dt.datetime | None
+    last_error: str | None
+    last_error_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    org_id: str
+    task_type: str
+    target_id: str
+    status: str
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    last_processed_pk: str | None
+    rows_processed: int
+    rows_total: int
+    rows_failed: int
+    lease_owner: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable
 
@@ -10,7 +9,12 @@ from embedd.v1 import connection_pb2, connection_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import models
-from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
+from embedd_server.domain.credentials import (
+    ConnectionTestResult,
+    PgCredentials,
+    decode_credentials,
+    encode_credentials,
+)
 from embedd_server.domain.errors import not_found, unimplemented
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
@@ -69,24 +73,6 @@ def credentials_from_request(creds: connection_pb2.PostgresCredentials, has: boo
         ssl_mode=ssl_mode,
         schema=schema,
     )
-
-
-def encode_credentials(c: PgCredentials) -> str:
-    return json.dumps(
-        {
-            "host": c.host,
-            "port": c.port,
-            "database": c.database,
-            "user": c.user,
-            "password": c.password,
-            "ssl_mode": c.ssl_mode,
-            "schema": c.schema,
-        }
-    )
-
-
-def decode_credentials(text: str) -> PgCredentials:
-    return PgCredentials(**json.loads(text))
 
 
 class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):

@@ -26,6 +26,7 @@ from embedd_server.domain.credentials import (
     PgCredentials,
     TestFailure,
 )
+from embedd_server.sources.sql import quote_ident
 
 __all__ = ["check_postgres", "ssl_argument"]
 
@@ -55,10 +56,6 @@ class _Failure(Exception):
         super().__init__(failure.value)
         self.failure = failure
         self.message = message
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def ssl_argument(ssl_mode: str, *, root_cert: Path | None = None) -> _SslArg:
@@ -185,16 +182,16 @@ async def _check_database(conn: asyncpg.Connection, creds: PgCredentials, *, pla
             "CREATE EXTENSION IF NOT EXISTS vector;",
         )
     if not row["schema_exists"]:
-        schema = _quote_ident(creds.schema)
+        schema = quote_ident(creds.schema)
         raise _Failure(
             TestFailure.SCHEMA_NOT_FOUND,
             f'Schema "{creds.schema}" does not exist in {where}. Create it '
-            f"(CREATE SCHEMA {schema} AUTHORIZATION {_quote_ident(username)};) or set the "
+            f"(CREATE SCHEMA {schema} AUTHORIZATION {quote_ident(username)};) or set the "
             "connection's schema to an existing one.",
         )
     if platform_mode and not row["can_create"]:
-        user = _quote_ident(username)
-        schema = _quote_ident(creds.schema)
+        user = quote_ident(username)
+        schema = quote_ident(creds.schema)
         raise _Failure(
             TestFailure.CREATE_PRIVILEGE_MISSING,
             f'User "{username}" cannot create tables in schema "{creds.schema}" of '
@@ -224,7 +221,7 @@ def _classify_connect_error(exc: BaseException, creds: PgCredentials) -> _Failur
             TestFailure.DATABASE_NOT_FOUND,
             f'Database "{database}" does not exist on {target}. Check the database name in the '
             "connection's credentials (names are case-sensitive), or create it: "
-            f"CREATE DATABASE {_quote_ident(database)};",
+            f"CREATE DATABASE {quote_ident(database)};",
         )
     if isinstance(exc, asyncpg.TooManyConnectionsError):
         return _Failure(
@@ -344,7 +341,7 @@ def _classify_28000(text: str, exc: BaseException, creds: PgCredentials) -> _Fai
         return _Failure(
             TestFailure.BAD_CREDENTIALS,
             f'User "{user}" exists on {target} but may not log in. Run: ALTER ROLE '
-            f"{_quote_ident(user)} LOGIN;",
+            f"{quote_ident(user)} LOGIN;",
         )
     return _Failure(
         TestFailure.BAD_CREDENTIALS,

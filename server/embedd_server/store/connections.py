@@ -80,6 +80,11 @@ class ConnectionStore:
         )
         return _conn(row) if row else None
 
+    async def get_by_id(self, conn_id: str) -> Connection | None:
+        """Unscoped: for the engine, which works on behalf of a task's organisation."""
+        row = await self._pool.fetchrow("SELECT * FROM connections WHERE id = $1", conn_id)
+        return _conn(row) if row else None
+
     async def list(self, org_id: str, env_id: str, page: PageRequest) -> Page[Connection]:
         return await fetch_page(
             self._pool,
@@ -158,6 +163,11 @@ class EmbeddingProviderStore:
             env_id,
             provider_id,
         )
+        return _provider(row) if row else None
+
+    async def get_by_id(self, provider_id: str) -> EmbeddingProvider | None:
+        """Unscoped: for the engine, which works on behalf of a task's organisation."""
+        row = await self._pool.fetchrow("SELECT * FROM embedding_providers WHERE id = $1", provider_id)
         return _provider(row) if row else None
 
     async def list(self, org_id: str, env_id: str, page: PageRequest) -> Page[EmbeddingProvider]:

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/task.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\x0cTaskProgress\x12\x19\n\x11last_processed_pk\x18\x01 \x01(\t\x12\x16\n\x0erows_processed\x18\x02 \x01(\r\x12\x12\n\nrows_total\x18\x03 \x01(\r\x12\x13\n\x0brows_failed\x18\x04 \x01(\r\"\x91\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08progress\x18\x06 \x01(\x0b\x32\x17.embedd.v1.TaskProgress\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x17\n\nlast_error\x18\t \x01(\tH\x00\x88\x01\x01\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\r\n\x0b_last_error\"\'\n\x0eGetTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\"\x89\x01\n\x10ListTasksRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x01\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.embedd.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\")\n\x10WatchTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"~\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\x12\x12\n\nrows_per_s\x18\x02 \x01(\x01\x12\x18\n\x0b\x65ta_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x42\x0e\n\x0c_eta_seconds2\xba\x02\n\x0bTaskService\x12\x63\n\x07GetTask\x12\x19.embedd.v1.GetTaskRequest\x1a\x1a.embedd.v1.GetTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x13/v1/tasks/{task_id}b\x04task\x12Y\n\tListTasks\x12\x1b.embedd.v1.ListTasksRequest\x1a\x1c.embedd.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12k\n\tWatchTask\x12\x1b.embedd.v1.WatchTaskRequest\x1a\x1c.embedd.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/task.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\x0cTaskProgress\x12\x19\n\x11last_processed_pk\x18\x01 \x01(\t\x12\x16\n\x0erows_processed\x18\x02 \x01(\r\x12\x12\n\nrows_total\x18\x03 \x01(\r\x12\x13\n\x0brows_failed\x18\x04 \x01(\r\"\xbb\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08progress\x18\x06 \x01(\x0b\x32\x17.embedd.v1.TaskProgress\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\x05\x12\x17\n\nlast_error\x18\t \x01(\tH\x00\x88\x01\x01\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08\x66\x61ilures\x18\x0c \x03(\x0b\x32\x16.embedd.v1.TaskFailureB\r\n\x0b_last_error\".\n\x0bTaskFailure\x12\x10\n\x08pk_value\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\'\n\x0eGetTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\"\x89\x01\n\x10ListTasksRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x01\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.embedd.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\")\n\x10WatchTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"~\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\x12\x12\n\nrows_per_s\x18\x02 \x01(\x01\x12\x18\n\x0b\x65ta_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x42\x0e\n\x0c_eta_seconds2\xba\x02\n\x0bTaskService\x12\x63\n\x07GetTask\x12\x19.embedd.v1.GetTaskRequest\x1a\x1a.embedd.v1.GetTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x13/v1/tasks/{task_id}b\x04task\x12Y\n\tListTasks\x12\x1b.embedd.v1.ListTasksRequest\x1a\x1c.embedd.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12k\n\tWatchTask\x12\x1b.embedd.v1.WatchTaskRequest\x1a\x1c.embedd.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,19 +56,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKPROGRESS']._serialized_start=155
   _globals['_TASKPROGRESS']._serialized_end=261
   _globals['_TASK']._serialized_start=264
-  _globals['_TASK']._serialized_end=665
-  _globals['_GETTASKREQUEST']._serialized_start=667
-  _globals['_GETTASKREQUEST']._serialized_end=706
-  _globals['_GETTASKRESPONSE']._serialized_start=708
-  _globals['_GETTASKRESPONSE']._serialized_end=756
-  _globals['_LISTTASKSREQUEST']._serialized_start=759
-  _globals['_LISTTASKSREQUEST']._serialized_end=896
-  _globals['_LISTTASKSRESPONSE']._serialized_start=898
-  _globals['_LISTTASKSRESPONSE']._serialized_end=970
-  _globals['_WATCHTASKREQUEST']._serialized_start=972
-  _globals['_WATCHTASKREQUEST']._serialized_end=1013
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1015
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1141
-  _globals['_TASKSERVICE']._serialized_start=1144
-  _globals['_TASKSERVICE']._serialized_end=1458
+  _globals['_TASK']._serialized_end=707
+  _globals['_TASKFAILURE']._serialized_start=709
+  _globals['_TASKFAILURE']._serialized_end=755
+  _globals['_GETTASKREQUEST']._serialized_start=757
+  _globals['_GETTASKREQUEST']._serialized_end=796
+  _globals['_GETTASKRESPONSE']._serialized_start=798
+  _globals['_GETTASKRESPONSE']._serialized_end=846
+  _globals['_LISTTASKSREQUEST']._serialized_start=849
+  _globals['_LISTTASKSREQUEST']._serialized_end=986
+  _globals['_LISTTASKSRESPONSE']._serialized_start=988
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1060
+  _globals['_WATCHTASKREQUEST']._serialized_start=1062
+  _globals['_WATCHTASKREQUEST']._serialized_end=1103
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1105
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1231
+  _globals['_TASKSERVICE']._serialized_start=1234
+  _globals['_TASKSERVICE']._serialized_end=1548
 # @@protoc_insertion_point(module_scope)

@@ -71,6 +71,7 @@ class Task(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Identifier, `task_` prefix."""
     task_type: _values_pb2.TaskType.Value.ValueType
@@ -101,6 +102,10 @@ class Task(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp:
         """When the task completed or failed."""
 
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskFailure]:
+        """Rows that failed for good (first 100, by primary key); `progress.rows_failed` counts all."""
+
     def __init__(
         self,
         *,
@@ -115,16 +120,43 @@ class Task(_message.Message):
         last_error: _builtins.str | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        failures: _abc.Iterable[Global___TaskFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "failures", b"failures", "finished_at", b"finished_at", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class TaskFailure(_message.Message):
+    """A source row that could not be embedded, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PK_VALUE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    pk_value: _builtins.str
+    """The row's primary key, as text."""
+    error: _builtins.str
+    """What went wrong (e.g. the provider rejected the input)."""
+    def __init__(
+        self,
+        *,
+        pk_value: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "pk_value", b"pk_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskFailure: _TypeAlias = TaskFailure  # noqa: Y015
 
 @_typing.final
 class GetTaskRequest(_message.Message):

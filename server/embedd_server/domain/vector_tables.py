@@ -1,0 +1,148 @@
+"""Vector table specs, physical naming and type rules (pure: no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# PostgreSQL cuts identifiers at 63 bytes; the live name must leave room for `_swap`.
+MAX_IDENT = 63
+_SUFFIX_ROOM = len("_swap")
+_PREFIX = "embedd_vt_"
+# HNSW on `vector` allows at most 2000 dimensions; above, index a halfvec expression.
+HNSW_MAX_VECTOR_DIMS = 2000
+HNSW_MAX_HALFVEC_DIMS = 4000
+
+FILTER_TYPES = ("keyword", "integer", "float", "boolean", "datetime")
+DEFAULT_SYNC_INTERVAL_S = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    name: str
+    role: str  # "embedding" | "metadata"
+    ordinal: int | None = None
+    name_prefix: str | None = None
+    filter_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VectorTableSpec:
+    """What a vector table maps, as stored in the control plane (`vector_tables.spec`)."""
+
+    source_schema: str
+    source_table: str
+    primary_key_column: str
+    embedding_model: str
+    embedding_dimensions: int
+    columns: tuple[ColumnSpec, ...]
+    sync_mode: str = "batch"
+    sync_interval_seconds: int = DEFAULT_SYNC_INTERVAL_S
+    cursor_column: str | None = None
+    target_schema: str = "public"
+    # Filled from the catalog at creation: SQL type of the primary key, for keyset reads.
+    pk_type: str = "text"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedding_columns(self) -> list[ColumnSpec]:
+        cols = [c for c in self.columns if c.role == "embedding"]
+        return sorted(cols, key=lambda c: c.ordinal or 0)
+
+    @property
+    def metadata_columns(self) -> list[ColumnSpec]:
+        return [c for c in self.columns if c.role == "metadata"]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["columns"] = [asdict(c) for c in self.columns]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VectorTableSpec:
+        data = dict(data)
+        data["columns"] = tuple(ColumnSpec(**c) for c in data["columns"])
+        return cls(**data)
+
+
+def slug(name: str, max_len: int) -> str:
+    """`products-search` -> `products_search`: lowercase ASCII letters, digits and `_`."""
+    text = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    text = text[:max_len].rstrip("_")
+    return text or "table"
+
+
+def vector_ref(vector_table_id: str, name: str) -> str:
+    """`embedd_vt_<8 hex>_<slug>`, short enough that `<ref>_swap` and `<ref>_old` fit 63 bytes."""
+    digest = hashlib.sha256(vector_table_id.encode()).hexdigest()[:8]
+    head = f"{_PREFIX}{digest}_"
+    return head + slug(name, MAX_IDENT - _SUFFIX_ROOM - len(head))
+
+
+def index_name(ref: str, kind: str) -> str:
+    """Index names built from the ref's fixed-length head (`embedd_vt_<hex>`), so they fit."""
+    head = ref[: len(_PREFIX) + 8]
+    return f"{head}_{kind}"[:MAX_IDENT]
+
+
+def split_table_name(value: str) -> tuple[str, str] | None:
+    """`schema.table` or `table` (schema `public`); quoted identifiers are not accepted."""
+    parts = value.strip().split(".")
+    if len(parts) == 1:
+        parts = ["public", parts[0]]
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+# --- SQL types and filter types ------------------------------------------------------------
+
+_TEXT_TYPES = {"text", "character varying", "character", "citext", "uuid", "name", "bpchar", "varchar"}
+_INT_TYPES = {"smallint", "integer", "bigint"}
+_FLOAT_TYPES = {"real", "double precision", "numeric"} | _INT_TYPES
+_BOOL_TYPES = {"boolean"}
+_TIME_TYPES = {"timestamp with time zone", "timestamp without time zone", "date"}
+
+
+def base_type(sql_type: str) -> str:
+    """`character varying(20)` -> `character varying`; `numeric(10,2)` -> `numeric`."""
+    return re.sub(r"\(.*\)", "", sql_type).strip()
+
+
+def allowed_filter_types(sql_type: str, is_enum: bool = False) -> list[str]:
+    """Filter types that fit a column of this SQL type (`format_type` spelling)."""
+    t = base_type(sql_type)
+    allowed = []
+    if t in _TEXT_TYPES or is_enum:
+        allowed.append("keyword")
+    if t in _INT_TYPES:
+        allowed.append("integer")
+    if t in _FLOAT_TYPES:
+        allowed.append("float")
+    if t in _BOOL_TYPES:
+        allowed.append("boolean")
+    if t in _TIME_TYPES:
+        allowed.append("datetime")
+    return allowed
+
+
+def default_filter_type(sql_type: str, is_enum: bool = False) -> str | None:
+    allowed = allowed_filter_types(sql_type, is_enum)
+    return allowed[0] if allowed else None
+
+
+def order_embedding_columns(columns: Sequence[ColumnSpec]) -> list[ColumnSpec]:
+    """Embedding columns get ordinals 1..n in their given order where ordinals are absent."""
+    out: list[ColumnSpec] = []
+    next_ordinal = 1
+    for given in columns:
+        col = given
+        if col.role == "embedding" and col.ordinal is None:
+            col = ColumnSpec(col.name, col.role, next_ordinal, col.name_prefix, None)
+        if col.role == "embedding" and col.ordinal is not None:
+            next_ordinal = max(next_ordinal, col.ordinal + 1)
+        out.append(col)
+    return out

@@ -1,0 +1,152 @@
+"""Vector tables in the user's database: validate a mapping against the live catalog,
+create the physical table, drop it. Errors are ApiErrors that name the offending field."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from embedd_server.domain.credentials import PgCredentials
+from embedd_server.domain.errors import ApiError, FieldViolation, Kind, validation_error
+from embedd_server.domain.vector_tables import (
+    ColumnSpec,
+    VectorTableSpec,
+    allowed_filter_types,
+    default_filter_type,
+)
+from embedd_server.sinks.pgvector import PgVectorTable
+from embedd_server.sources.postgres import SourceTable, connect, inspect_table
+from embedd_server.sources.sql import qualified, quote_ident
+
+_CURSOR_TYPES = ("timestamp with time zone", "timestamp without time zone", "date", "bigint", "integer")
+
+
+def _not_ready(message: str) -> ApiError:
+    return ApiError(Kind.NOT_READY, "connection_not_ready", message)
+
+
+@asynccontextmanager
+async def user_database(creds: PgCredentials, timeout_s: float) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection to the user's database, or `connection_not_ready` saying to test it."""
+    try:
+        conn = await connect(creds, timeout_s=timeout_s)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise _not_ready(
+            f"Cannot connect to the source database ({exc.__class__.__name__}). Run "
+            "POST /v1/connections/{id}/test to see what is wrong, fix it, then retry."
+        ) from exc
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _source_denied(message: str) -> ApiError:
+    return ApiError(Kind.PERMISSION_DENIED, "source_table_access_denied", message)
+
+
+def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user: str) -> VectorTableSpec:
+    """The spec completed from the catalog (pk type, default filter types), or an error."""
+    where = f"{spec.source_schema}.{spec.source_table}"
+    grant = (
+        f"GRANT SELECT ON TABLE {qualified(spec.source_schema, spec.source_table)} TO {quote_ident(user)};"
+    )
+    if table is None:
+        raise _source_denied(
+            f"Table {where} does not exist or is not visible to user {user!r}. Check source_table, "
+            f"and that the user may use the schema; then: {grant}"
+        )
+    if not table.readable:
+        raise _source_denied(f"User {user!r} may not read {where}. Run: {grant}")
+    v: list[FieldViolation] = []
+    pk = table.columns.get(spec.primary_key_column)
+    if pk is None:
+        v.append(FieldViolation("primary_key_column", f"{where} has no column {spec.primary_key_column!r}"))
+    elif spec.primary_key_column not in table.unique_columns:
+        v.append(
+            FieldViolation(
+                "primary_key_column",
+                f"{spec.primary_key_column!r} must be unique: the primary key, or a column with a "
+                "unique index of its own",
+            )
+        )
+    columns: list[ColumnSpec] = []
+    unreadable: list[str] = []
+    for i, col in enumerate(spec.columns):
+        source = table.columns.get(col.name)
+        if source is None:
+            v.append(FieldViolation(f"columns[{i}].name", f"{where} has no column {col.name!r}"))
+            columns.append(col)
+            continue
+        if not source.readable:
+            unreadable.append(col.name)
+        if col.role == "metadata":
+            allowed = allowed_filter_types(source.sql_type, source.is_enum)
+            chosen = col.filter_type or default_filter_type(source.sql_type, source.is_enum)
+            if chosen is None or chosen not in allowed:
+                fits = ", ".join(allowed) if allowed else "none (it cannot be a filterable metadata column)"
+                v.append(
+                    FieldViolation(
+                        f"columns[{i}].filter_type",
+                        f"column {col.name!r} is {source.sql_type}; filter types that fit: {fits}",
+                    )
+                )
+            col = ColumnSpec(col.name, col.role, None, None, chosen)  # noqa: PLW2901 - completed copy
+        columns.append(col)
+    if spec.cursor_column is not None:
+        cursor = table.columns.get(spec.cursor_column)
+        if cursor is None:
+            v.append(FieldViolation("cursor_column", f"{where} has no column {spec.cursor_column!r}"))
+        elif cursor.sql_type not in _CURSOR_TYPES:
+            v.append(
+                FieldViolation(
+                    "cursor_column", f"must be a timestamp, date or integer column, not {cursor.sql_type}"
+                )
+            )
+    if v:
+        raise validation_error(v)
+    if unreadable:
+        cols = ", ".join(unreadable)
+        raise _source_denied(f"User {user!r} may not read column(s) {cols} of {where}. Run: {grant}")
+    assert pk is not None
+    return VectorTableSpec(**{**spec.to_json(), "columns": tuple(columns), "pk_type": pk.sql_type})
+
+
+class TableManager:
+    """Physical vector tables (platform mode)."""
+
+    def __init__(self, connect_timeout_s: float) -> None:
+        self._timeout = connect_timeout_s
+
+    async def prepare(self, creds: PgCredentials, spec: VectorTableSpec, ref: str) -> VectorTableSpec:
+        """Validates the mapping and creates `ref` with its HNSW index. Returns the completed spec."""
+        async with user_database(creds, self._timeout) as conn:
+            table = await inspect_table(conn, spec.source_schema, spec.source_table)
+            completed = check_against_catalog(spec, table, creds.user)
+            target = PgVectorTable(completed.target_schema, ref, completed.embedding_dimensions)
+            try:
+                await target.create(conn, with_index=True)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                schema = quote_ident(completed.target_schema)
+                raise ApiError(
+                    Kind.PERMISSION_DENIED,
+                    "permission_denied",
+                    f"User {creds.user!r} may not create the vector table in schema "
+                    f"{completed.target_schema!r}. Run: "
+                    f"GRANT CREATE ON SCHEMA {schema} TO {quote_ident(creds.user)};",
+                ) from exc
+            except asyncpg.UndefinedObjectError as exc:
+                raise _not_ready(
+                    "The vector extension is not created in this database. "
+                    "Run: CREATE EXTENSION IF NOT EXISTS vector;"
+                ) from exc
+        return completed
+
+    async def drop(self, creds: PgCredentials, schema: str, ref: str) -> None:
+        """Drops the live table and any leftovers of a re-backfill."""
+        async with user_database(creds, self._timeout) as conn:
+            for name in (ref, f"{ref}_swap", f"{ref}_old"):
+                await PgVectorTable(schema, name, 1).drop(conn)

@@ -1,0 +1,94 @@
+"""TaskService: durable tasks and their progress stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from embedd.v1 import task_pb2, task_pb2_grpc, values_pb2
+
+from embedd_server.auth import current_principal
+from embedd_server.domain import models
+from embedd_server.domain.errors import not_found
+from embedd_server.domain.validation import check_id, page_request
+from embedd_server.engine.progress import watch
+from embedd_server.services.base import Context
+from embedd_server.services.convert import timestamp
+from embedd_server.store.vector_tables import TaskStore
+
+_STATUS = values_pb2.TaskStatus
+
+
+def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None) -> task_pb2.Task:
+    msg = task_pb2.Task(
+        task_id=t.id,
+        task_type=values_pb2.TaskType.Value.Value(t.task_type),
+        target_id=t.target_id,
+        status=_STATUS.Value.Value(t.status),
+        created_at=timestamp(t.created_at),
+        progress=task_pb2.TaskProgress(
+            last_processed_pk=t.last_processed_pk or "",
+            rows_processed=t.rows_processed,
+            rows_total=t.rows_total,
+            rows_failed=t.rows_failed,
+        ),
+        attempts=t.attempts,
+        max_attempts=t.max_attempts,
+        started_at=timestamp(t.started_at),
+        finished_at=timestamp(t.finished_at),
+        failures=[task_pb2.TaskFailure(pk_value=pk, error=err) for pk, err in failures or ()],
+    )
+    if t.last_error:
+        msg.last_error = t.last_error
+    return msg
+
+
+class TaskServicer(task_pb2_grpc.TaskServiceServicer):
+    def __init__(self, tasks: TaskStore, watch_interval_s: float = 0.5) -> None:
+        self._tasks = tasks
+        self._interval = watch_interval_s
+
+    async def _get(self, task_id: str) -> models.Task:
+        check_id(task_id, "task_", "task_id")
+        task = await self._tasks.get(current_principal().org_id, task_id)
+        if task is None:
+            raise not_found("task_not_found", "Task", task_id)
+        return task
+
+    async def GetTask(self, request: task_pb2.GetTaskRequest, context: Context) -> task_pb2.GetTaskResponse:
+        task = await self._get(request.task_id)
+        failures = await self._tasks.failures(task.id) if task.rows_failed else []
+        return task_pb2.GetTaskResponse(task=task_to_proto(task, failures))
+
+    async def ListTasks(
+        self, request: task_pb2.ListTasksRequest, context: Context
+    ) -> task_pb2.ListTasksResponse:
+        status = None if request.status == _STATUS.unspecified else _STATUS.Value.Name(request.status)
+        page = await self._tasks.list_page(
+            current_principal().org_id,
+            page_request(request.limit, request.cursor),
+            target_id=request.target_id or None,
+            status=status,
+        )
+        return task_pb2.ListTasksResponse(
+            tasks=[task_to_proto(t) for t in page.items], next_cursor=page.next_cursor
+        )
+
+    async def WatchTask(
+        self, request: task_pb2.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
+        task = await self._get(request.task_id)
+        org_id = current_principal().org_id
+
+        async def load() -> models.Task | None:
+            return await self._tasks.get(org_id, task.id)
+
+        async for event in watch(load, interval_s=self._interval):
+            failures = await self._tasks.failures(task.id) if event.done and event.task.rows_failed else []
+            msg = task_pb2.WatchTaskResponse(
+                task=task_to_proto(event.task, failures),
+                rows_per_s=round(event.rows_per_s, 1),
+                done=event.done,
+            )
+            if event.eta_seconds is not None:
+                msg.eta_seconds = round(event.eta_seconds, 1)
+            yield msg

@@ -1,0 +1,330 @@
+"""VectorTableService and SyncService: map sources to vector tables, fill them, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
+
+from embedd_server.auth import current_principal
+from embedd_server.domain import catalog, models
+from embedd_server.domain.credentials import decode_credentials
+from embedd_server.domain.errors import not_found, unimplemented
+from embedd_server.domain.ids import new_id
+from embedd_server.domain.validation import Violations, check_id, check_name, page_request
+from embedd_server.domain.vector_tables import (
+    DEFAULT_SYNC_INTERVAL_S,
+    FILTER_TYPES,
+    ColumnSpec,
+    VectorTableSpec,
+    order_embedding_columns,
+    split_table_name,
+    vector_ref,
+)
+from embedd_server.engine.tables import TableManager
+from embedd_server.engine.worker import Worker
+from embedd_server.secretbox import SecretBox
+from embedd_server.services.base import Context
+from embedd_server.services.convert import timestamp
+from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
+from embedd_server.store.vector_tables import TaskStore, VectorTableStore
+
+_ROLE = values_pb2.ColumnRole
+_FILTER = values_pb2.FilterType
+_MODE = values_pb2.Mode
+_SYNC_MODE = values_pb2.SyncMode
+_MAX_INTERVAL_S = 86_400
+
+
+def column_to_proto(c: ColumnSpec) -> vector_table_pb2.Column:
+    msg = vector_table_pb2.Column(name=c.name, role=_ROLE.Value.Value(c.role))
+    if c.role == "embedding":
+        msg.ordinal = c.ordinal or 0
+        msg.name_prefix = c.name_prefix or ""
+    elif c.filter_type:
+        msg.filter_type = _FILTER.Value.Value(c.filter_type)
+    return msg
+
+
+def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
+    s = vt.spec
+    msg = vector_table_pb2.VectorTable(
+        id=vt.id,
+        name=vt.name,
+        connection_id=vt.connection_id,
+        embedding_provider_id=vt.embedding_provider_id,
+        source_table=f"{s.source_schema}.{s.source_table}",
+        mode=_MODE.platform,
+        sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
+        embedding_model=s.embedding_model,
+        embedding_dimensions=s.embedding_dimensions,
+        platform_vector_ref=vt.platform_vector_ref,
+        columns=[column_to_proto(c) for c in s.columns],
+        created_at=timestamp(vt.created_at),
+        primary_key_column=s.primary_key_column,
+        sync_mode=_SYNC_MODE.Value.Value(s.sync_mode),
+        sync_interval_seconds=s.sync_interval_seconds,
+    )
+    if s.cursor_column:
+        msg.cursor_column = s.cursor_column
+    return msg
+
+
+def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) -> list[ColumnSpec]:
+    """Shape rules that need no catalog: roles, names, ordinals, filter types."""
+    out: list[ColumnSpec] = []
+    seen: set[str] = set()
+    ordinals: set[int] = set()
+    for i, col in enumerate(columns):
+        field = f"columns[{i}]"
+        if not col.name:
+            v.add(f"{field}.name", "is required")
+        elif col.name in seen:
+            v.add(f"{field}.name", f"column {col.name!r} is mapped twice")
+        seen.add(col.name)
+        if col.role == _ROLE.unspecified:
+            v.add(f"{field}.role", "is required: 'embedding' or 'metadata'")
+            continue
+        role = _ROLE.Value.Name(col.role)
+        filter_type = _FILTER.Value.Name(col.filter_type) if col.HasField("filter_type") else None
+        if filter_type == "unspecified":
+            filter_type = None
+        ordinal = col.ordinal if col.HasField("ordinal") else None
+        if role == "embedding":
+            if filter_type is not None:
+                v.add(f"{field}.filter_type", "applies to metadata columns only")
+            if ordinal is not None and ordinal < 1:
+                v.add(f"{field}.ordinal", "must be 1 or more")
+            elif ordinal is not None and ordinal in ordinals:
+                v.add(f"{field}.ordinal", f"ordinal {ordinal} is used twice")
+            if ordinal is not None:
+                ordinals.add(ordinal)
+            out.append(
+                ColumnSpec(col.name, role, ordinal, col.name_prefix if col.HasField("name_prefix") else None)
+            )
+        else:
+            if ordinal is not None or col.HasField("name_prefix"):
+                v.add(f"{field}.ordinal", "ordinal and name_prefix apply to embedding columns only")
+            out.append(ColumnSpec(col.name, role, None, None, filter_type))
+    if columns and not any(c.role == "embedding" for c in out):
+        v.add("columns", "needs at least one column with role 'embedding'")
+    if not columns:
+        v.add(
+            "columns",
+            f"is required: at least one 'embedding' column (filter types: {', '.join(FILTER_TYPES)})",
+        )
+    return order_embedding_columns(out)
+
+
+class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
+    def __init__(
+        self,
+        *,
+        store: VectorTableStore,
+        connections: ConnectionStore,
+        providers: EmbeddingProviderStore,
+        tasks: TaskStore,
+        tables: TableManager,
+        secrets: SecretBox,
+    ) -> None:
+        self._store = store
+        self._connections = connections
+        self._providers = providers
+        self._tasks = tasks
+        self._tables = tables
+        self._secrets = secrets
+
+    async def CreateVectorTable(
+        self, request: vector_table_pb2.CreateVectorTableRequest, context: Context
+    ) -> vector_table_pb2.CreateVectorTableResponse:
+        p = current_principal()
+        v = Violations()
+        check_name(v, request.name)
+        for field, prefix in (("connection_id", "conn_"), ("embedding_provider_id", "emb_")):
+            value = getattr(request, field)
+            if not value:
+                v.add(field, "is required")
+            elif not value.startswith(prefix):
+                v.add(field, f"must be an id starting with {prefix!r}")
+        source = split_table_name(request.source_table)
+        if source is None:
+            v.add("source_table", "must be 'schema.table' or 'table' (schema public)")
+        if not request.primary_key_column:
+            v.add("primary_key_column", "is required")
+        columns = columns_from_request(v, list(request.columns))
+        interval = request.sync_interval_seconds or DEFAULT_SYNC_INTERVAL_S
+        if not 1 <= interval <= _MAX_INTERVAL_S:
+            v.add("sync_interval_seconds", f"must be between 1 and {_MAX_INTERVAL_S}")
+        sync_mode = "cdc" if request.sync_mode == _SYNC_MODE.cdc else "batch"
+        cursor = (
+            request.cursor_column if request.HasField("cursor_column") and request.cursor_column else None
+        )
+        if sync_mode == "cdc" and cursor is None:
+            v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
+        v.raise_if_any()
+        assert source is not None
+
+        connection = await self._connections.get(p.org_id, p.env_id, request.connection_id)
+        if connection is None:
+            raise not_found("connection_not_found", "Connection", request.connection_id)
+        provider = await self._providers.get(p.org_id, p.env_id, request.embedding_provider_id)
+        if provider is None:
+            raise not_found(
+                "embedding_provider_not_found", "Embedding provider", request.embedding_provider_id
+            )
+        mode = connection.mode if request.mode == _MODE.unspecified else _MODE.Value.Name(request.mode)
+        if mode != connection.mode:
+            v.add("mode", f"must match the connection's mode ({connection.mode!r})")
+            v.raise_if_any()
+        if mode == "managed":
+            raise unimplemented("Managed mode (vectors in Qdrant)", "not scheduled yet; use mode 'platform'")
+        model = request.embedding_model or provider.default_model
+        info = catalog.require_model(provider.provider, model, "embedding_model")
+        dims = catalog.check_dimensions(info, request.embedding_dimensions, "embedding_dimensions")
+
+        creds = decode_credentials(self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        spec = VectorTableSpec(
+            source_schema=source[0],
+            source_table=source[1],
+            primary_key_column=request.primary_key_column,
+            embedding_model=model,
+            embedding_dimensions=dims,
+            columns=tuple(columns),
+            sync_mode=sync_mode,
+            sync_interval_seconds=interval,
+            cursor_column=cursor,
+            target_schema=creds.schema,
+        )
+        vt_id = new_id("vector_table")
+        ref = vector_ref(vt_id, request.name)
+        spec = await self._tables.prepare(creds, spec, ref)
+        try:
+            row = await self._store.create(
+                id=vt_id,
+                org_id=p.org_id,
+                env_id=p.env_id,
+                name=request.name.strip(),
+                connection_id=connection.id,
+                embedding_provider_id=provider.id,
+                spec=spec,
+                platform_vector_ref=ref,
+            )
+        except BaseException:
+            await self._tables.drop(creds, spec.target_schema, ref)  # nothing half-made stays behind
+            raise
+        return vector_table_pb2.CreateVectorTableResponse(vector_table=to_proto(row))
+
+    async def _get(self, vt_id: str) -> models.VectorTable:
+        p = current_principal()
+        check_id(vt_id, "vt_", "vector_table_id")
+        row = await self._store.get(p.org_id, p.env_id, vt_id)
+        if row is None:
+            raise not_found("vector_table_not_found", "Vector table", vt_id)
+        return row
+
+    async def GetVectorTable(
+        self, request: vector_table_pb2.GetVectorTableRequest, context: Context
+    ) -> vector_table_pb2.GetVectorTableResponse:
+        return vector_table_pb2.GetVectorTableResponse(
+            vector_table=to_proto(await self._get(request.vector_table_id))
+        )
+
+    async def ListVectorTables(
+        self, request: vector_table_pb2.ListVectorTablesRequest, context: Context
+    ) -> vector_table_pb2.ListVectorTablesResponse:
+        p = current_principal()
+        page = await self._store.list_page(p.org_id, p.env_id, page_request(request.limit, request.cursor))
+        return vector_table_pb2.ListVectorTablesResponse(
+            vector_tables=[to_proto(t) for t in page.items], next_cursor=page.next_cursor
+        )
+
+    async def UpdateVectorTable(
+        self, request: vector_table_pb2.UpdateVectorTableRequest, context: Context
+    ) -> vector_table_pb2.UpdateVectorTableResponse:
+        await self._get(request.vector_table.id)
+        raise unimplemented("Updating vector tables (re-backfill and atomic swap)", "issue #6")
+
+    async def DeleteVectorTable(
+        self, request: vector_table_pb2.DeleteVectorTableRequest, context: Context
+    ) -> vector_table_pb2.DeleteVectorTableResponse:
+        p = current_principal()
+        vt = await self._get(request.vector_table_id)
+        if request.drop_vectors:
+            connection = await self._connections.get_by_id(vt.connection_id)
+            assert connection is not None  # the foreign key keeps it while the table exists
+            creds = decode_credentials(
+                self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id)
+            )
+            await self._tables.drop(creds, vt.spec.target_schema, vt.platform_vector_ref)
+        # A running task notices its lease is gone at its next checkpoint and stops.
+        await self._tasks.fail_active(vt.id, "the vector table was deleted")
+        if not await self._store.delete(p.org_id, p.env_id, vt.id):
+            raise not_found("vector_table_not_found", "Vector table", vt.id)
+        return vector_table_pb2.DeleteVectorTableResponse(
+            id=vt.id, deleted=True, vectors_dropped=request.drop_vectors
+        )
+
+
+class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
+    def __init__(self, store: VectorTableStore, tasks: TaskStore, worker: Worker | None) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._worker = worker
+
+    async def _get(self, vt_id: str) -> models.VectorTable:
+        p = current_principal()
+        check_id(vt_id, "vt_", "vector_table_id")
+        row = await self._store.get(p.org_id, p.env_id, vt_id)
+        if row is None:
+            raise not_found("vector_table_not_found", "Vector table", vt_id)
+        return row
+
+    async def BackfillVectorTable(
+        self, request: sync_pb2.BackfillVectorTableRequest, context: Context
+    ) -> sync_pb2.BackfillVectorTableResponse:
+        vt = await self._get(request.vector_table_id)
+        if vt.sync_status == "pending_rebackfill":
+            raise unimplemented("Re-backfill with atomic swap", "issue #6")
+        task = await self._tasks.enqueue(
+            id=new_id("task"), org_id=vt.org_id, task_type="backfill", target_id=vt.id
+        )
+        if self._worker is not None:
+            self._worker.wake()
+        return sync_pb2.BackfillVectorTableResponse(
+            task_id=task.id,
+            task_type=values_pb2.TaskType.backfill,
+            target_id=vt.id,
+            status=values_pb2.TaskStatus.pending,
+            created_at=timestamp(task.created_at),
+        )
+
+    async def GetSyncStatus(
+        self, request: sync_pb2.GetSyncStatusRequest, context: Context
+    ) -> sync_pb2.GetSyncStatusResponse:
+        vt = await self._get(request.vector_table_id)
+        msg = sync_pb2.GetSyncStatusResponse(
+            vector_table_id=vt.id,
+            sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
+            synced_rows=vt.synced_rows,
+            total_rows=vt.total_rows,
+            rows_pending=max(vt.total_rows - vt.synced_rows, 0),
+            last_synced_at=timestamp(vt.last_synced_at),
+            last_error_at=timestamp(vt.last_error_at),
+        )
+        if vt.last_synced_at is not None:
+            msg.staleness_secs = int((dt.datetime.now(dt.UTC) - vt.last_synced_at).total_seconds())
+        if vt.last_error:
+            msg.last_error = vt.last_error
+        return msg
+
+    async def PauseSync(
+        self, request: sync_pb2.PauseSyncRequest, context: Context
+    ) -> sync_pb2.PauseSyncResponse:
+        await self._get(request.vector_table_id)
+        raise unimplemented("Pausing sync", "issue #6 (continuous sync, pause/resume, re-backfill)")
+
+    async def ResumeSync(
+        self, request: sync_pb2.ResumeSyncRequest, context: Context
+    ) -> sync_pb2.ResumeSyncResponse:
+        await self._get(request.vector_table_id)
+        raise unimplemented("Resuming sync", "issue #6 (continuous sync, pause/resume, re-backfill)")

@@ -1,0 +1,181 @@
+"""Platform mode: vectors in a pgvector table in the user's own database.
+
+The table is exactly the seed's (`pk_value TEXT PRIMARY KEY, embedding vector(N),
+embedded_text TEXT, metadata JSONB, row_hash TEXT`) with an HNSW cosine index. Vectors go in
+with binary COPY; a fresh load runs without the HNSW index and builds it after (about 10x
+faster than inserting into an indexed table, see notes/pgvector-costs.md).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+from pgvector import Vector
+
+from embedd_server.domain.vector_tables import (
+    HNSW_MAX_HALFVEC_DIMS,
+    HNSW_MAX_VECTOR_DIMS,
+    ColumnSpec,
+    index_name,
+)
+from embedd_server.providers.base import Vectors
+from embedd_server.sources.sql import qualified, quote_ident, quote_literal
+
+COLUMNS = ("pk_value", "embedding", "embedded_text", "metadata", "row_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRow:
+    pk_value: str
+    embedding: bytes  # pgvector binary wire format, see encode_vectors
+    embedded_text: str
+    metadata: str  # JSON text, straight from the source query
+    row_hash: str
+
+
+def encode_vectors(vectors: Vectors) -> list[bytes]:
+    """pgvector's binary format per row (dims, unused, big-endian float32), in one numpy pass."""
+    n, dims = vectors.shape
+    header = struct.pack(">HH", dims, 0)
+    body = np.ascontiguousarray(vectors, dtype=">f4").tobytes()
+    step = dims * 4
+    return [header + body[i * step : (i + 1) * step] for i in range(n)]
+
+
+def _encode_vector(value: object) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return Vector(value).to_binary()  # type: ignore[arg-type]
+
+
+async def register_vector_codec(conn: asyncpg.Connection[Any]) -> None:
+    """The `vector` codec on this connection, taking pre-encoded bytes (see encode_vectors)."""
+    schema = await conn.fetchval(
+        "SELECT n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"
+        " WHERE t.typname = 'vector'"
+    )
+    await conn.set_type_codec(
+        "vector",
+        schema=schema,
+        encoder=_encode_vector,
+        decoder=Vector.from_binary,
+        format="binary",
+    )
+
+
+def metadata_expression(column: ColumnSpec) -> str | None:
+    """The typed SQL expression of a metadata value: what the filter compiler compares and the
+    btree indexes cover (the two must stay identical). None: not indexable."""
+    key = f"(metadata->>{quote_literal(column.name)})"
+    match column.filter_type:
+        case "keyword":
+            return key
+        case "integer":
+            return f"({key}::bigint)"
+        case "float":
+            return f"({key}::float8)"
+        case "boolean":
+            return f"({key}::boolean)"
+    return None  # datetime casts are not immutable; they are compared without an index
+
+
+class PgVectorTable:
+    """One physical vector table (`schema.name`) in the user's database."""
+
+    def __init__(self, schema: str, name: str, dimensions: int) -> None:
+        self.schema = schema
+        self.name = name
+        self.dimensions = dimensions
+        self.qualified = qualified(schema, name)
+
+    @property
+    def hnsw_index(self) -> str:
+        suffix = "hnsw" if not self.name.endswith("_swap") else "swap_hnsw"
+        return index_name(self.name, suffix)
+
+    def vector_expression(self) -> str:
+        """What the HNSW index covers; queries must order by the same expression."""
+        if self.dimensions > HNSW_MAX_VECTOR_DIMS:
+            return f"(embedding::halfvec({self.dimensions}))"
+        return "embedding"
+
+    async def create(self, conn: asyncpg.Connection[Any], *, with_index: bool = True) -> None:
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.qualified} ("
+            " pk_value TEXT PRIMARY KEY,"
+            f" embedding vector({self.dimensions}),"
+            " embedded_text TEXT,"
+            " metadata JSONB DEFAULT '{}',"
+            " row_hash TEXT)"
+        )
+        if with_index:
+            await self.create_hnsw(conn)
+
+    async def create_hnsw(
+        self, conn: asyncpg.Connection[Any], maintenance_work_mem: str | None = None
+    ) -> None:
+        if self.dimensions > HNSW_MAX_HALFVEC_DIMS:
+            return  # too wide for HNSW even as halfvec: queries scan exactly
+        ops = "halfvec_cosine_ops" if self.dimensions > HNSW_MAX_VECTOR_DIMS else "vector_cosine_ops"
+        async with conn.transaction():
+            if maintenance_work_mem:
+                await conn.execute(f"SET LOCAL maintenance_work_mem = {quote_literal(maintenance_work_mem)}")
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {quote_ident(self.hnsw_index)} ON {self.qualified}"
+                f" USING hnsw ({self.vector_expression()} {ops})"
+            )
+
+    async def drop_hnsw(self, conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute(f"DROP INDEX IF EXISTS {qualified(self.schema, self.hnsw_index)}")
+
+    async def create_metadata_indexes(
+        self, conn: asyncpg.Connection[Any], columns: Sequence[ColumnSpec]
+    ) -> None:
+        """Btree expression indexes on filterable metadata: selective filters then read only the
+        rows they select and rank them exactly (recall 1.0, see notes/pgvector-costs.md)."""
+        for i, column in enumerate(columns):
+            expr = metadata_expression(column)
+            if expr is None:
+                continue
+            name = quote_ident(
+                index_name(self.name, f"m{i}" if not self.name.endswith("_swap") else f"sm{i}")
+            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {self.qualified} ({expr})")
+
+    async def is_empty(self, conn: asyncpg.Connection[Any]) -> bool:
+        return not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.qualified})")
+
+    async def count(self, conn: asyncpg.Connection[Any]) -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified}"))
+
+    async def exists(self, conn: asyncpg.Connection[Any]) -> bool:
+        return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self.qualified))
+
+    async def write(self, conn: asyncpg.Connection[Any], rows: Sequence[VectorRow], *, upsert: bool) -> None:
+        """Binary COPY of `rows`. With `upsert`, through a staging table so that rows already
+        present (a chunk re-read after a crash, a sync update) replace the old ones."""
+        records = [(r.pk_value, r.embedding, r.embedded_text, r.metadata, r.row_hash) for r in rows]
+        if not upsert:
+            await conn.copy_records_to_table(
+                self.name, schema_name=self.schema, records=records, columns=COLUMNS
+            )
+            return
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS embedd_stage (LIKE {self.qualified}) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table("embedd_stage", records=records, columns=COLUMNS)
+            await conn.execute(
+                f"INSERT INTO {self.qualified} SELECT * FROM embedd_stage"
+                " ON CONFLICT (pk_value) DO UPDATE SET embedding = EXCLUDED.embedding,"
+                " embedded_text = EXCLUDED.embedded_text, metadata = EXCLUDED.metadata,"
+                " row_hash = EXCLUDED.row_hash"
+            )
+
+    async def drop(self, conn: asyncpg.Connection[Any]) -> None:
+        await conn.execute(f"DROP TABLE IF EXISTS {self.qualified}")
