@@ -50,6 +50,8 @@ async def service(control_dsn: str, log_path: Path) -> AsyncIterator[app.Service
         grpc_port=0,
         secret_key=random_secret_key(),
         connect_timeout_s=5.0,
+        cdc_sweep_s=2.0,
+        sync_max_backoff_s=4.0,
     )
     svc = await app.start(settings)
     yield svc

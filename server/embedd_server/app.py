@@ -34,8 +34,10 @@ from grpc_reflection.v1alpha import reflection
 from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
+from embedd_server.engine.context import EngineDeps, EngineSettings
+from embedd_server.engine.scheduler import SyncScheduler
 from embedd_server.engine.tables import TableManager
-from embedd_server.engine.worker import EngineSettings, Worker
+from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
@@ -94,6 +96,8 @@ def engine_settings(settings: Settings) -> EngineSettings:
         poll_s=settings.engine_poll_s,
         maintenance_work_mem=settings.index_maintenance_work_mem,
         connect_timeout_s=settings.connect_timeout_s,
+        max_sync_backoff_s=settings.sync_max_backoff_s,
+        cdc_sweep_s=settings.cdc_sweep_s,
     )
 
 
@@ -109,6 +113,7 @@ class Service:
     http: aiohttp.ClientSession
     embedders: EmbedderRegistry
     worker: Worker | None
+    scheduler: SyncScheduler | None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
@@ -117,6 +122,8 @@ class Service:
         await self.server.stop(grace)
         if self.worker is not None:
             await self.worker.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -148,19 +155,17 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs), server)
     environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(EnvironmentServicer(orgs), server)
     vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
-    worker = (
-        Worker(
-            tasks=tasks,
-            vector_tables=vector_tables,
-            connections=connections,
-            providers=providers,
-            embedders=embedders,
-            secrets=box,
-            settings=engine_settings(settings),
-        )
-        if settings.engine_enabled
-        else None
+    deps = EngineDeps(
+        tasks=tasks,
+        vector_tables=vector_tables,
+        connections=connections,
+        providers=providers,
+        embedders=embedders,
+        secrets=box,
+        settings=engine_settings(settings),
     )
+    worker = Worker(deps) if settings.engine_enabled else None
+    scheduler = SyncScheduler(deps) if settings.engine_enabled else None
     vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(
         VectorTableServicer(
             store=vector_tables,
@@ -169,6 +174,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
             tasks=tasks,
             tables=TableManager(settings.connect_timeout_s),
             secrets=box,
+            wake=worker.wake if worker is not None else None,
         ),
         server,
     )
@@ -186,8 +192,9 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if worker is not None:
+    if worker is not None and scheduler is not None:
         worker.start()
+        scheduler.start()
     log.info("serving", grpc_port=port, engine=worker is not None)
     return Service(
         server=server,
@@ -198,4 +205,5 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         http=http,
         embedders=embedders,
         worker=worker,
+        scheduler=scheduler,
     )

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     engine_poll_s: float = 0.5
     # Run the engine in this process (a replica may serve the API only).
     engine_enabled: bool = True
+    # A failing sync is retried with exponential backoff up to this many seconds.
+    sync_max_backoff_s: float = 600.0
+    # cdc mode: a full comparison (finds deletes and late commits) at least this often.
+    cdc_sweep_s: float = 600.0
     # maintenance_work_mem for HNSW builds in the user's database ("" keeps the server's).
     index_maintenance_work_mem: str = "1GB"
 

@@ -403,14 +403,3 @@ async def test_delete_keeps_or_drops_the_vectors(org: Org, user_db: UserDb) -> N
         await conn.close()
     status, code, _ = rest_error(await org.http("GET", f"/v1/vector-tables/{kept['id']}"))
     assert (status, code) == (404, "vector_table_not_found")
-
-
-async def test_later_issue_rpcs_name_their_issue(org: Org, user_db: UserDb) -> None:
-    made = await create_vt(org, user_db)
-    for method, path in (
-        ("PUT", f"/v1/vector-tables/{made['id']}"),
-        ("POST", f"/v1/vector-tables/{made['id']}/sync/pause"),
-        ("POST", f"/v1/vector-tables/{made['id']}/sync/resume"),
-    ):
-        status, code, err = rest_error(await org.http(method, path, {}))
-        assert (status, code) == (501, "not_implemented") and "#6" in err["message"]

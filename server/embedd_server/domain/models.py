@@ -92,6 +92,8 @@ class VectorTable:
     last_synced_at: dt.datetime | None
     last_error: str | None
     last_error_at: dt.datetime | None
+    # The spec a re-backfill is building; it replaces `spec` at the swap.
+    pending_spec: VectorTableSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,7 +100,7 @@ class BackfillJob:
         resumed = self.task.last_processed_pk is not None
         self.rows_processed = self.task.rows_processed if resumed else 0
         # Load first, index after - into an empty table, or when resuming such a load.
-        has_index = await self._has_index(target)
+        has_index = await target.has_hnsw(self.writer)
         bulk = (not resumed and await target.is_empty(self.writer)) or (resumed and not has_index)
         if bulk:
             await target.drop_hnsw(self.writer)
@@ -111,13 +111,6 @@ class BackfillJob:
         await target.create_hnsw(self.writer, self.maintenance_work_mem or None)
         await target.create_metadata_indexes(self.writer, self.spec.metadata_columns)
         return await target.count(self.writer)
-
-    async def _has_index(self, target: PgVectorTable) -> bool:
-        return bool(
-            await self.writer.fetchval(
-                "SELECT to_regclass($1) IS NOT NULL", qualified(target.schema, target.hnsw_index)
-            )
-        )
 
     async def _delete_vanished(self, target: PgVectorTable) -> None:
         """Rows deleted from the source since the target was last filled."""

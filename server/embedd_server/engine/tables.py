@@ -112,7 +112,12 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
         cols = ", ".join(unreadable)
         raise _source_denied(f"User {user!r} may not read column(s) {cols} of {where}. Run: {grant}")
     assert pk is not None
-    return VectorTableSpec(**{**spec.to_json(), "columns": tuple(columns), "pk_type": pk.sql_type})
+    extra = dict(spec.extra)
+    if spec.cursor_column is not None:
+        extra["cursor_type"] = table.columns[spec.cursor_column].sql_type
+    return VectorTableSpec(
+        **{**spec.to_json(), "columns": tuple(columns), "pk_type": pk.sql_type, "extra": extra}
+    )
 
 
 class TableManager:
@@ -144,6 +149,12 @@ class TableManager:
                     "Run: CREATE EXTENSION IF NOT EXISTS vector;"
                 ) from exc
         return completed
+
+    async def validate(self, creds: PgCredentials, spec: VectorTableSpec) -> VectorTableSpec:
+        """The mapping checked against the live catalog (for an update), completed."""
+        async with user_database(creds, self._timeout) as conn:
+            table = await inspect_table(conn, spec.source_schema, spec.source_table)
+            return check_against_catalog(spec, table, creds.user)
 
     async def drop(self, creds: PgCredentials, schema: str, ref: str) -> None:
         """Drops the live table and any leftovers of a re-backfill."""

@@ -12,60 +12,33 @@ import contextlib
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import structlog
 
-from embedd_server.domain.credentials import decode_credentials
-from embedd_server.domain.models import Task
+from embedd_server.domain.models import Task, VectorTable
 from embedd_server.engine.backfill import BackfillJob, LeaseLost, Progress
+from embedd_server.engine.context import EngineDeps, PermanentError
+from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.providers.base import ProviderError
-from embedd_server.providers.registry import EmbedderRegistry
-from embedd_server.secretbox import SecretBox
-from embedd_server.sinks.pgvector import register_vector_codec
-from embedd_server.sources.postgres import connect
-from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
-from embedd_server.store.vector_tables import TaskStore, VectorTableStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
-class PermanentError(Exception):
-    """Retrying will not help (deleted table, bad key, no privilege): fail the task now."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    chunk_rows: int = 1000
-    inflight_chunks: int = 4
-    max_tasks: int = 4
-    lease_s: float = 30.0
-    poll_s: float = 0.5
-    maintenance_work_mem: str = ""
-    connect_timeout_s: float = 10.0
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class Worker:
-    def __init__(
-        self,
-        *,
-        tasks: TaskStore,
-        vector_tables: VectorTableStore,
-        connections: ConnectionStore,
-        providers: EmbeddingProviderStore,
-        embedders: EmbedderRegistry,
-        secrets: SecretBox,
-        settings: EngineSettings,
-    ) -> None:
-        self._tasks = tasks
-        self._vts = vector_tables
-        self._connections = connections
-        self._providers = providers
-        self._embedders = embedders
-        self._secrets = secrets
-        self._settings = settings
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    def __init__(self, deps: EngineDeps) -> None:
+        self._deps = deps
+        self._tasks = deps.tasks
+        self._vts = deps.vector_tables
+        self._settings = deps.settings
+        self.owner = new_owner()
         self._running: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -109,7 +82,7 @@ class Worker:
         try:
             await self._execute(task)
             await self._tasks.finish(task.id, self.owner)
-            log.info("task completed")
+            log.info("task completed", task_type=task.task_type)
         except LeaseLost:
             log.warning("lease lost; another process has the task")
         except asyncio.CancelledError:
@@ -118,10 +91,10 @@ class Worker:
         except PermanentError as exc:
             await self._fail(task, str(exc), retry=False)
         except ProviderError as exc:
-            await self._fail(task, exc.message, retry=exc.code not in ("bad_key",))
+            await self._fail(task, exc.message, retry=exc.code != "bad_key")
         except Exception as exc:
             log.exception("task attempt failed")
-            await self._fail(task, _describe(exc), retry=True)
+            await self._fail(task, describe_error(exc), retry=True)
         finally:
             heartbeat.cancel()
             self._running.pop(task.id, None)
@@ -148,61 +121,79 @@ class Worker:
         await self._tasks.finish(task.id, self.owner, error=error, retry=retry)
         await self._vts.record_error(task.target_id, error, sync_status=None if retry else "error")
 
+    def _checkpoint(
+        self, task: Task, vt: VectorTable, *, live: bool
+    ) -> Callable[[Progress], Awaitable[bool]]:
+        async def checkpoint(p: Progress) -> bool:
+            ok = await self._tasks.checkpoint(
+                task.id,
+                self.owner,
+                last_pk=p.last_pk,
+                rows_processed=p.rows_processed,
+                rows_total=p.rows_total,
+                failures=p.failures,
+            )
+            if ok and live:  # a re-backfill leaves the live table's numbers alone until the swap
+                await self._vts.record_progress(
+                    vt.id, synced_rows=p.rows_processed, total_rows=max(p.rows_total, p.rows_processed)
+                )
+            return ok
+
+        return checkpoint
+
     async def _execute(self, task: Task) -> None:
         vt = await self._vts.get_by_id(task.target_id)
         if vt is None:
             raise PermanentError("the vector table was deleted")
-        connection = await self._connections.get_by_id(vt.connection_id)
-        provider = await self._providers.get_by_id(vt.embedding_provider_id)
-        if connection is None or provider is None:
-            raise PermanentError("the vector table's connection or embedding provider was deleted")
-        creds = decode_credentials(self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
-        embedder = self._embedders.get(provider, vt.spec.embedding_model, vt.spec.embedding_dimensions)
+        if task.task_type == "rebackfill":
+            await self._rebackfill(task, vt)
+            return
         await self._vts.set_status(vt.id, "backfilling")
-        timeout = self._settings.connect_timeout_s
-        reader = await connect(creds, timeout_s=timeout)
-        writer = await connect(creds, timeout_s=timeout)
-        try:
-            await register_vector_codec(writer)
-
-            async def checkpoint(p: Progress) -> bool:
-                ok = await self._tasks.checkpoint(
-                    task.id,
-                    self.owner,
-                    last_pk=p.last_pk,
-                    rows_processed=p.rows_processed,
-                    rows_total=p.rows_total,
-                    failures=p.failures,
-                )
-                if ok:
-                    await self._vts.record_progress(
-                        vt.id, synced_rows=p.rows_processed, total_rows=max(p.rows_total, p.rows_processed)
-                    )
-                return ok
-
+        async with self._deps.session(vt) as session:
             job = BackfillJob(
                 task=task,
                 table=vt,
-                embedder=embedder,
-                reader=reader,
-                writer=writer,
-                checkpoint=checkpoint,
+                embedder=session.embedder,
+                reader=session.reader,
+                writer=session.writer,
+                checkpoint=self._checkpoint(task, vt, live=True),
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
             )
-            try:
-                synced = await job.run()
-            except asyncpg.InsufficientPrivilegeError as exc:
-                raise PermanentError(f"permission denied in the source database: {exc}") from exc
-            except asyncpg.UndefinedTableError as exc:
-                raise PermanentError(f"the source table is gone: {exc}") from exc
+            synced = await _guard(job.run())
             await self._vts.record_synced(vt.id, synced_rows=synced, total_rows=job.rows_total)
-        finally:
-            await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)
+
+    async def _rebackfill(self, task: Task, vt: VectorTable) -> None:
+        if vt.pending_spec is None:
+            return  # swapped already (the control plane was updated before a crash)
+        await self._vts.set_status(vt.id, "backfilling")
+        async with self._deps.session(vt, vt.pending_spec) as session:
+            job = RebackfillJob(
+                task=task,
+                table=vt,
+                spec=vt.pending_spec,
+                session=session,
+                checkpoint=self._checkpoint(task, vt, live=False),
+                chunk_rows=self._settings.chunk_rows,
+                inflight=self._settings.inflight_chunks,
+                maintenance_work_mem=self._settings.maintenance_work_mem,
+            )
+            vectors, total = await _guard(job.run())
+            await self._vts.complete_swap(vt.id, vt.pending_spec, synced_rows=vectors, total_rows=total)
 
 
-def _describe(exc: BaseException) -> str:
+async def _guard(work: Awaitable[T]) -> T:
+    """Database errors that retrying cannot fix become permanent failures."""
+    try:
+        return await work
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise PermanentError(f"permission denied in the source database: {exc}") from exc
+    except asyncpg.UndefinedTableError as exc:
+        raise PermanentError(f"the source table is gone: {exc}") from exc
+
+
+def describe_error(exc: BaseException) -> str:
     """A failure as users see it in `last_error`: the kind and the database's own words,
     never a traceback."""
     if isinstance(exc, asyncpg.PostgresError):

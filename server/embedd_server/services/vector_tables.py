@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+from collections.abc import Callable
 
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
 from embedd_server.domain.credentials import decode_credentials
-from embedd_server.domain.errors import not_found, unimplemented
+from embedd_server.domain.errors import ApiError, Kind, not_found, unimplemented
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import Violations, check_id, check_name, page_request
 from embedd_server.domain.vector_tables import (
@@ -47,7 +49,9 @@ def column_to_proto(c: ColumnSpec) -> vector_table_pb2.Column:
 
 
 def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
-    s = vt.spec
+    # During a re-backfill the resource shows the configuration being built (the desired
+    # state); the live table keeps serving the previous one until the swap.
+    s = vt.pending_spec or vt.spec
     msg = vector_table_pb2.VectorTable(
         id=vt.id,
         name=vt.name,
@@ -116,6 +120,45 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
     return order_embedding_columns(out)
 
 
+_MUTABLE = (
+    "name",
+    "embedding_provider_id",
+    "embedding_model",
+    "embedding_dimensions",
+    "columns",
+    "sync_mode",
+    "sync_interval_seconds",
+    "cursor_column",
+)
+_IMMUTABLE = ("id", "connection_id", "source_table", "mode", "primary_key_column", "platform_vector_ref")
+
+
+def update_fields(request: vector_table_pb2.UpdateVectorTableRequest) -> set[str]:
+    """The fields to change: the mask's (PATCH), or every mutable field given (PUT)."""
+    paths = list(request.update_mask.paths)
+    if paths:
+        v = Violations()
+        for path in paths:
+            if path in _IMMUTABLE:
+                v.add(f"update_mask.{path}", "cannot be changed; create a new vector table instead")
+            elif path not in _MUTABLE:
+                v.add(f"update_mask.{path}", f"is not a field; changeable: {', '.join(_MUTABLE)}")
+        v.raise_if_any()
+        return set(paths)
+    new = request.vector_table
+    given = {f.name for f, _ in new.ListFields()} & set(_MUTABLE)
+    return given
+
+
+def needs_rebackfill(live: VectorTableSpec, new: VectorTableSpec) -> bool:
+    """A new table is built when what is embedded or stored per row changes."""
+    return (
+        live.embedding_model != new.embedding_model
+        or live.embedding_dimensions != new.embedding_dimensions
+        or live.columns != new.columns
+    )
+
+
 class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
     def __init__(
         self,
@@ -126,7 +169,9 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         tasks: TaskStore,
         tables: TableManager,
         secrets: SecretBox,
+        wake: Callable[[], None] | None = None,
     ) -> None:
+        self._wake = wake
         self._store = store
         self._connections = connections
         self._providers = providers
@@ -241,8 +286,66 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
     async def UpdateVectorTable(
         self, request: vector_table_pb2.UpdateVectorTableRequest, context: Context
     ) -> vector_table_pb2.UpdateVectorTableResponse:
-        await self._get(request.vector_table.id)
-        raise unimplemented("Updating vector tables (re-backfill and atomic swap)", "issue #6")
+        p = current_principal()
+        vt = await self._get(request.vector_table.id)
+        fields = update_fields(request)
+        new = request.vector_table
+        v = Violations()
+        name = new.name.strip() if "name" in fields else vt.name
+        check_name(v, name)
+        current = vt.pending_spec or vt.spec
+        columns = columns_from_request(v, list(new.columns)) if "columns" in fields else list(current.columns)
+        interval = (
+            new.sync_interval_seconds if "sync_interval_seconds" in fields else current.sync_interval_seconds
+        )
+        if not 1 <= interval <= _MAX_INTERVAL_S:
+            v.add("sync_interval_seconds", f"must be between 1 and {_MAX_INTERVAL_S}")
+        sync_mode = _SYNC_MODE.Value.Name(new.sync_mode) if "sync_mode" in fields else current.sync_mode
+        cursor = (new.cursor_column or None) if "cursor_column" in fields else current.cursor_column
+        if sync_mode == "cdc" and cursor is None:
+            v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
+        v.raise_if_any()
+
+        provider_id = (
+            new.embedding_provider_id if "embedding_provider_id" in fields else vt.embedding_provider_id
+        )
+        provider = await self._providers.get(p.org_id, p.env_id, provider_id)
+        if provider is None:
+            raise not_found("embedding_provider_not_found", "Embedding provider", provider_id)
+        model = new.embedding_model if "embedding_model" in fields else current.embedding_model
+        info = catalog.require_model(provider.provider, model, "embedding_model")
+        dims_asked = (
+            new.embedding_dimensions if "embedding_dimensions" in fields else current.embedding_dimensions
+        )
+        if "embedding_model" in fields and "embedding_dimensions" not in fields:
+            dims_asked = 0  # a new model at its native size unless dimensions are given too
+        dims = catalog.check_dimensions(info, dims_asked, "embedding_dimensions")
+        spec = dataclasses.replace(
+            current,
+            embedding_model=model,
+            embedding_dimensions=dims,
+            columns=tuple(columns),
+            sync_mode=sync_mode,
+            sync_interval_seconds=interval,
+            cursor_column=cursor,
+        )
+        connection = await self._connections.get_by_id(vt.connection_id)
+        assert connection is not None  # the foreign key keeps it while the table exists
+        creds = decode_credentials(self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        spec = await self._tables.validate(creds, spec)
+        if needs_rebackfill(vt.spec, spec):
+            # The rebackfill task is the next backfill (as the seed says); one at a time.
+            await self._tasks.enqueue(
+                id=new_id("task"), org_id=vt.org_id, task_type="rebackfill", target_id=vt.id
+            )
+            await self._store.begin_rebackfill(vt.id, name, provider.id, spec)
+            if self._wake is not None:
+                self._wake()
+        else:
+            await self._store.update_in_place(vt.id, name, spec, provider.id)
+        updated = await self._store.get(p.org_id, p.env_id, vt.id)
+        assert updated is not None
+        return vector_table_pb2.UpdateVectorTableResponse(vector_table=to_proto(updated))
 
     async def DeleteVectorTable(
         self, request: vector_table_pb2.DeleteVectorTableRequest, context: Context
@@ -283,16 +386,15 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self, request: sync_pb2.BackfillVectorTableRequest, context: Context
     ) -> sync_pb2.BackfillVectorTableResponse:
         vt = await self._get(request.vector_table_id)
-        if vt.sync_status == "pending_rebackfill":
-            raise unimplemented("Re-backfill with atomic swap", "issue #6")
+        task_type = "rebackfill" if vt.pending_spec is not None else "backfill"
         task = await self._tasks.enqueue(
-            id=new_id("task"), org_id=vt.org_id, task_type="backfill", target_id=vt.id
+            id=new_id("task"), org_id=vt.org_id, task_type=task_type, target_id=vt.id
         )
         if self._worker is not None:
             self._worker.wake()
         return sync_pb2.BackfillVectorTableResponse(
             task_id=task.id,
-            task_type=values_pb2.TaskType.backfill,
+            task_type=values_pb2.TaskType.Value.Value(task_type),
             target_id=vt.id,
             status=values_pb2.TaskStatus.pending,
             created_at=timestamp(task.created_at),
@@ -320,11 +422,34 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def PauseSync(
         self, request: sync_pb2.PauseSyncRequest, context: Context
     ) -> sync_pb2.PauseSyncResponse:
-        await self._get(request.vector_table_id)
-        raise unimplemented("Pausing sync", "issue #6 (continuous sync, pause/resume, re-backfill)")
+        p = current_principal()
+        vt = await self._get(request.vector_table_id)
+        if not await self._store.pause(p.org_id, p.env_id, vt.id):
+            raise ApiError(
+                Kind.CONFLICT,
+                "sync_already_paused",
+                "Sync of this vector table is already paused. Resume it with POST .../sync/resume.",
+            )
+        return sync_pb2.PauseSyncResponse(
+            vector_table_id=vt.id,
+            sync_status=values_pb2.SyncStatus.paused,
+            message="Sync paused. Queries keep working; source changes are applied after resume.",
+        )
 
     async def ResumeSync(
         self, request: sync_pb2.ResumeSyncRequest, context: Context
     ) -> sync_pb2.ResumeSyncResponse:
-        await self._get(request.vector_table_id)
-        raise unimplemented("Resuming sync", "issue #6 (continuous sync, pause/resume, re-backfill)")
+        p = current_principal()
+        vt = await self._get(request.vector_table_id)
+        state = await self._store.resume(p.org_id, p.env_id, vt.id)
+        if state is None:
+            raise ApiError(
+                Kind.CONFLICT,
+                "sync_not_paused",
+                "Sync of this vector table is not paused; there is nothing to resume.",
+            )
+        return sync_pb2.ResumeSyncResponse(
+            vector_table_id=vt.id,
+            sync_status=values_pb2.SyncStatus.Value.Value(state),
+            message="Sync resumed; changes made while paused are being applied now.",
+        )

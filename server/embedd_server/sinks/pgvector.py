@@ -8,6 +8,7 @@ faster than inserting into an indexed table, see notes/pgvector-costs.md).
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,11 +94,6 @@ class PgVectorTable:
         self.dimensions = dimensions
         self.qualified = qualified(schema, name)
 
-    @property
-    def hnsw_index(self) -> str:
-        suffix = "hnsw" if not self.name.endswith("_swap") else "swap_hnsw"
-        return index_name(self.name, suffix)
-
     def vector_expression(self) -> str:
         """What the HNSW index covers; queries must order by the same expression."""
         if self.dimensions > HNSW_MAX_VECTOR_DIMS:
@@ -116,36 +112,57 @@ class PgVectorTable:
         if with_index:
             await self.create_hnsw(conn)
 
+    def _index_name(self, kind: str) -> str:
+        """Unique per creation: a re-backfill swaps tables under their names, and index names
+        are schema-wide, so indexes are found by table and definition, never by name."""
+        return index_name(self.name, f"{secrets.token_hex(3)}_{kind}")
+
+    async def indexes(self, conn: asyncpg.Connection[Any]) -> list[tuple[str, str, bool]]:
+        """(qualified name, definition, is primary key) of this table's indexes."""
+        rows = await conn.fetch(
+            "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def,"
+            " i.indisprimary AS pk FROM pg_index i WHERE i.indrelid = to_regclass($1)",
+            self.qualified,
+        )
+        return [(r["name"], r["def"], r["pk"]) for r in rows]
+
+    async def has_hnsw(self, conn: asyncpg.Connection[Any]) -> bool:
+        return any("USING hnsw" in d for _, d, _ in await self.indexes(conn))
+
     async def create_hnsw(
         self, conn: asyncpg.Connection[Any], maintenance_work_mem: str | None = None
     ) -> None:
-        if self.dimensions > HNSW_MAX_HALFVEC_DIMS:
-            return  # too wide for HNSW even as halfvec: queries scan exactly
+        if self.dimensions > HNSW_MAX_HALFVEC_DIMS or await self.has_hnsw(conn):
+            return  # too wide for HNSW even as halfvec (queries scan exactly), or built already
         ops = "halfvec_cosine_ops" if self.dimensions > HNSW_MAX_VECTOR_DIMS else "vector_cosine_ops"
         async with conn.transaction():
             if maintenance_work_mem:
                 await conn.execute(f"SET LOCAL maintenance_work_mem = {quote_literal(maintenance_work_mem)}")
             await conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {quote_ident(self.hnsw_index)} ON {self.qualified}"
+                f"CREATE INDEX {quote_ident(self._index_name('hnsw'))} ON {self.qualified}"
                 f" USING hnsw ({self.vector_expression()} {ops})"
             )
 
     async def drop_hnsw(self, conn: asyncpg.Connection[Any]) -> None:
-        await conn.execute(f"DROP INDEX IF EXISTS {qualified(self.schema, self.hnsw_index)}")
+        for name, definition, _ in await self.indexes(conn):
+            if "USING hnsw" in definition:
+                await conn.execute(f"DROP INDEX IF EXISTS {name}")
 
     async def create_metadata_indexes(
         self, conn: asyncpg.Connection[Any], columns: Sequence[ColumnSpec]
     ) -> None:
         """Btree expression indexes on filterable metadata: selective filters then read only the
-        rows they select and rank them exactly (recall 1.0, see notes/pgvector-costs.md)."""
+        rows they select and rank them exactly (recall 1.0, see notes/pgvector-costs.md).
+        Rebuilt from scratch (cheap), so a resumed or repeated fill never leaves a stale one."""
+        for name, definition, is_pk in await self.indexes(conn):
+            if not is_pk and "USING hnsw" not in definition:
+                await conn.execute(f"DROP INDEX IF EXISTS {name}")
         for i, column in enumerate(columns):
             expr = metadata_expression(column)
-            if expr is None:
-                continue
-            name = quote_ident(
-                index_name(self.name, f"m{i}" if not self.name.endswith("_swap") else f"sm{i}")
-            )
-            await conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {self.qualified} ({expr})")
+            if expr is not None:
+                await conn.execute(
+                    f"CREATE INDEX {quote_ident(self._index_name(f'm{i}'))} ON {self.qualified} ({expr})"
+                )
 
     async def is_empty(self, conn: asyncpg.Connection[Any]) -> bool:
         return not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.qualified})")

@@ -82,3 +82,69 @@ def keyset_read(spec: VectorTableSpec) -> SourceQuery:
 
 def count_rows(spec: VectorTableSpec) -> str:
     return f"SELECT count(*) FROM {qualified(spec.source_schema, spec.source_table)}"
+
+
+def _source_rows(spec: VectorTableSpec, where: str = "") -> tuple[str, list[object]]:
+    """`SELECT pk, text, metadata, row_hash` over the source, parameters numbered from $1."""
+    text, metadata, params = row_expressions(spec, first_param=1)
+    pk = f"s.{quote_ident(spec.primary_key_column)}"
+    sql = (
+        "SELECT pk, text, metadata, md5(text) || md5(metadata::text) AS row_hash FROM ("
+        f" SELECT {pk}::text AS pk, {text} AS text, {metadata} AS metadata"
+        f" FROM {qualified(spec.source_schema, spec.source_table)} s {where}) q"
+    )
+    return sql, params
+
+
+def diff_all(spec: VectorTableSpec, target: str) -> SourceQuery:
+    """Batch sync: one query, inside the user's database, comparing every source row's hash
+    with the target's. Returns only what differs: new and changed rows (with their text and
+    metadata) and deleted keys (`deleted` true). Nothing changed: nothing shipped."""
+    rows, params = _source_rows(spec)
+    sql = (
+        f"WITH src AS ({rows})"
+        " SELECT coalesce(src.pk, t.pk_value) AS pk, src.text, src.metadata::text AS metadata,"
+        " src.row_hash, t.row_hash AS old_hash, src.pk IS NULL AS deleted"
+        f" FROM src FULL OUTER JOIN {target} t ON t.pk_value = src.pk"
+        " WHERE src.pk IS NULL OR t.pk_value IS NULL OR t.row_hash IS DISTINCT FROM src.row_hash"
+    )
+    return SourceQuery(sql, tuple(params))
+
+
+def diff_since(spec: VectorTableSpec, target: str) -> SourceQuery:
+    """cdc sync: rows whose cursor column is at or past the last parameter (text; NULL for
+    all), compared with the target. Deletes are found by `vanished` sweeps instead."""
+    assert spec.cursor_column is not None
+    n = len(spec.embedding_columns) + len(spec.columns) + 1  # after the expressions' values
+    cursor_type = spec.extra.get("cursor_type", "timestamptz")
+    cursor = f"s.{quote_ident(spec.cursor_column)}"
+    rows, params = _source_rows(
+        spec, f"WHERE ${n}::text IS NULL OR {cursor} >= CAST(${n}::text AS {cursor_type})"
+    )
+    assert len(params) == n - 1
+    sql = (
+        f"WITH src AS ({rows})"
+        " SELECT src.pk, src.text, src.metadata::text AS metadata, src.row_hash,"
+        " t.row_hash AS old_hash, false AS deleted"
+        f" FROM src LEFT JOIN {target} t ON t.pk_value = src.pk"
+        " WHERE t.row_hash IS DISTINCT FROM src.row_hash"
+    )
+    return SourceQuery(sql, tuple(params))
+
+
+def max_cursor(spec: VectorTableSpec) -> str:
+    assert spec.cursor_column is not None
+    return (
+        f"SELECT max({quote_ident(spec.cursor_column)})::text"
+        f" FROM {qualified(spec.source_schema, spec.source_table)}"
+    )
+
+
+def vanished(spec: VectorTableSpec, target: str) -> str:
+    """Keys in the target whose source row is gone."""
+    pk = quote_ident(spec.primary_key_column)
+    source = qualified(spec.source_schema, spec.source_table)
+    return (
+        f"SELECT t.pk_value FROM {target} t"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {source} s WHERE s.{pk}::text = t.pk_value)"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -14,8 +15,15 @@ from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.store.paging import fetch_page
 
 
+def _spec(value: object) -> VectorTableSpec | None:
+    if value is None:
+        return None
+    return VectorTableSpec.from_json(json.loads(value) if isinstance(value, str) else value)  # type: ignore[arg-type]
+
+
 def _vt(r: asyncpg.Record) -> VectorTable:
-    spec = r["spec"]
+    spec = _spec(r["spec"])
+    assert spec is not None
     return VectorTable(
         id=r["id"],
         org_id=r["org_id"],
@@ -23,7 +31,8 @@ def _vt(r: asyncpg.Record) -> VectorTable:
         name=r["name"],
         connection_id=r["connection_id"],
         embedding_provider_id=r["embedding_provider_id"],
-        spec=VectorTableSpec.from_json(json.loads(spec) if isinstance(spec, str) else spec),
+        spec=spec,
+        pending_spec=_spec(r["pending_spec"]),
         sync_status=r["sync_status"],
         platform_vector_ref=r["platform_vector_ref"] or "",
         created_at=r["created_at"],
@@ -116,18 +125,186 @@ class VectorTableStore:
         return bool(status.endswith(" 1"))
 
     async def set_status(self, vt_id: str, sync_status: str) -> None:
+        """A new state - except over `paused`, which only resume ends."""
         await self._pool.execute(
-            "UPDATE vector_tables SET sync_status = $2, updated_at = clock_timestamp() WHERE id = $1",
+            "UPDATE vector_tables SET sync_status = $2, updated_at = clock_timestamp()"
+            " WHERE id = $1 AND sync_status <> 'paused'",
             vt_id,
             sync_status,
         )
 
-    async def record_synced(self, vt_id: str, *, synced_rows: int, total_rows: int) -> None:
+    async def record_synced(
+        self, vt_id: str, *, synced_rows: int, total_rows: int, started_at: dt.datetime | None = None
+    ) -> None:
+        """A fill finished: synced (unless paused meanwhile) and due for its first sync poll."""
         await self._pool.execute(
-            "UPDATE vector_tables SET sync_status = 'synced', synced_rows = $2, total_rows = $3,"
-            " last_synced_at = clock_timestamp(), last_error = NULL, last_error_at = NULL,"
+            "UPDATE vector_tables SET"
+            " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
+            " synced_rows = $2, total_rows = $3, last_synced_at = coalesce($4, clock_timestamp()),"
+            " last_error = NULL, last_error_at = NULL, sync_failures = 0,"
+            " next_sync_at = clock_timestamp()"
+            " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
             " updated_at = clock_timestamp() WHERE id = $1",
             vt_id,
+            synced_rows,
+            total_rows,
+            started_at,
+        )
+
+    # --- sync scheduling ----------------------------------------------------------------
+
+    async def claim_due(self, owner: str, lease_s: float, limit: int) -> list[VectorTable]:
+        """Tables due for a sync poll, leased to `owner`: synced or in error (retried with
+        backoff), not paused, no backfill queued or running, no live lease elsewhere."""
+        rows = await self._pool.fetch(
+            "UPDATE vector_tables SET sync_lease_owner = $1,"
+            " sync_lease_expires_at = clock_timestamp() + make_interval(secs => $2)"
+            " WHERE id IN (SELECT v.id FROM vector_tables v"
+            "   WHERE v.sync_status IN ('synced', 'error')"
+            "   AND coalesce(v.next_sync_at, '-infinity') <= clock_timestamp()"
+            "   AND (v.sync_lease_expires_at IS NULL OR v.sync_lease_expires_at < clock_timestamp())"
+            "   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id"
+            "                   AND t.status IN ('pending', 'running'))"
+            "   ORDER BY v.next_sync_at NULLS FIRST FOR UPDATE SKIP LOCKED LIMIT $3)"
+            " RETURNING *",
+            owner,
+            lease_s,
+            limit,
+        )
+        return [_vt(r) for r in rows]
+
+    async def renew_sync_lease(self, vt_id: str, owner: str, lease_s: float) -> bool:
+        status = await self._pool.execute(
+            "UPDATE vector_tables SET sync_lease_expires_at = clock_timestamp() + make_interval(secs => $3)"
+            " WHERE id = $1 AND sync_lease_owner = $2",
+            vt_id,
+            owner,
+            lease_s,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def finish_sync(
+        self,
+        vt_id: str,
+        owner: str,
+        *,
+        started_at: dt.datetime,
+        cursor: str | None,
+        swept: bool,
+        counts: tuple[int, int] | None,
+        note: str | None = None,
+    ) -> None:
+        """A successful cycle: fresh as of its snapshot (`started_at`), next poll scheduled."""
+        await self._pool.execute(
+            "UPDATE vector_tables SET"
+            " sync_status = CASE WHEN sync_status = 'error' THEN 'synced' ELSE sync_status END,"
+            " last_synced_at = $3, last_error = $8,"
+            " last_error_at = CASE WHEN $8::text IS NULL THEN NULL ELSE clock_timestamp() END,"
+            " sync_failures = 0, sync_cursor = $4,"
+            " last_delete_sweep_at = CASE WHEN $5 THEN $3 ELSE last_delete_sweep_at END,"
+            " synced_rows = coalesce($6, synced_rows), total_rows = coalesce($7, total_rows),"
+            " next_sync_at = clock_timestamp()"
+            " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
+            " sync_lease_owner = NULL, sync_lease_expires_at = NULL, updated_at = clock_timestamp()"
+            " WHERE id = $1 AND sync_lease_owner = $2",
+            vt_id,
+            owner,
+            started_at,
+            cursor,
+            swept,
+            counts[0] if counts else None,
+            counts[1] if counts else None,
+            note,
+        )
+
+    async def fail_sync(self, vt_id: str, owner: str, error: str, *, max_backoff_s: float) -> None:
+        """A failed cycle: `error` (unless paused meanwhile), retried with exponential backoff."""
+        await self._pool.execute(
+            "UPDATE vector_tables SET"
+            " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'error' END,"
+            " last_error = $3, last_error_at = clock_timestamp(), sync_failures = sync_failures + 1,"
+            " next_sync_at = clock_timestamp() + make_interval(secs => least($4,"
+            "   (spec->>'sync_interval_seconds')::int * power(2, least(sync_failures, 16)))),"
+            " sync_lease_owner = NULL, sync_lease_expires_at = NULL, updated_at = clock_timestamp()"
+            " WHERE id = $1 AND sync_lease_owner = $2",
+            vt_id,
+            owner,
+            error,
+            max_backoff_s,
+        )
+
+    async def sync_state(self, vt_id: str) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(
+            "SELECT sync_cursor, last_delete_sweep_at FROM vector_tables WHERE id = $1", vt_id
+        )
+
+    async def pause(self, org_id: str, env_id: str, vt_id: str) -> bool:
+        """True when paused now; False when it already was."""
+        status = await self._pool.execute(
+            "UPDATE vector_tables SET sync_status = 'paused', updated_at = clock_timestamp()"
+            " WHERE org_id = $1 AND env_id = $2 AND id = $3 AND sync_status <> 'paused'",
+            org_id,
+            env_id,
+            vt_id,
+        )
+        return bool(status.endswith(" 1"))
+
+    async def resume(self, org_id: str, env_id: str, vt_id: str) -> str | None:
+        """The state sync resumes in, or None when the table was not paused. The next poll is
+        due at once, so changes made while paused are applied now."""
+        state: str | None = await self._pool.fetchval(
+            "UPDATE vector_tables v SET sync_status = CASE"
+            "   WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id AND t.status = 'running')"
+            "     THEN 'backfilling'"
+            "   WHEN pending_spec IS NOT NULL THEN 'pending_rebackfill'"
+            "   WHEN last_synced_at IS NULL THEN 'pending'"
+            "   ELSE 'synced' END,"
+            " next_sync_at = clock_timestamp(), updated_at = clock_timestamp()"
+            " WHERE org_id = $1 AND env_id = $2 AND id = $3 AND sync_status = 'paused'"
+            " RETURNING sync_status",
+            org_id,
+            env_id,
+            vt_id,
+        )
+        return state
+
+    async def begin_rebackfill(
+        self, vt_id: str, name: str, provider_id: str, pending: VectorTableSpec
+    ) -> None:
+        """Records the new spec to build; the live one keeps serving until the swap."""
+        await self._pool.execute(
+            "UPDATE vector_tables SET name = $2, embedding_provider_id = $3, pending_spec = $4::jsonb,"
+            " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'pending_rebackfill' END,"
+            " updated_at = clock_timestamp() WHERE id = $1",
+            vt_id,
+            name,
+            provider_id,
+            json.dumps(pending.to_json()),
+        )
+
+    async def update_in_place(self, vt_id: str, name: str, spec: VectorTableSpec, provider_id: str) -> None:
+        """A change that needs no re-embedding and no new table (name, sync settings, key)."""
+        await self._pool.execute(
+            "UPDATE vector_tables SET name = $2, spec = $3::jsonb, embedding_provider_id = $4,"
+            " updated_at = clock_timestamp() WHERE id = $1",
+            vt_id,
+            name,
+            json.dumps(spec.to_json()),
+            provider_id,
+        )
+
+    async def complete_swap(
+        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int
+    ) -> None:
+        """The swapped-in table's spec becomes the live one."""
+        await self._pool.execute(
+            "UPDATE vector_tables SET spec = $2::jsonb, pending_spec = NULL,"
+            " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
+            " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
+            " last_error = NULL, last_error_at = NULL, sync_failures = 0, sync_cursor = NULL,"
+            " next_sync_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
+            vt_id,
+            json.dumps(spec.to_json()),
             synced_rows,
             total_rows,
         )

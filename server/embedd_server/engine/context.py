@@ -1,0 +1,84 @@
+"""What every engine job needs, resolved once per job: the table's source credentials, its
+embedder, and two connections to the user's database (one reads, one writes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from embedd_server.domain.credentials import decode_credentials
+from embedd_server.domain.models import VectorTable
+from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.providers.base import Embedder
+from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.secretbox import SecretBox
+from embedd_server.sinks.pgvector import register_vector_codec
+from embedd_server.sources.postgres import connect
+from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
+from embedd_server.store.vector_tables import TaskStore, VectorTableStore
+
+
+class PermanentError(Exception):
+    """Retrying will not help (deleted table, bad key, no privilege): fail now."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    chunk_rows: int = 1000
+    inflight_chunks: int = 4
+    max_tasks: int = 4
+    lease_s: float = 30.0
+    poll_s: float = 0.5
+    maintenance_work_mem: str = ""
+    connect_timeout_s: float = 10.0
+    max_sync_backoff_s: float = 600.0
+    # cdc mode: a full comparison (deletes, late commits) every this many seconds.
+    cdc_sweep_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class TableSession:
+    embedder: Embedder
+    reader: asyncpg.Connection[Any]
+    writer: asyncpg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class EngineDeps:
+    tasks: TaskStore
+    vector_tables: VectorTableStore
+    connections: ConnectionStore
+    providers: EmbeddingProviderStore
+    embedders: EmbedderRegistry
+    secrets: SecretBox
+    settings: EngineSettings
+
+    @asynccontextmanager
+    async def session(
+        self, vt: VectorTable, spec: VectorTableSpec | None = None
+    ) -> AsyncIterator[TableSession]:
+        """Connections and the embedder for `spec` (the live one by default)."""
+        spec = spec or vt.spec
+        connection = await self.connections.get_by_id(vt.connection_id)
+        provider = await self.providers.get_by_id(vt.embedding_provider_id)
+        if connection is None or provider is None:
+            raise PermanentError("the vector table's connection or embedding provider was deleted")
+        creds = decode_credentials(self.secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        embedder = self.embedders.get(provider, spec.embedding_model, spec.embedding_dimensions)
+        timeout = self.settings.connect_timeout_s
+        reader = await connect(creds, timeout_s=timeout)
+        try:
+            writer = await connect(creds, timeout_s=timeout)
+        except BaseException:
+            await reader.close()
+            raise
+        try:
+            await register_vector_codec(writer)
+            yield TableSession(embedder, reader, writer)
+        finally:
+            await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)

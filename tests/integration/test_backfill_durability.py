@@ -1,0 +1,219 @@
+"""Backfill under failure: a killed server resumes from its checkpoint with every row exactly
+once, and two servers on one control plane never process the same task."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+from embedd.v1 import (
+    connection_pb2,
+    embedding_provider_pb2,
+    sync_pb2,
+    task_pb2,
+    values_pb2,
+    vector_table_pb2,
+)
+from embedd_client import EmbeddClient
+from embedd_server import app
+from embedd_server.config import load_settings
+from embedd_server.devtools.pg import LocalPostgres, create_database
+from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
+from embedd_server.domain.models import EmbeddingProvider
+from embedd_server.providers.base import Embedder, EmbedResult, InputType
+
+from tests.conftest import UserDb
+
+BIG_ROWS = 20_000
+
+
+@pytest.fixture(scope="module")
+async def big_table(user_db: UserDb) -> str:
+    conn = await asyncpg.connect(user_db.owner_dsn)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS big_products (id bigint PRIMARY KEY, name text, description text);"
+            "TRUNCATE big_products;"
+            f"INSERT INTO big_products SELECT g, 'item ' || g, 'a thing numbered ' || g"
+            f" FROM generate_series(1, {BIG_ROWS}) g;"
+            "GRANT SELECT ON big_products TO embedd_user;"
+        )
+    finally:
+        await conn.close()
+    return "public.big_products"
+
+
+async def fresh_control(pg: LocalPostgres) -> str:
+    name = f"control_{secrets.token_hex(4)}"
+    await create_database(pg.superuser_dsn(), name, with_vector=False)
+    return pg.superuser_dsn(name)
+
+
+async def make_table(client: EmbeddClient, user_db: UserDb, source: str, name: str) -> str:
+    conn = await client.connections.CreateConnection(
+        connection_pb2.CreateConnectionRequest(
+            provider=values_pb2.ConnectionProvider.postgresql,
+            name="src",
+            mode=values_pb2.Mode.platform,
+            credentials=connection_pb2.PostgresCredentials(**user_db.credentials()),  # type: ignore[arg-type]
+        )
+    )
+    emb = await client.embedding_providers.CreateEmbeddingProvider(
+        embedding_provider_pb2.CreateEmbeddingProviderRequest(
+            name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
+        )
+    )
+    vt = await client.vector_tables.CreateVectorTable(
+        vector_table_pb2.CreateVectorTableRequest(
+            name=name,
+            connection_id=conn.connection.id,
+            embedding_provider_id=emb.embedding_provider.id,
+            source_table=source,
+            primary_key_column="id",
+            columns=[
+                vector_table_pb2.Column(name="name", role=values_pb2.ColumnRole.embedding),
+                vector_table_pb2.Column(name="description", role=values_pb2.ColumnRole.embedding),
+            ],
+        )
+    )
+    return vt.vector_table.id
+
+
+async def assert_exactly_once(user_db: UserDb, ref: str, source: str) -> None:
+    conn = await asyncpg.connect(user_db.owner_dsn)
+    try:
+        total = await conn.fetchval(f"SELECT count(*) FROM {source}")
+        row = await conn.fetchrow(
+            f"SELECT count(*) AS n, count(DISTINCT pk_value) AS distinct_n,"
+            f' count(*) FILTER (WHERE embedding IS NULL) AS no_vector FROM "{ref}"'
+        )
+        missing = await conn.fetchval(
+            f"SELECT count(*) FROM {source} s"
+            f' WHERE NOT EXISTS (SELECT 1 FROM "{ref}" v WHERE v.pk_value = s.id::text)'
+        )
+    finally:
+        await conn.close()
+    assert (row["n"], row["distinct_n"], row["no_vector"], missing) == (total, total, 0, 0)
+
+
+async def test_killed_server_resumes_from_its_checkpoint(
+    pg: LocalPostgres, user_db: UserDb, big_table: str, control_dsn: str
+) -> None:
+    control = await fresh_control(pg)
+    key = new_secret_key()
+    # Small chunks and a short lease: many checkpoints to die between, a quick takeover.
+    settings = {"engine_chunk_rows": "20", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
+    first = ServerProcess(control, key, **settings).start()
+    second: ServerProcess | None = None
+    try:
+        api_key = create_org(control, key)
+        async with EmbeddClient(f"127.0.0.1:{first.port}", api_key) as c:
+            vt_id = await make_table(c, user_db, big_table, "crash")
+            task = await c.sync.BackfillVectorTable(
+                sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id)
+            )
+        ctl = await asyncpg.connect(control)
+        try:
+            for _ in range(600):
+                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id)
+                if done >= 2000:
+                    break
+                await asyncio.sleep(0.01)
+            first.kill()  # SIGKILL: no goodbye, the lease just lapses
+            at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
+            ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
+        finally:
+            await ctl.close()
+        assert at_kill["status"] == "running", "the backfill finished before the kill; make BIG_ROWS larger"
+        assert 0 < at_kill["rows_processed"] < BIG_ROWS
+        second = ServerProcess(control, key, **settings).start()
+        async with EmbeddClient(f"127.0.0.1:{second.port}", api_key) as c:
+            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                if event.done:
+                    final = event.task
+                    break
+        assert final.status == values_pb2.TaskStatus.completed, final
+        assert final.attempts == 2 and final.progress.rows_processed == BIG_ROWS
+        await assert_exactly_once(user_db, ref, big_table)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+class CountingEmbedder:
+    """Counts every text a process embeds, to prove no row is embedded twice."""
+
+    def __init__(self, inner: Embedder, counter: list[int]) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def dimensions(self) -> int:
+        return self._inner.dimensions
+
+    async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
+        self._counter[0] += len(texts)
+        await asyncio.sleep(0.002)  # let the other process get a word in
+        return await self._inner.embed(texts, input_type)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_db: UserDb) -> None:
+    control = await fresh_control(pg)
+    key = new_secret_key()
+    counts: list[list[int]] = []
+    services: list[app.Service] = []
+    for _ in range(2):
+        svc = await app.start(
+            load_settings(
+                database_url=control,
+                grpc_host="127.0.0.1",
+                grpc_port=0,
+                secret_key=key,
+                engine_max_tasks=1,
+                engine_chunk_rows=50,
+            )
+        )
+        counter = [0]
+        original = svc.embedders.get
+
+        def counting(
+            record: EmbeddingProvider, model: str, dims: int, *, _o: Any = original, _c: list[int] = counter
+        ) -> Embedder:
+            return CountingEmbedder(_o(record, model, dims), _c)
+
+        svc.embedders.get = counting  # type: ignore[method-assign]
+        counts.append(counter)
+        services.append(svc)
+    try:
+        org_id = await services[0].orgs.create_org("two")
+        _, api_key = await services[0].orgs.create_api_key(org_id, "k", "full")
+        async with EmbeddClient(f"127.0.0.1:{services[0].port}", api_key) as c:
+            vt_ids = [await make_table(c, user_db, "public.products", f"t{i}") for i in range(6)]
+            tasks = [
+                await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=v))
+                for v in vt_ids
+            ]
+            for task in tasks:
+                async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                    if event.done:
+                        assert event.task.status == values_pb2.TaskStatus.completed
+                        assert event.task.attempts == 1  # claimed once, by one process
+                        break
+        rows = 500 * len(vt_ids)
+        assert counts[0][0] + counts[1][0] == rows, counts  # no row embedded twice
+        assert counts[0][0] > 0 and counts[1][0] > 0, counts  # both processes took work
+    finally:
+        for svc in services:
+            await svc.stop(1.0)
