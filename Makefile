@@ -49,5 +49,12 @@ typecheck: install
 unit: install
 	$(PY) -m pytest -q tests/unit
 
+## Benchmarks (minutes each; not part of `make test`). Each ends with one JSON line.
+bench-backfill: install
+	$(PY) -m bench.bench_backfill
+
+bench-sync: install
+	$(PY) -m bench.bench_sync
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

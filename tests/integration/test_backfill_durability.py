@@ -217,3 +217,96 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
     finally:
         for svc in services:
             await svc.stop(1.0)
+
+
+async def test_crash_during_rebackfill_keeps_the_live_table_serving(
+    pg: LocalPostgres, user_db: UserDb, big_table: str
+) -> None:
+    control = await fresh_control(pg)
+    key = new_secret_key()
+    settings = {"engine_chunk_rows": "50", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
+    first = ServerProcess(control, key, **settings).start()
+    second: ServerProcess | None = None
+    try:
+        api_key = create_org(control, key)
+        async with EmbeddClient(f"127.0.0.1:{first.port}", api_key) as c:
+            vt_id = await make_table(c, user_db, big_table, "swap-crash")
+            task = await c.sync.BackfillVectorTable(
+                sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id)
+            )
+            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                if event.done:
+                    break
+            updated = await c.vector_tables.UpdateVectorTable(
+                vector_table_pb2.UpdateVectorTableRequest(
+                    vector_table=vector_table_pb2.VectorTable(
+                        id=vt_id,
+                        columns=[
+                            vector_table_pb2.Column(
+                                name="name", role=values_pb2.ColumnRole.embedding, name_prefix="Item: "
+                            ),
+                            vector_table_pb2.Column(name="description", role=values_pb2.ColumnRole.embedding),
+                        ],
+                    ),
+                )
+            )
+            assert updated.vector_table.sync_status == values_pb2.SyncStatus.pending_rebackfill
+            rebackfill = (
+                await c.tasks.ListTasks(
+                    task_pb2.ListTasksRequest(target_id=vt_id, status=values_pb2.TaskStatus.pending)
+                )
+            ).tasks
+        ctl = await asyncpg.connect(control)
+        try:
+            task_id = (
+                rebackfill[0].task_id
+                if rebackfill
+                else await ctl.fetchval(
+                    "SELECT id FROM tasks WHERE target_id = $1 AND task_type = 'rebackfill'", vt_id
+                )
+            )
+            for _ in range(1000):
+                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task_id)
+                if done >= 2000:
+                    break
+                await asyncio.sleep(0.01)
+            first.kill()
+            at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+            ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
+        finally:
+            await ctl.close()
+        assert at_kill["status"] == "running" and 0 < at_kill["rows_processed"] < BIG_ROWS
+        owner = await asyncpg.connect(user_db.owner_dsn)
+        try:  # the live table still serves every row, with the old text
+            live = await owner.fetchrow(
+                "SELECT count(*) AS n, count(*) FILTER (WHERE embedded_text LIKE 'Item: %') AS new"
+                f' FROM "{ref}"'
+            )
+            assert (live["n"], live["new"]) == (BIG_ROWS, 0)
+        finally:
+            await owner.close()
+        second = ServerProcess(control, key, **settings).start()
+        async with EmbeddClient(f"127.0.0.1:{second.port}", api_key) as c:
+            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+                if event.done:
+                    final = event.task
+                    break
+            vt = await c.vector_tables.GetVectorTable(
+                vector_table_pb2.GetVectorTableRequest(vector_table_id=vt_id)
+            )
+        assert final.status == values_pb2.TaskStatus.completed and final.attempts == 2, final
+        assert vt.vector_table.sync_status == values_pb2.SyncStatus.synced
+        await assert_exactly_once(user_db, ref, big_table)
+        owner = await asyncpg.connect(user_db.owner_dsn)
+        try:
+            new = await owner.fetchval(f"SELECT count(*) FROM \"{ref}\" WHERE embedded_text LIKE 'Item: %'")
+            leftovers = await owner.fetchval(
+                "SELECT count(*) FROM pg_class WHERE relname IN ($1, $2)", f"{ref}_swap", f"{ref}_old"
+            )
+        finally:
+            await owner.close()
+        assert new == BIG_ROWS and leftovers == 0
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -1,0 +1,232 @@
+"""Sync latency, the cost of a poll, and queries across a re-backfill swap.
+
+    python bench/bench_sync.py [--rows 100000] [--swap-rows 20000]
+
+- sync latency: a committed UPDATE of a source row's text, until the query API returns the
+  new text for it (1 s poll interval): p50 / p95 over 20 updates.
+- poll cost: one batch-mode comparison of `--rows` rows with nothing changed, run directly in
+  the database as the server runs it (median of 5), and the rows it ships (must be 0).
+- swap under load: a query loop at full speed over gRPC across a whole re-backfill of
+  `--swap-rows` rows: failed queries, empty pages, and the longest stall.
+Last line: {"sync_latency_p50_s", "sync_latency_p95_s", "poll_ms_100k", "swap_failed_queries",
+"swap_max_stall_ms", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import statistics
+import time
+from typing import Any
+
+import asyncpg
+from embedd.v1 import (
+    connection_pb2,
+    embedding_provider_pb2,
+    query_pb2,
+    sync_pb2,
+    task_pb2,
+    values_pb2,
+    vector_table_pb2,
+)
+from embedd_client import EmbeddClient
+from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
+from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.sources.queries import diff_all
+from embedd_server.sources.sql import qualified
+
+from bench.bench_backfill import COLUMNS, load_source
+from bench.common import local_postgres, prepare_databases
+
+
+def columns() -> list[vector_table_pb2.Column]:
+    out = []
+    for col in COLUMNS:
+        if col.role == "embedding":
+            out.append(
+                vector_table_pb2.Column(
+                    name=col.name,
+                    role=values_pb2.ColumnRole.embedding,
+                    ordinal=col.ordinal or 0,
+                    name_prefix=col.name_prefix or "",
+                )
+            )
+        else:
+            out.append(
+                vector_table_pb2.Column(
+                    name=col.name,
+                    role=values_pb2.ColumnRole.metadata,
+                    filter_type=values_pb2.FilterType.Value.Value(col.filter_type or "keyword"),
+                )
+            )
+    return out
+
+
+async def make_table(
+    c: EmbeddClient, conn_id: str, emb_id: str, table: str, interval: int
+) -> vector_table_pb2.VectorTable:
+    vt = (
+        await c.vector_tables.CreateVectorTable(
+            vector_table_pb2.CreateVectorTableRequest(
+                name=table,
+                connection_id=conn_id,
+                embedding_provider_id=emb_id,
+                source_table=f"public.{table}",
+                primary_key_column="id",
+                columns=columns(),
+                sync_interval_seconds=interval,
+            )
+        )
+    ).vector_table
+    task = await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt.id))
+    await wait_task(c, task.task_id)
+    return vt
+
+
+async def wait_task(c: EmbeddClient, task_id: str) -> None:
+    async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.done:
+            assert event.task.status == values_pb2.TaskStatus.completed, event
+            return
+
+
+async def sync_latency(c: EmbeddClient, source: str, vt_id: str, table: str) -> list[float]:
+    owner = await asyncpg.connect(source)
+    latencies = []
+    try:
+        for i in range(20):
+            name = f"Probe Lantern {i} {secrets.token_hex(3)}"
+            await owner.execute(f"UPDATE {table} SET name = $1 WHERE id = $2", name, 100 + i)
+            started = time.perf_counter()
+            while True:
+                res = await c.query.QueryVectorTable(
+                    query_pb2.QueryVectorTableRequest(
+                        vector_table_id=vt_id, query=f"Product: {name}", limit=1, include_embedded_text=True
+                    )
+                )
+                if res.results and name in res.results[0].embedded_text:
+                    break
+                await asyncio.sleep(0.02)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        await owner.close()
+    return latencies
+
+
+async def poll_cost(source: str, table: str, ref: str) -> tuple[float, int]:
+    spec = VectorTableSpec("public", table, "id", "local-lexical-384", 384, tuple(COLUMNS), pk_type="integer")
+    query = diff_all(spec, qualified("public", ref))
+    conn = await asyncpg.connect(source)
+    times, shipped = [], 0
+    try:
+        for _ in range(5):
+            started = time.perf_counter()
+            rows = await conn.fetch(query.sql, *query.params)
+            times.append(time.perf_counter() - started)
+            shipped = max(shipped, len(rows))
+    finally:
+        await conn.close()
+    return statistics.median(times) * 1000, shipped
+
+
+async def swap_under_load(c: EmbeddClient, vt: vector_table_pb2.VectorTable) -> dict[str, Any]:
+    stop = asyncio.Event()
+    stats: dict[str, Any] = {"queries": 0, "failed": 0, "empty": 0, "max_ms": 0.0}
+
+    async def loop() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                res = await c.query.QueryVectorTable(
+                    query_pb2.QueryVectorTableRequest(
+                        vector_table_id=vt.id, query="warm jacket for hiking", limit=10
+                    )
+                )
+                stats["empty"] += not res.results
+            except Exception:
+                stats["failed"] += 1
+            stats["queries"] += 1
+            stats["max_ms"] = max(stats["max_ms"], (time.perf_counter() - started) * 1000)
+
+    runner = asyncio.create_task(loop())
+    await asyncio.sleep(0.5)
+    changed = [*columns()]
+    changed[0].name_prefix = "Item: "
+    await c.vector_tables.UpdateVectorTable(
+        vector_table_pb2.UpdateVectorTableRequest(
+            vector_table=vector_table_pb2.VectorTable(id=vt.id, columns=changed)
+        )
+    )
+    tasks = await c.tasks.ListTasks(task_pb2.ListTasksRequest(target_id=vt.id))
+    rebackfill = next(t for t in tasks.tasks if t.task_type == values_pb2.TaskType.rebackfill)
+    await wait_task(c, rebackfill.task_id)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await runner
+    return stats
+
+
+async def main(rows: int, swap_rows: int) -> dict[str, Any]:
+    password = secrets.token_urlsafe(12)
+    with local_postgres() as pg:
+        control, source = await prepare_databases(pg, password)
+        await load_source(source, "products", rows)
+        await load_source(source, "products_small", swap_rows)
+        key = new_secret_key()
+        server = ServerProcess(control, key, engine_poll_s="0.2").start()
+        try:
+            api_key = create_org(control, key)
+            async with EmbeddClient(f"127.0.0.1:{server.port}", api_key) as c:
+                conn = await c.connections.CreateConnection(
+                    connection_pb2.CreateConnectionRequest(
+                        provider=values_pb2.ConnectionProvider.postgresql,
+                        name="bench",
+                        mode=values_pb2.Mode.platform,
+                        credentials=connection_pb2.PostgresCredentials(
+                            host="127.0.0.1",
+                            port=pg.port,
+                            database="bench_source",
+                            user="bench_user",
+                            password=password,
+                        ),
+                    )
+                )
+                emb = await c.embedding_providers.CreateEmbeddingProvider(
+                    embedding_provider_pb2.CreateEmbeddingProviderRequest(
+                        name="local",
+                        provider=values_pb2.EmbeddingProviderType.local,
+                        default_model="local-lexical-384",
+                    )
+                )
+                conn_id, emb_id = conn.connection.id, emb.embedding_provider.id
+                small = await make_table(c, conn_id, emb_id, "products_small", interval=1)
+                big = await make_table(c, conn_id, emb_id, "products", interval=3600)
+                poll_ms, shipped = await poll_cost(source, "products", big.platform_vector_ref)
+                latencies = await sync_latency(c, source, small.id, "products_small")
+                swap = await swap_under_load(c, small)
+        finally:
+            server.stop()
+    latencies.sort()
+    return {
+        "sync_latency_p50_s": round(statistics.median(latencies), 3),
+        "sync_latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
+        "poll_ms_100k": round(poll_ms, 1),
+        "poll_rows_shipped": shipped,
+        "swap_queries": swap["queries"],
+        "swap_failed_queries": swap["failed"],
+        "swap_empty_pages": swap["empty"],
+        "swap_max_stall_ms": round(swap["max_ms"], 1),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--swap-rows", type=int, default=20_000)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.rows, args.swap_rows))))
