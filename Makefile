@@ -50,8 +50,14 @@ unit: install
 	$(PY) -m pytest -q tests/unit
 
 ## Benchmarks (minutes each; not part of `make test`). Each ends with one JSON line.
+bench-providers: install
+	$(PY) -m bench.bench_providers
+
 bench-backfill: install
 	$(PY) -m bench.bench_backfill
+
+bench-query: install
+	$(PY) -m bench.bench_query
 
 bench-sync: install
 	$(PY) -m bench.bench_sync

@@ -159,7 +159,7 @@ async def main(rows: int, rss_rows: int) -> dict[str, object]:
         control, source = await prepare_databases(pg, password)
         await load_source(source, "products", rows)
         baseline_rps = await baseline(source, "products", rows)
-        rps, rss = await ours(control, pg.port, password, "products", rows)
+        rps, rss = await ours(control, pg.backend_port, password, "products", rows)
         result: dict[str, object] = {
             "rows": rows,
             "rows_per_s": round(rps, 1),
@@ -169,7 +169,7 @@ async def main(rows: int, rss_rows: int) -> dict[str, object]:
         }
         if rss_rows:
             await load_source(source, "products_large", rss_rows)
-            _, rss_large = await ours(control, pg.port, password, "products_large", rss_rows)
+            _, rss_large = await ours(control, pg.backend_port, password, "products_large", rss_rows)
             result["rss_rows"] = rss_rows
             result["peak_rss_mb_large"] = round(rss_large / 2**20, 1)
             result["rss_growth"] = round(rss_large / rss, 3)

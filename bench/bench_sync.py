@@ -37,6 +37,7 @@ from embedd_server.devtools.serverproc import ServerProcess, create_org, new_sec
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.sources.queries import diff_all
 from embedd_server.sources.sql import qualified
+from google.protobuf import struct_pb2
 
 from bench.bench_backfill import COLUMNS, load_source
 from bench.common import local_postgres, prepare_databases
@@ -98,13 +99,23 @@ async def sync_latency(c: EmbeddClient, source: str, vt_id: str, table: str) -> 
     latencies = []
     try:
         for i in range(20):
-            name = f"Probe Lantern {i} {secrets.token_hex(3)}"
-            await owner.execute(f"UPDATE {table} SET name = $1 WHERE id = $2", name, 100 + i)
+            # A unique price makes the row findable by filter (the exact path), so what is
+            # measured is sync, not whether an approximate search ranks the row first.
+            name, price = f"Probe Lantern {i} {secrets.token_hex(3)}", 100_000 + i
+            await owner.execute(
+                f"UPDATE {table} SET name = $1, price = $2 WHERE id = $3", name, price, 100 + i
+            )
             started = time.perf_counter()
-            while True:
+            filters = struct_pb2.Struct()
+            filters.update({"price": price})
+            while time.perf_counter() - started < 60:
                 res = await c.query.QueryVectorTable(
                     query_pb2.QueryVectorTableRequest(
-                        vector_table_id=vt_id, query=f"Product: {name}", limit=1, include_embedded_text=True
+                        vector_table_id=vt_id,
+                        query=name,
+                        limit=1,
+                        include_embedded_text=True,
+                        filters=filters,
                     )
                 )
                 if res.results and name in res.results[0].embedded_text:
@@ -187,7 +198,7 @@ async def main(rows: int, swap_rows: int) -> dict[str, Any]:
                         mode=values_pb2.Mode.platform,
                         credentials=connection_pb2.PostgresCredentials(
                             host="127.0.0.1",
-                            port=pg.port,
+                            port=pg.backend_port,
                             database="bench_source",
                             user="bench_user",
                             password=password,

@@ -27,17 +27,19 @@ def local_postgres() -> Iterator[LocalPostgres]:
 
 
 async def prepare_databases(pg: LocalPostgres, user_password: str) -> tuple[str, str]:
-    """(control-plane DSN, source DSN as owner); role `bench_user` may read and create."""
-    admin = pg.superuser_dsn()
+    """(control-plane DSN, source DSN as owner); role `bench_user` may read and create.
+    Benchmarks talk to PostgreSQL directly (`backend_port`), not through the dev TLS front
+    that LocalPostgres adds for SSL tests: production has no such proxy."""
+    admin = pg.superuser_dsn(direct=True)
     await create_database(admin, "bench_control", with_vector=False)
     await create_database(admin, "bench_source", with_vector=True)
     await create_role(admin, "bench_user", user_password)
-    conn = await asyncpg.connect(pg.superuser_dsn("bench_source"))
+    conn = await asyncpg.connect(pg.superuser_dsn("bench_source", direct=True))
     try:
         await conn.execute("GRANT CREATE ON SCHEMA public TO bench_user")
     finally:
         await conn.close()
-    return pg.superuser_dsn("bench_control"), pg.superuser_dsn("bench_source")
+    return pg.superuser_dsn("bench_control", direct=True), pg.superuser_dsn("bench_source", direct=True)
 
 
 async def sample_until(server: ServerProcess, done: asyncio.Event, every_s: float = 0.05) -> None:

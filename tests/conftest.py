@@ -37,7 +37,7 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
 @pytest.fixture(scope="session")
 async def control_dsn(pg: LocalPostgres) -> str:
     await create_database(pg.superuser_dsn(), "embedd_control", with_vector=False)
-    return pg.superuser_dsn("embedd_control")
+    return pg.superuser_dsn("embedd_control", direct=True)  # the TLS front is for user databases
 
 
 @pytest.fixture(scope="session")

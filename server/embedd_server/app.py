@@ -35,6 +35,7 @@ from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.engine.context import EngineDeps, EngineSettings
+from embedd_server.engine.query import QueryEmbeddingCache, QueryEngine, UserPools
 from embedd_server.engine.scheduler import SyncScheduler
 from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
@@ -44,7 +45,7 @@ from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_fi
 from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
 from embedd_server.services.connections import Checker, ConnectionServicer
 from embedd_server.services.embedding_providers import EmbeddingProviderServicer
-from embedd_server.services.pending import PendingQueryServicer
+from embedd_server.services.query import QueryServicer
 from embedd_server.services.tasks import TaskServicer
 from embedd_server.services.vector_tables import SyncServicer, VectorTableServicer
 from embedd_server.sources.pg_check import check_postgres
@@ -114,6 +115,7 @@ class Service:
     embedders: EmbedderRegistry
     worker: Worker | None
     scheduler: SyncScheduler | None
+    query_engine: QueryEngine | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
@@ -124,6 +126,8 @@ class Service:
             await self.worker.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.query_engine is not None:
+            await self.query_engine.aclose()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -139,7 +143,12 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     )
     box = secret_box(settings)
     orgs = OrgStore(pool)
-    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s))
+    # No global connection cap: each provider's limiter bounds its own requests in flight, and
+    # a shared cap would let one hung provider starve the others.
+    http = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+    )
     embedders = EmbedderRegistry(http, box)
     server = grpc.aio.server(
         interceptors=[ServiceInterceptor(Authenticator(orgs))],
@@ -179,7 +188,15 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         server,
     )
     sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
-    query_pb2_grpc.add_QueryServiceServicer_to_server(PendingQueryServicer(), server)
+    query_engine = QueryEngine(
+        connections=connections,
+        providers=providers,
+        embedders=embedders,
+        secrets=box,
+        pools=UserPools(connect_timeout_s=settings.connect_timeout_s),
+        cache=QueryEmbeddingCache(),
+    )
+    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
 
     health_servicer = HealthServicer()
@@ -206,4 +223,5 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         embedders=embedders,
         worker=worker,
         scheduler=scheduler,
+        query_engine=query_engine,
     )

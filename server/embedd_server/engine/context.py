@@ -11,12 +11,11 @@ from typing import Any
 
 import asyncpg
 
-from embedd_server.domain.credentials import decode_credentials
 from embedd_server.domain.models import VectorTable
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.providers.base import Embedder
 from embedd_server.providers.registry import EmbedderRegistry
-from embedd_server.secretbox import SecretBox
+from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.sinks.pgvector import register_vector_codec
 from embedd_server.sources.postgres import connect
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
@@ -68,7 +67,7 @@ class EngineDeps:
         provider = await self.providers.get_by_id(vt.embedding_provider_id)
         if connection is None or provider is None:
             raise PermanentError("the vector table's connection or embedding provider was deleted")
-        creds = decode_credentials(self.secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        creds = open_credentials(self.secrets, connection)
         embedder = self.embedders.get(provider, spec.embedding_model, spec.embedding_dimensions)
         timeout = self.settings.connect_timeout_s
         reader = await connect(creds, timeout_s=timeout)

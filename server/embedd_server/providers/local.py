@@ -93,6 +93,11 @@ def minilm_available() -> bool:
     return True
 
 
+def best_local_model() -> str:
+    """The best local model that is installed: MiniLM when the extra is, else the lexical one."""
+    return MINILM_MODEL if minilm_available() else LEXICAL_MODEL
+
+
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 through sentence-transformers, on the CPU, in a worker thread."""
 

@@ -2,7 +2,9 @@
 
 Embedders are cached so that all work against one provider key shares one rate limiter and
 one concurrency window (per-provider, per-key isolation: a failing provider never stalls
-another). The HTTP session is the composition root's, shared by every remote client.
+another). Embedders of the same record and model (different dimensions) share one limiter,
+because the provider's rate limit is per key and model. The HTTP session is the composition
+root's, shared by every remote client.
 """
 
 from __future__ import annotations
@@ -12,10 +14,37 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from embedd_server.domain import catalog
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, InputType, ProviderError
+from embedd_server.providers.gemini import GeminiEmbedder
+from embedd_server.providers.http import DEFAULT_POLICY, TEST_POLICY, RetryPolicy
+from embedd_server.providers.limiter import AdaptiveLimiter, RateLimits
 from embedd_server.providers.local import LEXICAL_MODEL, MINILM_MODEL, LexicalEmbedder, MiniLMEmbedder
-from embedd_server.secretbox import SecretBox
+from embedd_server.providers.openai import OpenAIEmbedder
+from embedd_server.providers.remote import RemoteEmbedder
+from embedd_server.providers.voyage import VoyageEmbedder
+from embedd_server.secretbox import SecretBox, SecretBoxError
+
+_CLIENTS: dict[str, type[RemoteEmbedder]] = {
+    "openai": OpenAIEmbedder,
+    "gemini": GeminiEmbedder,
+    "voyage": VoyageEmbedder,
+}
+
+
+def default_limits(provider: str, model: str) -> RateLimits:
+    """Published lowest-paid-tier limits (see notes/provider-limits.md): the starting point.
+    A higher tier is learned from OpenAI's `x-ratelimit-limit-*` headers; 429s cut the pace."""
+    if provider == "openai":
+        return RateLimits(rpm=3_000, tpm=1_000_000)
+    if provider == "voyage":
+        if "lite" in model:
+            return RateLimits(rpm=2_000, tpm=16_000_000)
+        if "large" in model or "code" in model:
+            return RateLimits(rpm=2_000, tpm=3_000_000)
+        return RateLimits(rpm=2_000, tpm=8_000_000)
+    return RateLimits()  # Gemini: per-project quotas, unknown here; found by AIMD
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +55,14 @@ class ProviderTestResult:
 
 
 class EmbedderRegistry:
-    def __init__(self, session: aiohttp.ClientSession, secrets: SecretBox) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, secrets: SecretBox, policy: RetryPolicy = DEFAULT_POLICY
+    ) -> None:
         self._session = session
         self._secrets = secrets
+        self._policy = policy
         self._cache: dict[tuple[str, str, int], Embedder] = {}
+        self._limiters: dict[tuple[str, str], AdaptiveLimiter] = {}
 
     def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:
         key = (record.id, model, dimensions)
@@ -37,30 +70,75 @@ class EmbedderRegistry:
             self._cache[key] = self._build(record, model, dimensions)
         return self._cache[key]
 
-    def _build(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:
+    def _limiter(self, record: EmbeddingProvider, model: str) -> AdaptiveLimiter:
+        key = (record.id, model)
+        if key not in self._limiters:
+            # A base URL override is another server (Azure, vLLM, TEI...): its limits are unknown.
+            limits = RateLimits() if record.base_url else default_limits(record.provider, model)
+            self._limiters[key] = AdaptiveLimiter(limits)
+        return self._limiters[key]
+
+    def _build(
+        self,
+        record: EmbeddingProvider,
+        model: str,
+        dimensions: int,
+        *,
+        policy: RetryPolicy | None = None,
+        limiter: AdaptiveLimiter | None = None,
+    ) -> Embedder:
         if record.provider == "local":
             if model == LEXICAL_MODEL:
-                return LexicalEmbedder(dimensions)
+                return LexicalEmbedder(dimensions or 384)
             if model == MINILM_MODEL:
                 return MiniLMEmbedder()
-        raise ProviderError(
-            "provider_error", f"provider {record.provider!r} model {model!r} is not available yet (issue #3)"
+        client = _CLIENTS.get(record.provider)
+        info = catalog.find_model(record.provider, model)
+        if client is None or info is None:
+            raise ProviderError(
+                "provider_error", f"provider {record.provider!r} has no model {model!r} in the catalog"
+            )
+        if not record.api_key_enc:
+            raise ProviderError("bad_key", f"the {record.provider} provider record has no API key")
+        try:
+            api_key = self._secrets.decrypt(record.api_key_enc, bound_to=record.id)
+        except SecretBoxError as exc:
+            raise ProviderError(
+                "bad_key", "the stored API key cannot be decrypted with this server's secret key"
+            ) from exc
+        return client(
+            self._session,
+            api_key=api_key,
+            model=model,
+            dimensions=dimensions or info.dimensions,
+            native_dimensions=info.dimensions,
+            reducible=bool(info.reducible_to),
+            base_url=record.base_url,
+            limiter=limiter or self._limiter(record, model),
+            policy=policy or self._policy,
         )
 
     async def test(self, record: EmbeddingProvider) -> ProviderTestResult:
-        """One tiny real call with the record's default model."""
+        """One tiny real call with the record's default model, with a short retry policy and
+        its own limiter (a test never waits behind a backfill's pacing)."""
         started = time.perf_counter()
         try:
-            embedder = self._build(record, record.default_model, 0)
-            await embedder.embed(["embedd connection test"], InputType.QUERY)
+            embedder = self._build(
+                record, record.default_model, 0, policy=TEST_POLICY, limiter=AdaptiveLimiter()
+            )
+            result = await embedder.embed(["embedd connection test"], InputType.QUERY)
         except ProviderError as err:
-            return ProviderTestResult(_ms(started), err.code, err.message)
+            code = err.code if err.code in ("bad_key", "unreachable") else "provider_error"
+            return ProviderTestResult(_ms(started), code, err.message)
+        if result.failed:
+            return ProviderTestResult(_ms(started), "provider_error", result.failed[0])
         return ProviderTestResult(_ms(started))
 
     async def aclose(self) -> None:
         for embedder in self._cache.values():
             await embedder.aclose()
         self._cache.clear()
+        self._limiters.clear()
 
 
 def _ms(started: float) -> int:

@@ -12,8 +12,6 @@ from embedd_server.domain import models
 from embedd_server.domain.credentials import (
     ConnectionTestResult,
     PgCredentials,
-    decode_credentials,
-    encode_credentials,
 )
 from embedd_server.domain.errors import not_found, unimplemented
 from embedd_server.domain.ids import new_id
@@ -25,7 +23,7 @@ from embedd_server.domain.validation import (
     check_ssl_mode,
     page_request,
 )
-from embedd_server.secretbox import SecretBox
+from embedd_server.secretbox import SecretBox, open_credentials, seal_credentials
 from embedd_server.services.base import Context
 from embedd_server.services.convert import timestamp
 from embedd_server.store.connections import ConnectionStore
@@ -103,7 +101,7 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
             name=request.name.strip(),
             provider="postgresql",
             mode=_MODE.Value.Name(request.mode),
-            credentials_enc=self._secrets.encrypt(encode_credentials(creds), bound_to=conn_id),
+            credentials_enc=seal_credentials(self._secrets, conn_id, creds),
         )
         return connection_pb2.CreateConnectionResponse(connection=to_proto(row))
 
@@ -144,7 +142,7 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
         self, request: connection_pb2.TestConnectionRequest, context: Context
     ) -> connection_pb2.TestConnectionResponse:
         row = await self._get(request.connection_id)
-        creds = decode_credentials(self._secrets.decrypt(row.credentials_enc, bound_to=row.id))
+        creds = open_credentials(self._secrets, row)
         result = await self._checker(creds, row.mode == "platform")
         await self._store.record_test(
             row.id, ok=result.ok, failure=result.failure.value if result.failure else None

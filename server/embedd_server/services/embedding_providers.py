@@ -7,7 +7,7 @@ from embedd.v1 import embedding_provider_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
-from embedd_server.domain.errors import not_found, unimplemented
+from embedd_server.domain.errors import not_found
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -23,6 +23,8 @@ from embedd_server.services.convert import timestamp
 from embedd_server.store.connections import EmbeddingProviderStore
 
 _TYPE = values_pb2.EmbeddingProviderType
+_STATUS = values_pb2.TestStatus.Value
+_FAILURE = values_pb2.EmbeddingProviderTestFailure
 
 
 def to_proto(e: models.EmbeddingProvider) -> pb.EmbeddingProvider:
@@ -110,10 +112,15 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
     async def TestEmbeddingProvider(
         self, request: pb.TestEmbeddingProviderRequest, context: Context
     ) -> pb.TestEmbeddingProviderResponse:
-        await self._get(request.embedding_provider_id)
-        raise unimplemented(
-            "Testing an embedding provider (a real call to its API)",
-            "tracked by the embedding-providers issue #3",
+        row = await self._get(request.embedding_provider_id)
+        result = await self._embedders.test(row)
+        if result.failure is None:
+            return pb.TestEmbeddingProviderResponse(status=_STATUS.ok, latency_ms=result.latency_ms)
+        return pb.TestEmbeddingProviderResponse(
+            status=_STATUS.failed,
+            latency_ms=result.latency_ms,
+            reason=_FAILURE.Value.Value(result.failure),
+            message=result.message or result.failure,
         )
 
     async def ListEmbeddingModels(

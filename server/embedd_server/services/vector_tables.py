@@ -10,7 +10,6 @@ from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vec
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
-from embedd_server.domain.credentials import decode_credentials
 from embedd_server.domain.errors import ApiError, Kind, not_found, unimplemented
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import Violations, check_id, check_name, page_request
@@ -25,7 +24,7 @@ from embedd_server.domain.vector_tables import (
 )
 from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
-from embedd_server.secretbox import SecretBox
+from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
 from embedd_server.services.convert import timestamp
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
@@ -227,7 +226,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         info = catalog.require_model(provider.provider, model, "embedding_model")
         dims = catalog.check_dimensions(info, request.embedding_dimensions, "embedding_dimensions")
 
-        creds = decode_credentials(self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        creds = open_credentials(self._secrets, connection)
         spec = VectorTableSpec(
             source_schema=source[0],
             source_table=source[1],
@@ -331,7 +330,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         )
         connection = await self._connections.get_by_id(vt.connection_id)
         assert connection is not None  # the foreign key keeps it while the table exists
-        creds = decode_credentials(self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id))
+        creds = open_credentials(self._secrets, connection)
         spec = await self._tables.validate(creds, spec)
         if needs_rebackfill(vt.spec, spec):
             # The rebackfill task is the next backfill (as the seed says); one at a time.
@@ -355,9 +354,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if request.drop_vectors:
             connection = await self._connections.get_by_id(vt.connection_id)
             assert connection is not None  # the foreign key keeps it while the table exists
-            creds = decode_credentials(
-                self._secrets.decrypt(connection.credentials_enc, bound_to=connection.id)
-            )
+            creds = open_credentials(self._secrets, connection)
             await self._tables.drop(creds, vt.spec.target_schema, vt.platform_vector_ref)
         # A running task notices its lease is gone at its next checkpoint and stops.
         await self._tasks.fail_active(vt.id, "the vector table was deleted")

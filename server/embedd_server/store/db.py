@@ -54,9 +54,15 @@ async def migrate(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> l
     return applied
 
 
+async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
+    return None
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool[Any]:
     """The control-plane pool, with migrations applied before it is handed out."""
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+    # No RESET ALL on release: the control plane never changes session state outside a
+    # transaction (SET LOCAL only), and the reset would cost every query a round trip.
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_no_reset)
     async with pool.acquire() as conn:
         await migrate(conn)
     return pool

@@ -73,6 +73,20 @@ class OrgStore:
         assert row is not None
         return _key(row), secret
 
+    async def find_key_and_environment(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None] | None:
+        """The key and the id of the environment the call is scoped to (`env_ref`, by id or
+        name, or the default when empty) in one round trip - every request pays for it."""
+        row = await self._pool.fetchrow(
+            "SELECT k.*, e.id AS scoped_env_id FROM api_keys k"
+            " LEFT JOIN LATERAL (SELECT id FROM environments e WHERE e.org_id = k.org_id"
+            "   AND CASE WHEN $2 = '' THEN e.is_default ELSE (e.id = $2 OR e.name = $2) END"
+            "   ORDER BY (e.id = $2) DESC LIMIT 1) e ON true"
+            " WHERE k.key_hash = $1",
+            hash_key(secret),
+            env_ref,
+        )
+        return (_key(row), row["scoped_env_id"]) if row else None
+
     async def find_key(self, secret: str) -> ApiKey | None:
         row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_hash = $1", hash_key(secret))
         return _key(row) if row else None
@@ -90,11 +104,6 @@ class OrgStore:
         return _key(row) if row else None
 
     # --- environments -----------------------------------------------------------------
-
-    async def default_environment(self, org_id: str) -> Environment:
-        row = await self._pool.fetchrow("SELECT * FROM environments WHERE org_id = $1 AND is_default", org_id)
-        assert row is not None, "every organisation has a default environment"
-        return _env(row)
 
     async def find_environment(self, org_id: str, id_or_name: str) -> Environment | None:
         row = await self._pool.fetchrow(

@@ -1,0 +1,514 @@
+"""Query latency (gRPC, REST through Envoy, the raw SQL) and recall, on 100,000 products.
+
+    python bench/bench_query.py [--rows 100000] [--queries 400]
+
+Same machine, same run, same PostgreSQL. The demo products (`--rows`, 384 dims, the local
+lexical embedder) are backfilled by a real server process (`POST .../backfill`), so the
+vector table, its HNSW index and btree metadata indexes are the server's own. Then, with the
+query embeddings cached (each query text is sent once before timing), one client at a time:
+
+  grpc   QueryVectorTable over gRPC
+  rest   POST /v1/vector-tables/{id}/query through Envoy's transcoder
+  sql    the statements the engine issues for the same query (sinks.pgvector_search), run
+         directly with asyncpg on a connection made like the engine's
+
+for unfiltered queries, and over gRPC for price-window filters selecting ~1 % and ~0.1 % of
+the rows. `qps_rest` is 16 concurrent REST clients for a few seconds. Recall@10 is against an
+exact ranking in numpy of every stored vector (the same as a search without index); a result
+counts as a hit when its exact score reaches the 10th best exact score (the lexical embedder
+has ties). A sweep of filter sizes (exact path vs HNSW path, direct SQL) shows where the
+engine's EXACT_THRESHOLD comes from (with a selective range filter PostgreSQL's planner may
+still serve the "hnsw" statement from the btree index), and a sweep of hnsw.ef_search where
+DEFAULT_EF_SEARCH comes from.
+
+Last line: {"grpc_p50_ms", "rest_p50_ms", "sql_p50_ms", "grpc_p99_ms", "rest_p99_ms",
+"sql_p99_ms", "qps_rest", "recall_unfiltered", "recall_filtered", "filtered_p50_ms",
+"filtered_full_page_share"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import numpy as np
+from embedd.v1 import (
+    connection_pb2,
+    embedding_provider_pb2,
+    query_pb2,
+    sync_pb2,
+    task_pb2,
+    values_pb2,
+    vector_table_pb2,
+)
+from embedd_client import EmbeddClient
+from embedd_server.devtools.demo_data import SCHEMA, products
+from embedd_server.devtools.envoy import EnvoyProcess, render_config
+from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
+from embedd_server.domain.credentials import PgCredentials
+from embedd_server.domain.filters import CompiledFilter, compile_filters
+from embedd_server.domain.vector_tables import ColumnSpec
+from embedd_server.engine.query import EXACT_THRESHOLD
+from embedd_server.providers.local import lexical_vector
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, metadata_expression
+from embedd_server.sinks.pgvector_search import (
+    FILTER_FIRST_PARAM,
+    PgVectorSearch,
+    SearchStatement,
+    prepare_query_connection,
+    run_count,
+    run_search,
+)
+from embedd_server.sources.postgres import connect
+from google.protobuf import json_format
+
+from bench.common import ROOT, local_postgres, prepare_databases
+
+COLUMNS = [
+    ColumnSpec("name", "embedding", 1, "Product: "),
+    ColumnSpec("description", "embedding", 2, "Description: "),
+    ColumnSpec("category", "metadata", filter_type="keyword"),
+    ColumnSpec("price", "metadata", filter_type="float"),
+    ColumnSpec("in_stock", "metadata", filter_type="boolean"),
+]
+LIMIT = 10
+WORDS = [
+    "warm",
+    "jacket",
+    "hiking",
+    "fleece",
+    "merino",
+    "wool",
+    "tent",
+    "backpacking",
+    "lightweight",
+    "waterproof",
+    "boots",
+    "trail",
+    "running",
+    "winter",
+    "camping",
+    "stove",
+    "climbing",
+    "harness",
+    "rope",
+    "daypack",
+    "gloves",
+    "beanie",
+    "headlamp",
+    "down",
+    "insulated",
+    "breathable",
+    "alpine",
+    "desert",
+    "coastal",
+    "ski",
+    "touring",
+    "sleeping",
+    "bag",
+    "pad",
+    "duffel",
+]
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def query_texts(n: int, seed: int = 7) -> list[str]:
+    rnd = random.Random(seed)
+    return [" ".join(rnd.sample(WORDS, rnd.randint(2, 5))) for _ in range(n)]
+
+
+async def load_source(dsn: str, rows: int) -> list[float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(SCHEMA)
+        data = [tuple(p) for p in products(rows)]
+        await conn.copy_records_to_table(
+            "products", records=data, columns=["id", "name", "description", "category", "price", "in_stock"]
+        )
+        await conn.execute("GRANT SELECT ON products TO bench_user; ANALYZE products")
+        return sorted(float(p[4]) for p in data)
+    finally:
+        await conn.close()
+
+
+async def backfill(
+    client: EmbeddClient, pg_port: int, password: str, rows: int
+) -> vector_table_pb2.VectorTable:
+    conn = await client.connections.CreateConnection(
+        connection_pb2.CreateConnectionRequest(
+            provider=values_pb2.ConnectionProvider.postgresql,
+            name="bench",
+            mode=values_pb2.Mode.platform,
+            credentials=connection_pb2.PostgresCredentials(
+                host="127.0.0.1", port=pg_port, database="bench_source", user="bench_user", password=password
+            ),
+        )
+    )
+    emb = await client.embedding_providers.CreateEmbeddingProvider(
+        embedding_provider_pb2.CreateEmbeddingProviderRequest(
+            name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
+        )
+    )
+    columns = []
+    for col in COLUMNS:
+        if col.role == "embedding":
+            columns.append(
+                vector_table_pb2.Column(
+                    name=col.name,
+                    role=values_pb2.ColumnRole.embedding,
+                    ordinal=col.ordinal or 0,
+                    name_prefix=col.name_prefix or "",
+                )
+            )
+        else:
+            columns.append(
+                vector_table_pb2.Column(
+                    name=col.name,
+                    role=values_pb2.ColumnRole.metadata,
+                    filter_type=values_pb2.FilterType.Value.Value(col.filter_type or "keyword"),
+                )
+            )
+    made = await client.vector_tables.CreateVectorTable(
+        vector_table_pb2.CreateVectorTableRequest(
+            name="products-search",
+            connection_id=conn.connection.id,
+            embedding_provider_id=emb.embedding_provider.id,
+            source_table="public.products",
+            primary_key_column="id",
+            embedding_model="local-lexical-384",
+            embedding_dimensions=384,
+            columns=columns,
+        )
+    )
+    started = time.perf_counter()
+    task = await client.sync.BackfillVectorTable(
+        sync_pb2.BackfillVectorTableRequest(vector_table_id=made.vector_table.id)
+    )
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+        if event.done:
+            assert event.task.status == values_pb2.TaskStatus.completed, event
+            assert event.task.progress.rows_processed == rows, event
+            break
+    log(f"backfill of {rows} rows: {time.perf_counter() - started:.1f} s")
+    return made.vector_table
+
+
+class Exact:
+    """Every stored vector and price, for exact rankings in numpy."""
+
+    def __init__(self, ids: list[str], vectors: np.ndarray[Any, Any], prices: np.ndarray[Any, Any]) -> None:
+        self.ids = ids
+        self.vectors = vectors
+        self.prices = prices
+        self.index = {pk: i for i, pk in enumerate(ids)}
+
+    def recall(self, text: str, got: list[str], window: tuple[float, float] | None) -> float:
+        scores = self.vectors @ lexical_vector(text)
+        if window is not None:
+            mask = (self.prices >= window[0]) & (self.prices < window[1])
+            scores = np.where(mask, scores, -np.inf)
+        top = np.sort(scores)[::-1][:LIMIT]
+        kth = top[-1] - 1e-5
+        hits = sum(1 for pk in got[:LIMIT] if scores[self.index[pk]] >= kth)
+        return hits / min(LIMIT, int(np.isfinite(top).sum()) or 1)
+
+
+async def load_exact(creds: PgCredentials, ref: str) -> Exact:
+    conn = await connect(creds, vector=True)
+    try:
+        rows = await conn.fetch(
+            f"SELECT pk_value, embedding AS e, (metadata->>'price')::float8 AS price FROM {ref}"
+        )
+    finally:
+        await conn.close()
+    vectors = np.array([r["e"].to_numpy() for r in rows], dtype=np.float32)
+    return Exact([r["pk_value"] for r in rows], vectors, np.array([r["price"] for r in rows]))
+
+
+def windows(prices: list[float], share: float, n: int, seed: int) -> list[tuple[float, float]]:
+    """Price windows [lo, hi) each selecting about `share` of the rows."""
+    rnd = random.Random(seed)
+    width = max(1, int(len(prices) * share))
+    out = []
+    while len(out) < n:
+        start = rnd.randrange(0, len(prices) - width - 1)
+        lo, hi = prices[start], prices[start + width]
+        if hi > lo:
+            out.append((lo, hi))
+    return out
+
+
+async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
+    out = []
+    for i in range(n):
+        started = time.perf_counter()
+        await call(i)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def compiled(window: tuple[float, float] | None) -> CompiledFilter:
+    filters = None if window is None else {"price": {"gte": window[0], "lt": window[1]}}
+    return compile_filters(filters, COLUMNS, metadata_expression, first_param=FILTER_FIRST_PARAM)
+
+
+async def sweep(
+    pool: asyncpg.Pool[Any], search: PgVectorSearch, prices: list[float], exact: Exact
+) -> list[dict[str, Any]]:
+    """Exact path vs HNSW path by filter size, direct SQL: where the threshold comes from."""
+    rows = []
+    texts = query_texts(20, seed=11)
+    for share in (0.001, 0.01, 0.02, 0.05, 0.1):
+        ws = windows(prices, share, len(texts), seed=int(share * 1e6))
+        line: dict[str, Any] = {"matched": int(len(prices) * share)}
+        for path in ("exact", "hnsw"):
+            times, recalls = [], []
+            async with pool.acquire() as conn:
+                for text, w in zip(texts, ws, strict=True):
+                    vector = encode_vectors(lexical_vector(text)[None, :])[0]
+                    where = compiled(w)
+                    stmt = (search.exact if path == "exact" else search.hnsw)(vector, where, LIMIT, False)
+                    started = time.perf_counter()
+                    hits = await run_search(conn, stmt)
+                    times.append((time.perf_counter() - started) * 1000)
+                    recalls.append(exact.recall(text, [h.id for h in hits], w))
+            line[f"{path}_p50_ms"] = round(statistics.median(times), 2)
+            line[f"{path}_recall"] = round(statistics.mean(recalls), 3)
+        rows.append(line)
+        log("sweep", json.dumps(line))
+    return rows
+
+
+async def ef_sweep(pool: asyncpg.Pool[Any], search: PgVectorSearch, exact: Exact) -> list[dict[str, Any]]:
+    """Unfiltered recall@10 and SQL latency by hnsw.ef_search: where DEFAULT_EF_SEARCH comes from."""
+    out = []
+    texts = query_texts(100, seed=5)
+    for ef in (40, 64, 100, 128, 200):
+        times, recalls = [], []
+        async with pool.acquire() as conn:
+            for text in texts:
+                vector = encode_vectors(lexical_vector(text)[None, :])[0]
+                stmt = search.hnsw(vector, compiled(None), LIMIT, False)
+                stmt = SearchStatement(stmt.sql, stmt.params, ef)
+                started = time.perf_counter()
+                hits = await run_search(conn, stmt)
+                times.append((time.perf_counter() - started) * 1000)
+                recalls.append(exact.recall(text, [h.id for h in hits], None))
+        line = {
+            "ef_search": ef,
+            "p50_ms": round(statistics.median(times), 2),
+            "recall": round(statistics.mean(recalls), 4),
+        }
+        log("ef", json.dumps(line))
+        out.append(line)
+    return out
+
+
+async def main(rows: int, n_queries: int) -> dict[str, Any]:
+    password = secrets.token_urlsafe(12)
+    with local_postgres() as pg, tempfile.TemporaryDirectory(prefix="embedd-bench-envoy-") as envoy_dir:
+        control, source = await prepare_databases(pg, password)
+        prices = await load_source(source, rows)
+        key = new_secret_key()
+        server = ServerProcess(control, key).start()
+        try:
+            api_key = create_org(control, key)
+            config = render_config(
+                ROOT / "envoy" / "envoy.yaml",
+                grpc_host="127.0.0.1",
+                grpc_port=server.port,
+                http_host="127.0.0.1",
+                http_port=0,
+                admin_port=0,
+                descriptor=ROOT / "envoy" / "embedd.binpb",
+            )
+            with EnvoyProcess(config, work_dir=Path(envoy_dir)) as envoy:
+                async with (
+                    EmbeddClient(f"127.0.0.1:{server.port}", api_key) as client,
+                    httpx.AsyncClient(
+                        base_url=envoy.http_url,
+                        headers={"Authorization": f"Bearer {api_key}"},
+                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                    ) as http,
+                ):
+                    vt = await backfill(client, pg.backend_port, password, rows)
+                    creds = PgCredentials(
+                        host="127.0.0.1",
+                        port=pg.backend_port,
+                        database="bench_source",
+                        user="bench_user",
+                        password=password,
+                    )
+                    return await measure(client, http, vt, creds, prices, n_queries)
+        finally:
+            server.stop()
+
+
+async def measure(
+    client: EmbeddClient,
+    http: httpx.AsyncClient,
+    vt: vector_table_pb2.VectorTable,
+    creds: PgCredentials,
+    prices: list[float],
+    n_queries: int,
+) -> dict[str, Any]:
+    exact = await load_exact(creds, f'"public"."{vt.platform_vector_ref}"')
+    texts = query_texts(50)
+    one_pct = windows(prices, 0.01, 50, seed=1)
+    tenth_pct = windows(prices, 0.001, 50, seed=2)
+    path = f"/v1/vector-tables/{vt.id}/query"
+
+    def grpc_request(text: str, window: tuple[float, float] | None) -> query_pb2.QueryVectorTableRequest:
+        req = query_pb2.QueryVectorTableRequest(vector_table_id=vt.id, query=text, limit=LIMIT)
+        if window is not None:
+            req.filters.update({"price": {"gte": window[0], "lt": window[1]}})
+        return req
+
+    async def grpc_ids(text: str, window: tuple[float, float] | None) -> list[str]:
+        response = await client.query.QueryVectorTable(grpc_request(text, window))
+        return [r.id for r in response.results]
+
+    # Warm up: every query text once (the embedding cache), pools, Envoy, page cache.
+    for text, w1, w2 in zip(texts, one_pct, tenth_pct, strict=True):
+        await grpc_ids(text, None)
+        await grpc_ids(text, w1)
+        await grpc_ids(text, w2)
+        r = await http.post(path, json={"query": text, "limit": LIMIT})
+        assert r.status_code == 200, r.text
+
+    # Recall and full pages (gRPC: the same engine as REST).
+    recall_unfiltered = statistics.mean([exact.recall(t, await grpc_ids(t, None), None) for t in texts])
+    filtered_recalls: dict[str, float] = {}
+    full_pages, filtered_times = [], []
+    for name, ws in (("1%", one_pct), ("0.1%", tenth_pct)):
+        recalls = []
+        for text, w in zip(texts, ws, strict=True):
+            started = time.perf_counter()
+            ids = await grpc_ids(text, w)
+            filtered_times.append((time.perf_counter() - started) * 1000)
+            recalls.append(exact.recall(text, ids, w))
+            full_pages.append(len(ids) == LIMIT)
+        filtered_recalls[name] = statistics.mean(recalls)
+    log("recall", json.dumps({"unfiltered": recall_unfiltered, **filtered_recalls}))
+
+    # Latency, one client at a time, unfiltered, interleaved rounds so drift hits all three.
+    search = PgVectorSearch(PgVectorTable("public", vt.platform_vector_ref, 384))
+    vectors = [encode_vectors(lexical_vector(t)[None, :])[0] for t in texts]
+    statements: list[SearchStatement] = [search.hnsw(v, compiled(None), LIMIT, False) for v in vectors]
+
+    async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
+        return await connect(creds)
+
+    async def no_reset(conn: asyncpg.Connection[Any]) -> None:
+        return None
+
+    pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+        connect=make, min_size=1, max_size=2, init=prepare_query_connection, reset=no_reset
+    )
+    try:
+        grpc_ms: list[float] = []
+        rest_ms: list[float] = []
+        sql_ms: list[float] = []
+
+        async def via_grpc(i: int) -> None:
+            await client.query.QueryVectorTable(grpc_request(texts[i % len(texts)], None))
+
+        async def via_rest(i: int) -> None:
+            r = await http.post(path, json={"query": texts[i % len(texts)], "limit": LIMIT})
+            assert r.status_code == 200
+
+        async def via_sql(i: int) -> None:
+            async with pool.acquire() as conn:
+                await run_search(conn, statements[i % len(statements)])
+
+        rounds = 4
+        for _ in range(rounds):
+            grpc_ms += await timed(n_queries // rounds, via_grpc)
+            rest_ms += await timed(n_queries // rounds, via_rest)
+            sql_ms += await timed(n_queries // rounds, via_sql)
+
+        # The filtered SQL the engine runs (probe + exact), for reference.
+        async def filtered_sql(i: int) -> None:
+            w = one_pct[i % len(one_pct)]
+            where = compiled(w)
+            async with pool.acquire() as conn:
+                await run_count(conn, search.count_sql(where), EXACT_THRESHOLD + 1)
+                await run_search(conn, search.exact(vectors[i % len(vectors)], where, LIMIT, False))
+
+        filtered_sql_ms = await timed(n_queries // 2, filtered_sql)
+
+        # Throughput: 16 concurrent REST clients.
+        counter = 0
+        deadline = time.perf_counter() + 5.0
+
+        async def worker(offset: int) -> None:
+            nonlocal counter
+            i = offset
+            while time.perf_counter() < deadline:
+                r = await http.post(path, json={"query": texts[i % len(texts)], "limit": LIMIT})
+                assert r.status_code == 200
+                counter += 1
+                i += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(16)))
+        qps_rest = counter / (time.perf_counter() - started)
+
+        sweep_rows = await sweep(pool, search, prices, exact)
+        ef_rows = await ef_sweep(pool, search, exact)
+    finally:
+        await pool.close()
+
+    # A sanity check that the REST body is the gRPC one.
+    r = await http.post(path, json={"query": texts[0], "limit": 3})
+    g = await client.query.QueryVectorTable(
+        query_pb2.QueryVectorTableRequest(vector_table_id=vt.id, query=texts[0], limit=3)
+    )
+    assert [x["id"] for x in r.json()["results"]] == [json_format.MessageToDict(x)["id"] for x in g.results]
+
+    log("filtered SQL (probe + exact, 1%) p50 ms", round(statistics.median(filtered_sql_ms), 2))
+    log("sweep", json.dumps(sweep_rows))
+    log("ef_search", json.dumps(ef_rows))
+    return {
+        "grpc_p50_ms": round(statistics.median(grpc_ms), 3),
+        "rest_p50_ms": round(statistics.median(rest_ms), 3),
+        "sql_p50_ms": round(statistics.median(sql_ms), 3),
+        "grpc_p99_ms": round(pct(grpc_ms, 0.99), 3),
+        "rest_p99_ms": round(pct(rest_ms, 0.99), 3),
+        "sql_p99_ms": round(pct(sql_ms, 0.99), 3),
+        "qps_rest": round(qps_rest, 1),
+        "recall_unfiltered": round(recall_unfiltered, 4),
+        "recall_filtered": round(min(filtered_recalls.values()), 4),
+        "filtered_p50_ms": round(statistics.median(filtered_times), 3),
+        "filtered_full_page_share": round(sum(full_pages) / len(full_pages), 4),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=400)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.rows, args.queries))))

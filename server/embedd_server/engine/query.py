@@ -1,0 +1,405 @@
+"""Semantic query orchestration: readiness, query embedding (cached), filter compilation, the
+choice of search path, and the pools of connections to users' databases.
+
+Path choice (measured, see bench/bench_query.py and notes/pgvector-costs.md): HNSW with a
+selective filter either returns too few rows (no iterative scan) or is slow and misses
+(relaxed_order: recall 0.93 at 1 %, 0.68 at 0.1 %), while an exact ranking of the rows the
+filter selects, read through the btree metadata indexes, costs a few ms and has recall 1.0.
+So a filtered query first counts the rows its filter selects, stopping at `exact_threshold`
+(cheap and exact with the indexes); at or below it the search is exact, above it HNSW with
+relaxed-order iterative scan. An HNSW answer shorter than `limit` is never returned as such:
+the query is re-run exactly (correct, slower, rare).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import numpy as np
+import structlog
+
+from embedd_server.domain.credentials import PgCredentials
+from embedd_server.domain.errors import ApiError, Kind
+from embedd_server.domain.filters import CompiledFilter, compile_filters
+from embedd_server.domain.models import EmbeddingProvider, VectorTable
+from embedd_server.providers.base import InputType, ProviderError
+from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.secretbox import SecretBox, open_credentials
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, metadata_expression
+from embedd_server.sinks.pgvector_search import (
+    FILTER_FIRST_PARAM,
+    Conn,
+    Hit,
+    PgVectorSearch,
+    SearchStatement,
+    prepare_query_connection,
+    run_count,
+    run_search,
+)
+from embedd_server.sources.postgres import connect
+from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
+
+log = structlog.get_logger(__name__)
+
+# Rows a filter may select for the exact path (see the module doc and bench/bench_query.py).
+EXACT_THRESHOLD = 5_000
+
+
+class StaleTable(Exception):
+    """The physical table no longer matches the spec read with it: a re-backfill swapped in
+    a table of other dimensions between the control-plane read and the search."""
+
+
+def not_ready(message: str) -> ApiError:
+    return ApiError(Kind.NOT_READY, "vector_table_not_ready", message)
+
+
+# -- query embeddings -----------------------------------------------------------------------
+
+
+class QueryEmbeddingCache:
+    """Query vectors (pgvector binary) by (provider id, model, dims, text): a bounded LRU whose
+    entries live `ttl_s`. Concurrent misses of one key share a single provider call."""
+
+    def __init__(self, max_entries: int = 10_000, ttl_s: float = 300.0) -> None:
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._entries: collections.OrderedDict[tuple[str, str, int, str], tuple[float, bytes]] = (
+            collections.OrderedDict()
+        )
+        self._inflight: dict[tuple[str, str, int, str], asyncio.Future[bytes]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, int, str]) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str, int, str], value: bytes) -> None:
+        self._entries[key] = (time.monotonic() + self._ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    async def get_or_compute(self, key: tuple[str, str, int, str], compute: Any) -> bytes:
+        cached = self.get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            self.hits += 1
+            return await asyncio.shield(waiting)
+        self.misses += 1
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            value: bytes = await compute()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        future.set_result(value)
+        self.put(key, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+# -- connections to users' databases ----------------------------------------------------------
+
+
+async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
+    """Pool release without the default `RESET ALL` round trip: query connections hold only
+    their hnsw session settings, which must survive (open transactions are still rolled back)."""
+
+
+class UserPools:
+    """A small asyncpg pool per connection (and credentials version), built on first use, the
+    least recently used closed beyond `max_pools`. Connections are `sources.postgres.connect`'s
+    (no statement cache: re-backfill renames tables under live queries) with the vector codec
+    and the hnsw session settings."""
+
+    def __init__(self, *, max_size: int = 4, max_pools: int = 32, connect_timeout_s: float = 10.0) -> None:
+        self._max_size = max_size
+        self._max_pools = max_pools
+        self._timeout = connect_timeout_s
+        self.pools: collections.OrderedDict[str, asyncpg.Pool[Any]] = collections.OrderedDict()
+        self._lock = asyncio.Lock()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def get(self, key: str, creds: PgCredentials) -> asyncpg.Pool[Any]:
+        pool = self.pools.get(key)
+        if pool is not None:
+            self.pools.move_to_end(key)
+            return pool
+        async with self._lock:
+            pool = self.pools.get(key)
+            if pool is None:
+                pool = await self._create(creds)
+                self.pools[key] = pool
+                self._evict()
+            return pool
+
+    async def _create(self, creds: PgCredentials) -> asyncpg.Pool[Any]:
+        timeout = self._timeout
+
+        async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
+            return await connect(creds, timeout_s=timeout)
+
+        pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+            connect=make,
+            min_size=1,
+            max_size=self._max_size,
+            max_inactive_connection_lifetime=120.0,
+            init=prepare_query_connection,
+            reset=_no_reset,
+        )
+        return pool
+
+    def _evict(self) -> None:
+        while len(self.pools) > self._max_pools:
+            _, old = self.pools.popitem(last=False)
+            task = asyncio.create_task(self._close(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(pool: asyncpg.Pool[Any]) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), 10.0)
+        except (TimeoutError, Exception):
+            pool.terminate()
+
+    async def invalidate(self, key: str) -> None:
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            await self._close(pool)
+
+    async def aclose(self) -> None:
+        pools = list(self.pools.values())
+        self.pools.clear()
+        await asyncio.gather(*(self._close(p) for p in pools), *self._closing, return_exceptions=True)
+
+
+# -- the query ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    text: str
+    limit: int = 10
+    filters: Mapping[str, Any] | None = None
+    min_score: float | None = None
+    include_embedded_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+    embedded_text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    creds: PgCredentials
+    pool_key: str
+    provider: EmbeddingProvider
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPlan:
+    """What a query runs: an optional probe and the search (exposed for the benchmark)."""
+
+    path: str  # "exact" | "hnsw"
+    statements: list[SearchStatement]
+
+
+class QueryEngine:
+    def __init__(
+        self,
+        *,
+        connections: ConnectionStore,
+        providers: EmbeddingProviderStore,
+        embedders: EmbedderRegistry,
+        secrets: SecretBox,
+        pools: UserPools,
+        cache: QueryEmbeddingCache,
+        exact_threshold: int = EXACT_THRESHOLD,
+    ) -> None:
+        self._connections = connections
+        self._providers = providers
+        self._embedders = embedders
+        self._secrets = secrets
+        self.pools = pools
+        self.cache = cache
+        self.exact_threshold = exact_threshold
+        self.resolve_ttl_s = 30.0
+        self._sources: dict[tuple[str, str], tuple[float, _Source]] = {}
+
+    async def aclose(self) -> None:
+        await self.pools.aclose()
+
+    async def query(self, vt: VectorTable, request: QueryRequest) -> list[QueryResult]:
+        if vt.last_synced_at is None:
+            raise not_ready(
+                f"Vector table {vt.id!r} has not been filled yet (sync_status {vt.sync_status!r}). "
+                f"Run the backfill (POST /v1/vector-tables/{vt.id}/backfill), wait for sync_status "
+                "'synced', then query."
+            )
+        spec = vt.spec  # the live table's; a re-backfill's pending spec is not served until the swap
+        where = compile_filters(
+            request.filters, spec.columns, metadata_expression, first_param=FILTER_FIRST_PARAM
+        )
+        source = await self._resolve(vt)
+        vector = await self._embed(
+            source.provider, spec.embedding_model, spec.embedding_dimensions, request.text
+        )
+        if vector is None:
+            return []  # nothing to compare: the text has no features the model knows
+        pool_key, creds = source.pool_key, source.creds
+        table = PgVectorTable(spec.target_schema, vt.platform_vector_ref, spec.embedding_dimensions)
+        search = PgVectorSearch(table)
+        try:
+            pool = await self.pools.get(pool_key, creds)
+            async with pool.acquire() as conn:
+                hits = await self._search(conn, search, vector, where, request, vt=vt)
+        except asyncpg.DataError as exc:
+            if "dimensions" in str(exc):
+                raise StaleTable(vt.id) from exc
+            raise
+        except asyncpg.UndefinedTableError as exc:
+            raise not_ready(
+                f"The vector table's data ({table.qualified}) is missing from the database. "
+                f"Run the backfill again: POST /v1/vector-tables/{vt.id}/backfill."
+            ) from exc
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidPasswordError,
+        ) as exc:
+            await self.pools.invalidate(pool_key)
+            self._sources.pop((vt.connection_id, vt.embedding_provider_id), None)
+            raise ApiError(
+                Kind.NOT_READY,
+                "connection_not_ready",
+                f"Cannot reach the vector table's database ({exc.__class__.__name__}). Run "
+                f"POST /v1/connections/{vt.connection_id}/test to see what is wrong, fix it, then retry.",
+            ) from exc
+        return [
+            QueryResult(
+                h.id,
+                h.score,
+                json.loads(h.metadata),
+                h.embedded_text if request.include_embedded_text else None,
+            )
+            for h in hits
+            if request.min_score is None or h.score >= request.min_score
+        ]
+
+    async def _resolve(self, vt: VectorTable) -> _Source:
+        """The table's credentials and provider record, cached `resolve_ttl_s`: both are
+        immutable once created, and neither can be deleted while the vector table exists."""
+        key = (vt.connection_id, vt.embedding_provider_id)
+        cached = self._sources.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        connection = await self._connections.get_by_id(vt.connection_id)
+        provider = await self._providers.get_by_id(vt.embedding_provider_id)
+        if connection is None or provider is None:
+            raise not_ready(
+                "The vector table's connection or embedding provider was deleted; recreate the vector table."
+            )
+        creds = open_credentials(self._secrets, connection)
+        pool_key = f"{connection.id}:{hashlib.sha256(connection.credentials_enc).hexdigest()[:16]}"
+        source = _Source(creds, pool_key, provider)
+        if len(self._sources) > 1024:
+            self._sources.clear()
+        self._sources[key] = (now + self.resolve_ttl_s, source)
+        return source
+
+    async def _embed(self, provider: EmbeddingProvider, model: str, dims: int, text: str) -> bytes | None:
+        key_id = provider.id
+        embedder = self._embedders.get(provider, model, dims)
+
+        async def compute() -> bytes:
+            try:
+                result = await embedder.embed([text], InputType.QUERY)
+            except ProviderError as exc:
+                kind = Kind.RATE_LIMITED if exc.code == "quota" else Kind.UNAVAILABLE
+                raise ApiError(
+                    kind, "embedding_provider_error", f"Embedding the query failed: {exc.message}"
+                ) from exc
+            if result.failed:
+                raise ApiError(
+                    Kind.INVALID,
+                    "validation_error",
+                    f"The provider rejected the query text: {result.failed[0]}",
+                )
+            return encode_vectors(np.asarray(result.vectors[:1], dtype=np.float32))[0]
+
+        vector = await self.cache.get_or_compute((key_id, model, dims, text), compute)
+        return None if not any(vector[4:]) else vector
+
+    def plan(
+        self,
+        search: PgVectorSearch,
+        vector: bytes,
+        where: CompiledFilter,
+        request: QueryRequest,
+        matched: int | None,
+    ) -> SearchPlan:
+        """The search for a known filter selectivity (`matched` rows, None when not probed)."""
+        limit, text = request.limit, request.include_embedded_text
+        if not search.has_index or (matched is not None and matched <= self.exact_threshold):
+            return SearchPlan("exact", [search.exact(vector, where, limit, text)])
+        return SearchPlan("hnsw", [search.hnsw(vector, where, limit, text)])
+
+    async def _search(
+        self,
+        conn: Conn,
+        search: PgVectorSearch,
+        vector: bytes,
+        where: CompiledFilter,
+        request: QueryRequest,
+        *,
+        vt: VectorTable,
+    ) -> list[Hit]:
+        matched: int | None = None
+        small = max(vt.synced_rows, vt.total_rows) <= self.exact_threshold // 2
+        if small:
+            matched = max(vt.synced_rows, vt.total_rows)
+        elif not where.is_empty:
+            matched = await run_count(conn, search.count_sql(where), self.exact_threshold + 1)
+        plan = self.plan(search, vector, where, request, matched)
+        hits = await run_search(conn, plan.statements[-1])
+        if plan.path == "hnsw" and len(hits) < request.limit:
+            # Too few from the index (a filter far from the query, max_scan_tuples reached):
+            # rank exactly rather than return a short page.
+            hits = await run_search(
+                conn, search.exact(vector, where, request.limit, request.include_embedded_text)
+            )
+        return hits

@@ -1,0 +1,95 @@
+"""OpenAI `POST {base}/embeddings` (and OpenAI-compatible servers: Azure, vLLM, Ollama, TEI).
+
+Wire format (OpenAI API reference, "Create embeddings"): request `{"model", "input": [str],
+"dimensions"?, "encoding_format": "float"|"base64"}` with `Authorization: Bearer <key>`;
+response `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
+"usage": {"prompt_tokens", "total_tokens"}}`. Errors are `{"error": {"message", "type",
+"param", "code"}}`.
+
+Limits: 2,048 inputs and 300,000 tokens per request, 8,192 tokens per input (the API rejects a
+longer input rather than cut it, so inputs are truncated here to the estimate). `dimensions`
+only exists for text-embedding-3-*. `encoding_format: base64` (little-endian float32) is about
+four times smaller than JSON floats and cheaper to parse; a compatible server that refuses it
+is switched to `float` for good. Rate limits come back in `x-ratelimit-*` headers, which the
+limiter learns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from embedd_server.providers.base import InputType, Vectors
+from embedd_server.providers.remote import (
+    Rejection,
+    RemoteEmbedder,
+    Request,
+    Verdict,
+    decode_float32,
+    error_message,
+    stack,
+)
+
+_INPUT_INDEX = re.compile(r"input\[(\d+)\]")
+
+
+class OpenAIEmbedder(RemoteEmbedder):
+    provider = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    max_inputs = 2048
+    max_request_tokens = 300_000
+    max_input_tokens = 8191
+
+    _encoding = "base64"
+
+    def build_request(self, texts: Sequence[str], input_type: InputType) -> Request:
+        body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": self._encoding}
+        if self._model.startswith("text-embedding-3") or (
+            self._dimensions != self._native and self._reducible
+        ):
+            body["dimensions"] = self._dimensions
+        return Request(
+            f"{self._base_url}/embeddings",
+            {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
+            body,
+        )
+
+    def parse_response(self, payload: Any, count: int) -> tuple[Vectors, int | None]:
+        data = sorted(payload["data"], key=lambda d: int(d["index"]))
+        if [int(d["index"]) for d in data] != list(range(count)):
+            raise ValueError("response indexes do not match the inputs")
+        vectors = stack([decode_float32(d["embedding"]) for d in data], count)
+        usage = payload.get("usage") or {}
+        tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
+        return vectors, int(tokens) if tokens is not None else None
+
+    def is_quota_exhausted(self, payload: Any) -> bool:
+        err = payload.get("error") if isinstance(payload, Mapping) else None
+        return isinstance(err, Mapping) and err.get("code") == "insufficient_quota"
+
+    def classify(self, status: int, payload: Any) -> Verdict:
+        message = error_message(payload)
+        err = payload.get("error") if isinstance(payload, Mapping) else None
+        err = err if isinstance(err, Mapping) else {}
+        code, param, low = str(err.get("code") or ""), str(err.get("param") or ""), message.lower()
+        match = _INPUT_INDEX.search(message) or _INPUT_INDEX.search(param)
+        index = int(match.group(1)) if match else None
+        if status == 404 or err.get("code") == "model_not_found":
+            return Verdict(Rejection.FATAL, message)
+        if code == "invalid_api_key":
+            return Verdict(Rejection.BAD_KEY, message)
+        too_many = code == "array_above_max_length" or "array too long" in low
+        if code == "max_tokens_per_request" or "per request" in low or too_many:
+            return Verdict(Rejection.TOO_LARGE, message)
+        if "maximum input length" in low or "maximum context length" in low:
+            return Verdict(Rejection.INPUT_TOO_LONG, message, index)
+        if param in ("model", "dimensions", "encoding_format") or "dimensions" in low:
+            return Verdict(Rejection.FATAL, message)
+        return Verdict(Rejection.BAD_INPUT, message, index)
+
+    def adapt(self, verdict: Verdict) -> bool:
+        if self._encoding == "base64" and "encoding_format" in verdict.message:
+            self._encoding = "float"  # an OpenAI-compatible server without base64
+            return True
+        return False

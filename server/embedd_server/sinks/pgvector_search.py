@@ -1,0 +1,148 @@
+"""Platform mode search: the SQL a query runs against a pgvector table (and nothing else).
+
+Two paths, chosen by the engine from how many rows the filter selects
+(notes/pgvector-costs.md, measured again by bench/bench_query.py):
+
+- exact: the rows the filter selects (through the btree metadata expression indexes), ranked
+  by exact cosine distance. `OFFSET 0` fences the subquery so the planner cannot hand the
+  ORDER BY to the HNSW index: recall 1.0 and `limit` rows whenever `limit` rows match.
+- hnsw: the HNSW index with `hnsw.iterative_scan = relaxed_order` (set on every query
+  connection, with `hnsw.max_scan_tuples`), `hnsw.ef_search` from the limit, the filter
+  applied during the scan; then re-sorted by exact distance (relaxed order returns rows
+  slightly out of order).
+
+`count_sql` is the cheap, exact selectivity probe: it stops counting at the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from embedd_server.domain.filters import CompiledFilter
+from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS, HNSW_MAX_VECTOR_DIMS
+from embedd_server.sinks.pgvector import PgVectorTable, register_vector_codec
+
+# Filter parameters are numbered from here: $1 is the query vector (or the probe's limit).
+FILTER_FIRST_PARAM = 2
+# Measured on 100k x 384 (bench/bench_query.py, unfiltered recall@10 / SQL p50): ef 40 0.82 /
+# 2.4 ms, 100 0.92 / 2.8 ms, 128 0.94 / 3.2 ms, 200 0.97 / 4.4 ms. Recall >= 0.95 needs ~200.
+DEFAULT_EF_SEARCH = 200
+MAX_SCAN_TUPLES = 20_000
+# Cosine distance is at most 2. A zero vector's distance is NaN, which PostgreSQL sorts above
+# every number: this drops it (and NULL) instead of returning a NaN score.
+_VALID = "d <= 3"
+
+if TYPE_CHECKING:
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Conn = Any
+
+
+def ef_search_for(limit: int) -> int:
+    """`hnsw.ef_search` for a page of `limit`: the default, at least twice the page."""
+    return max(DEFAULT_EF_SEARCH, 2 * limit)
+
+
+def session_settings(ef_search: int = DEFAULT_EF_SEARCH, max_scan_tuples: int = MAX_SCAN_TUPLES) -> str:
+    """Session GUCs of a query connection (pgvector 0.8: iterative_scan takes
+    off | relaxed_order | strict_order). One simple-protocol statement."""
+    return (
+        f"SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = {int(ef_search)};"
+        f" SET hnsw.max_scan_tuples = {int(max_scan_tuples)}"
+    )
+
+
+async def prepare_query_connection(conn: asyncpg.Connection[Any]) -> None:
+    """Pool `init` of a query connection: the vector codec and the session GUCs."""
+    await register_vector_codec(conn)
+    await conn.execute(session_settings())
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    id: str
+    distance: float
+    metadata: str  # the stored JSON object, as text
+    embedded_text: str | None
+
+    @property
+    def score(self) -> float:
+        """Cosine similarity."""
+        return 1.0 - self.distance
+
+
+@dataclass(frozen=True, slots=True)
+class SearchStatement:
+    """One statement of a search: SQL and its parameters (the query vector first)."""
+
+    sql: str
+    params: list[object]
+    ef_search: int | None = None  # set for the statement with SET LOCAL when not the default
+
+
+class PgVectorSearch:
+    """Search statements over one physical vector table."""
+
+    def __init__(self, table: PgVectorTable) -> None:
+        self.table = table
+
+    @property
+    def has_index(self) -> bool:
+        return self.table.dimensions <= HNSW_MAX_HALFVEC_DIMS
+
+    def _columns(self, include_text: bool) -> str:
+        text = ", embedded_text" if include_text else ""
+        return f"pk_value, metadata{text}, embedding <=> $1::vector AS d"
+
+    def _outer(self, include_text: bool) -> str:
+        text = "embedded_text" if include_text else "NULL::text AS embedded_text"
+        return f"SELECT pk_value, metadata::text AS metadata, {text}, d FROM"
+
+    def count_sql(self, where: CompiledFilter) -> SearchStatement:
+        """How many rows the filter selects, counting no further than $1 (the cap)."""
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM {self.table.qualified} WHERE {where.sql} LIMIT $1) s"
+        return SearchStatement(sql, [None, *where.params])
+
+    def exact(self, vector: bytes, where: CompiledFilter, limit: int, include_text: bool) -> SearchStatement:
+        sql = (
+            f"{self._outer(include_text)} (SELECT {self._columns(include_text)}"
+            f" FROM {self.table.qualified} WHERE {where.sql} OFFSET 0) s"
+            f" WHERE {_VALID} ORDER BY d LIMIT {int(limit)}"
+        )
+        return SearchStatement(sql, [vector, *where.params])
+
+    def hnsw(self, vector: bytes, where: CompiledFilter, limit: int, include_text: bool) -> SearchStatement:
+        dims = self.table.dimensions
+        if dims > HNSW_MAX_VECTOR_DIMS:
+            order = f"{self.table.vector_expression()} <=> ($1::vector)::halfvec({dims})"
+        else:
+            order = f"{self.table.vector_expression()} <=> $1::vector"
+        sql = (
+            f"{self._outer(include_text)} (SELECT {self._columns(include_text)}"
+            f" FROM {self.table.qualified} WHERE {where.sql} ORDER BY {order} LIMIT {int(limit)}) s"
+            f" WHERE {_VALID} ORDER BY d"
+        )
+        ef = ef_search_for(limit)
+        return SearchStatement(sql, [vector, *where.params], None if ef == DEFAULT_EF_SEARCH else ef)
+
+
+async def run_count(conn: Conn, statement: SearchStatement, cap: int) -> int:
+    params = [cap, *statement.params[1:]]
+    return int(await conn.fetchval(statement.sql, *params))
+
+
+async def run_search(conn: Conn, statement: SearchStatement) -> list[Hit]:
+    if statement.ef_search is None:
+        rows = await conn.fetch(statement.sql, *statement.params)
+    else:
+        # One round trip opens the transaction and sets ef_search for it alone.
+        await conn.execute(f"BEGIN; SET LOCAL hnsw.ef_search = {int(statement.ef_search)}")
+        try:
+            rows = await conn.fetch(statement.sql, *statement.params)
+        finally:
+            await conn.execute("COMMIT")
+    return [Hit(r["pk_value"], float(r["d"]), r["metadata"], r["embedded_text"]) for r in rows]
