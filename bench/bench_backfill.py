@@ -81,9 +81,11 @@ async def baseline(dsn: str, table: str, rows: int) -> float:
         await conn.close()
 
 
-async def ours(control: str, pg_port: int, password: str, table: str, rows: int) -> tuple[float, int]:
-    """(rows/s, peak RSS bytes) of a backfill by a fresh server process."""
-    key = new_secret_key()
+async def ours(
+    control: str, key: str, pg_port: int, password: str, table: str, rows: int
+) -> tuple[float, int]:
+    """(rows/s, peak RSS bytes) of a backfill by a fresh server process (the same secret key
+    for every run: they share one control plane, as replicas do)."""
     server = ServerProcess(control, key).start()
     try:
         api_key = create_org(control, key)
@@ -159,7 +161,8 @@ async def main(rows: int, rss_rows: int) -> dict[str, object]:
         control, source = await prepare_databases(pg, password)
         await load_source(source, "products", rows)
         baseline_rps = await baseline(source, "products", rows)
-        rps, rss = await ours(control, pg.backend_port, password, "products", rows)
+        key = new_secret_key()
+        rps, rss = await ours(control, key, pg.backend_port, password, "products", rows)
         result: dict[str, object] = {
             "rows": rows,
             "rows_per_s": round(rps, 1),
@@ -169,7 +172,7 @@ async def main(rows: int, rss_rows: int) -> dict[str, object]:
         }
         if rss_rows:
             await load_source(source, "products_large", rss_rows)
-            _, rss_large = await ours(control, pg.backend_port, password, "products_large", rss_rows)
+            _, rss_large = await ours(control, key, pg.backend_port, password, "products_large", rss_rows)
             result["rss_rows"] = rss_rows
             result["peak_rss_mb_large"] = round(rss_large / 2**20, 1)
             result["rss_growth"] = round(rss_large / rss, 3)
