@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from embedd.v1 import query_pb2, query_pb2_grpc
@@ -10,6 +11,7 @@ from google.protobuf import struct_pb2
 
 from embedd_server.auth import current_principal
 from embedd_server.domain.errors import ApiError, Kind, not_found
+from embedd_server.domain.models import VectorTable
 from embedd_server.domain.validation import Violations, check_id
 from embedd_server.engine.query import QueryEngine, QueryRequest, StaleTable
 from embedd_server.services.base import Context
@@ -63,9 +65,31 @@ def request_from_proto(request: query_pb2.QueryVectorTableRequest) -> QueryReque
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
-    def __init__(self, store: VectorTableStore, engine: QueryEngine) -> None:
+    def __init__(self, store: VectorTableStore, engine: QueryEngine, record_ttl_s: float = 1.0) -> None:
         self._store = store
         self._engine = engine
+        # Queries are the hot path: a vector table's record (spec, readiness) is reused for
+        # `record_ttl_s`, one round trip saved per query. Only ready tables are kept, and a
+        # query that meets a swapped table reloads it (StaleTable), so staleness is bounded
+        # and never serves the wrong dimensions.
+        self._ttl = record_ttl_s
+        self._records: dict[tuple[str, str, str], tuple[float, VectorTable]] = {}
+
+    async def _table(self, org_id: str, env_id: str, vt_id: str, *, fresh: bool) -> VectorTable:
+        key = (org_id, env_id, vt_id)
+        now = time.monotonic()
+        cached = self._records.get(key)
+        if cached is not None and cached[0] > now and not fresh:
+            return cached[1]
+        vt = await self._store.get(org_id, env_id, vt_id)
+        if vt is None:
+            self._records.pop(key, None)
+            raise not_found("vector_table_not_found", "Vector table", vt_id)
+        if vt.last_synced_at is not None:
+            if len(self._records) > 10_000:
+                self._records.clear()
+            self._records[key] = (now + self._ttl, vt)
+        return vt
 
     async def QueryVectorTable(
         self, request: query_pb2.QueryVectorTableRequest, context: Context
@@ -75,9 +99,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         p = current_principal()
         results = None
         for attempt in range(_STALE_RETRIES):
-            vt = await self._store.get(p.org_id, p.env_id, vt_id)
-            if vt is None:
-                raise not_found("vector_table_not_found", "Vector table", vt_id)
+            vt = await self._table(p.org_id, p.env_id, vt_id, fresh=attempt > 0)
             try:
                 results = await self._engine.query(vt, query)
                 break
@@ -92,7 +114,8 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
             )
         response = query_pb2.QueryVectorTableResponse()
         for r in results:
-            item = response.results.add(id=r.id, score=r.score)
+            # Vectors are float32: digits past the sixth are noise.
+            item = response.results.add(id=r.id, score=round(r.score, 6))
             item.metadata.update(r.metadata)
             if r.embedded_text is not None:
                 item.embedded_text = r.embedded_text
