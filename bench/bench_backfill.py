@@ -20,25 +20,26 @@ import secrets
 import time
 
 import asyncpg
-from embedd.v1 import connection_pb2, embedding_provider_pb2, sync_pb2, task_pb2, values_pb2, vector_table_pb2
 from embedd_client import EmbeddClient
 from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
-from embedd_server.domain.vector_tables import ColumnSpec, VectorTableSpec
+from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.providers.base import InputType
 from embedd_server.providers.local import LexicalEmbedder
 from embedd_server.sinks.pgvector import PgVectorTable, VectorRow, encode_vectors, register_vector_codec
 from embedd_server.sources.queries import keyset_read
 
-from bench.common import local_postgres, prepare_databases, sample_until
+from bench.common import (
+    PRODUCT_COLUMNS,
+    backfill,
+    create_table,
+    local_postgres,
+    platform_records,
+    prepare_databases,
+    sample_until,
+)
 
-COLUMNS = [
-    ColumnSpec("name", "embedding", 1, "Product: "),
-    ColumnSpec("description", "embedding", 2, "Description: "),
-    ColumnSpec("category", "metadata", filter_type="keyword"),
-    ColumnSpec("price", "metadata", filter_type="float"),
-    ColumnSpec("in_stock", "metadata", filter_type="boolean"),
-]
+COLUMNS = PRODUCT_COLUMNS
 
 
 async def load_source(dsn: str, table: str, rows: int) -> None:
@@ -90,63 +91,13 @@ async def ours(
     try:
         api_key = create_org(control, key)
         async with EmbeddClient(f"127.0.0.1:{server.port}", api_key) as c:
-            conn = await c.connections.CreateConnection(
-                connection_pb2.CreateConnectionRequest(
-                    provider=values_pb2.ConnectionProvider.postgresql,
-                    name="bench",
-                    mode=values_pb2.Mode.platform,
-                    credentials=connection_pb2.PostgresCredentials(
-                        host="127.0.0.1",
-                        port=pg_port,
-                        database="bench_source",
-                        user="bench_user",
-                        password=password,
-                    ),
-                )
-            )
-            emb = await c.embedding_providers.CreateEmbeddingProvider(
-                embedding_provider_pb2.CreateEmbeddingProviderRequest(
-                    name="local",
-                    provider=values_pb2.EmbeddingProviderType.local,
-                    default_model="local-lexical-384",
-                )
-            )
-            vt = await c.vector_tables.CreateVectorTable(
-                vector_table_pb2.CreateVectorTableRequest(
-                    name=f"bench-{table}",
-                    connection_id=conn.connection.id,
-                    embedding_provider_id=emb.embedding_provider.id,
-                    source_table=f"public.{table}",
-                    primary_key_column="id",
-                    columns=[
-                        vector_table_pb2.Column(
-                            name=col.name,
-                            role=values_pb2.ColumnRole.Value.Value(col.role),
-                            **(
-                                {"ordinal": col.ordinal, "name_prefix": col.name_prefix or ""}
-                                if col.role == "embedding"
-                                else {
-                                    "filter_type": values_pb2.FilterType.Value.Value(
-                                        col.filter_type or "keyword"
-                                    )
-                                }
-                            ),
-                        )
-                        for col in COLUMNS
-                    ],
-                )
-            )
+            conn_id, emb_id = await platform_records(c, pg_port, password)
+            vt = await create_table(c, conn_id, emb_id, table)
             done = asyncio.Event()
             sampler = asyncio.create_task(sample_until(server, done))
             started = time.perf_counter()
-            task = await c.sync.BackfillVectorTable(
-                sync_pb2.BackfillVectorTableRequest(vector_table_id=vt.vector_table.id)
-            )
-            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-                if event.done:
-                    assert event.task.status == values_pb2.TaskStatus.completed, event
-                    assert event.task.progress.rows_processed == rows, event
-                    break
+            task = await backfill(c, vt.id)
+            assert task.progress.rows_processed == rows, task
             elapsed = time.perf_counter() - started
             done.set()
             await sampler

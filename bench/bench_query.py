@@ -45,12 +45,7 @@ import asyncpg
 import httpx
 import numpy as np
 from embedd.v1 import (
-    connection_pb2,
-    embedding_provider_pb2,
     query_pb2,
-    sync_pb2,
-    task_pb2,
-    values_pb2,
     vector_table_pb2,
 )
 from embedd_client import EmbeddClient
@@ -59,7 +54,6 @@ from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.filters import CompiledFilter, compile_filters
-from embedd_server.domain.vector_tables import ColumnSpec
 from embedd_server.engine.query import EXACT_THRESHOLD
 from embedd_server.providers.local import lexical_vector
 from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, metadata_expression
@@ -74,15 +68,17 @@ from embedd_server.sinks.pgvector_search import (
 from embedd_server.sources.postgres import connect
 from google.protobuf import json_format
 
-from bench.common import ROOT, local_postgres, prepare_databases
+from bench.common import (
+    PRODUCT_COLUMNS,
+    ROOT,
+    backfill,
+    create_table,
+    local_postgres,
+    platform_records,
+    prepare_databases,
+)
 
-COLUMNS = [
-    ColumnSpec("name", "embedding", 1, "Product: "),
-    ColumnSpec("description", "embedding", 2, "Description: "),
-    ColumnSpec("category", "metadata", filter_type="keyword"),
-    ColumnSpec("price", "metadata", filter_type="float"),
-    ColumnSpec("in_stock", "metadata", filter_type="boolean"),
-]
+COLUMNS = PRODUCT_COLUMNS
 LIMIT = 10
 WORDS = [
     "warm",
@@ -151,66 +147,14 @@ async def load_source(dsn: str, rows: int) -> list[float]:
         await conn.close()
 
 
-async def backfill(
-    client: EmbeddClient, pg_port: int, password: str, rows: int
-) -> vector_table_pb2.VectorTable:
-    conn = await client.connections.CreateConnection(
-        connection_pb2.CreateConnectionRequest(
-            provider=values_pb2.ConnectionProvider.postgresql,
-            name="bench",
-            mode=values_pb2.Mode.platform,
-            credentials=connection_pb2.PostgresCredentials(
-                host="127.0.0.1", port=pg_port, database="bench_source", user="bench_user", password=password
-            ),
-        )
-    )
-    emb = await client.embedding_providers.CreateEmbeddingProvider(
-        embedding_provider_pb2.CreateEmbeddingProviderRequest(
-            name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
-        )
-    )
-    columns = []
-    for col in COLUMNS:
-        if col.role == "embedding":
-            columns.append(
-                vector_table_pb2.Column(
-                    name=col.name,
-                    role=values_pb2.ColumnRole.embedding,
-                    ordinal=col.ordinal or 0,
-                    name_prefix=col.name_prefix or "",
-                )
-            )
-        else:
-            columns.append(
-                vector_table_pb2.Column(
-                    name=col.name,
-                    role=values_pb2.ColumnRole.metadata,
-                    filter_type=values_pb2.FilterType.Value.Value(col.filter_type or "keyword"),
-                )
-            )
-    made = await client.vector_tables.CreateVectorTable(
-        vector_table_pb2.CreateVectorTableRequest(
-            name="products-search",
-            connection_id=conn.connection.id,
-            embedding_provider_id=emb.embedding_provider.id,
-            source_table="public.products",
-            primary_key_column="id",
-            embedding_model="local-lexical-384",
-            embedding_dimensions=384,
-            columns=columns,
-        )
-    )
+async def fill(client: EmbeddClient, pg_port: int, password: str, rows: int) -> vector_table_pb2.VectorTable:
+    conn_id, emb_id = await platform_records(client, pg_port, password)
+    vt = await create_table(client, conn_id, emb_id, "products")
     started = time.perf_counter()
-    task = await client.sync.BackfillVectorTable(
-        sync_pb2.BackfillVectorTableRequest(vector_table_id=made.vector_table.id)
-    )
-    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
-        if event.done:
-            assert event.task.status == values_pb2.TaskStatus.completed, event
-            assert event.task.progress.rows_processed == rows, event
-            break
+    task = await backfill(client, vt.id)
+    assert task.progress.rows_processed == rows, task
     log(f"backfill of {rows} rows: {time.perf_counter() - started:.1f} s")
-    return made.vector_table
+    return vt
 
 
 class Exact:
@@ -351,7 +295,7 @@ async def main(rows: int, n_queries: int) -> dict[str, Any]:
                         limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
                     ) as http,
                 ):
-                    vt = await backfill(client, pg.backend_port, password, rows)
+                    vt = await fill(client, pg.backend_port, password, rows)
                     creds = PgCredentials(
                         host="127.0.0.1",
                         port=pg.backend_port,

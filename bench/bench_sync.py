@@ -24,10 +24,7 @@ from typing import Any
 
 import asyncpg
 from embedd.v1 import (
-    connection_pb2,
-    embedding_provider_pb2,
     query_pb2,
-    sync_pb2,
     task_pb2,
     values_pb2,
     vector_table_pb2,
@@ -35,63 +32,29 @@ from embedd.v1 import (
 from embedd_client import EmbeddClient
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.services.vector_tables import column_to_proto
 from embedd_server.sources.queries import diff_all
 from embedd_server.sources.sql import qualified
 from google.protobuf import struct_pb2
 
-from bench.bench_backfill import COLUMNS, load_source
-from bench.common import local_postgres, prepare_databases
-
-
-def columns() -> list[vector_table_pb2.Column]:
-    out = []
-    for col in COLUMNS:
-        if col.role == "embedding":
-            out.append(
-                vector_table_pb2.Column(
-                    name=col.name,
-                    role=values_pb2.ColumnRole.embedding,
-                    ordinal=col.ordinal or 0,
-                    name_prefix=col.name_prefix or "",
-                )
-            )
-        else:
-            out.append(
-                vector_table_pb2.Column(
-                    name=col.name,
-                    role=values_pb2.ColumnRole.metadata,
-                    filter_type=values_pb2.FilterType.Value.Value(col.filter_type or "keyword"),
-                )
-            )
-    return out
+from bench.bench_backfill import load_source
+from bench.common import (
+    PRODUCT_COLUMNS,
+    backfill,
+    create_table,
+    local_postgres,
+    platform_records,
+    prepare_databases,
+    wait_task,
+)
 
 
 async def make_table(
     c: EmbeddClient, conn_id: str, emb_id: str, table: str, interval: int
 ) -> vector_table_pb2.VectorTable:
-    vt = (
-        await c.vector_tables.CreateVectorTable(
-            vector_table_pb2.CreateVectorTableRequest(
-                name=table,
-                connection_id=conn_id,
-                embedding_provider_id=emb_id,
-                source_table=f"public.{table}",
-                primary_key_column="id",
-                columns=columns(),
-                sync_interval_seconds=interval,
-            )
-        )
-    ).vector_table
-    task = await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt.id))
-    await wait_task(c, task.task_id)
+    vt = await create_table(c, conn_id, emb_id, table, interval=interval)
+    await backfill(c, vt.id)
     return vt
-
-
-async def wait_task(c: EmbeddClient, task_id: str) -> None:
-    async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
-        if event.done:
-            assert event.task.status == values_pb2.TaskStatus.completed, event
-            return
 
 
 async def sync_latency(c: EmbeddClient, source: str, vt_id: str, table: str) -> list[float]:
@@ -128,7 +91,9 @@ async def sync_latency(c: EmbeddClient, source: str, vt_id: str, table: str) -> 
 
 
 async def poll_cost(source: str, table: str, ref: str) -> tuple[float, int]:
-    spec = VectorTableSpec("public", table, "id", "local-lexical-384", 384, tuple(COLUMNS), pk_type="integer")
+    spec = VectorTableSpec(
+        "public", table, "id", "local-lexical-384", 384, PRODUCT_COLUMNS, pk_type="integer"
+    )
     query = diff_all(spec, qualified("public", ref))
     conn = await asyncpg.connect(source)
     times, shipped = [], 0
@@ -164,7 +129,7 @@ async def swap_under_load(c: EmbeddClient, vt: vector_table_pb2.VectorTable) -> 
 
     runner = asyncio.create_task(loop())
     await asyncio.sleep(0.5)
-    changed = [*columns()]
+    changed = [column_to_proto(c) for c in PRODUCT_COLUMNS]
     changed[0].name_prefix = "Item: "
     await c.vector_tables.UpdateVectorTable(
         vector_table_pb2.UpdateVectorTableRequest(
@@ -191,28 +156,7 @@ async def main(rows: int, swap_rows: int) -> dict[str, Any]:
         try:
             api_key = create_org(control, key)
             async with EmbeddClient(f"127.0.0.1:{server.port}", api_key) as c:
-                conn = await c.connections.CreateConnection(
-                    connection_pb2.CreateConnectionRequest(
-                        provider=values_pb2.ConnectionProvider.postgresql,
-                        name="bench",
-                        mode=values_pb2.Mode.platform,
-                        credentials=connection_pb2.PostgresCredentials(
-                            host="127.0.0.1",
-                            port=pg.backend_port,
-                            database="bench_source",
-                            user="bench_user",
-                            password=password,
-                        ),
-                    )
-                )
-                emb = await c.embedding_providers.CreateEmbeddingProvider(
-                    embedding_provider_pb2.CreateEmbeddingProviderRequest(
-                        name="local",
-                        provider=values_pb2.EmbeddingProviderType.local,
-                        default_model="local-lexical-384",
-                    )
-                )
-                conn_id, emb_id = conn.connection.id, emb.embedding_provider.id
+                conn_id, emb_id = await platform_records(c, pg.backend_port, password)
                 small = await make_table(c, conn_id, emb_id, "products_small", interval=1)
                 big = await make_table(c, conn_id, emb_id, "products", interval=3600)
                 poll_ms, shipped = await poll_cost(source, "products", big.platform_vector_ref)

@@ -9,8 +9,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
+from embedd.v1 import (
+    connection_pb2,
+    embedding_provider_pb2,
+    sync_pb2,
+    task_pb2,
+    values_pb2,
+    vector_table_pb2,
+)
+from embedd_client import EmbeddClient
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
 from embedd_server.devtools.serverproc import ServerProcess
+from embedd_server.domain.vector_tables import ColumnSpec
+from embedd_server.services.vector_tables import column_to_proto
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,3 +57,67 @@ async def sample_until(server: ServerProcess, done: asyncio.Event, every_s: floa
     while not done.is_set():
         server.sample_rss()
         await asyncio.sleep(every_s)
+
+
+# --- the API calls every benchmark makes ---------------------------------------------------
+
+PRODUCT_COLUMNS = (
+    ColumnSpec("name", "embedding", 1, "Product: "),
+    ColumnSpec("description", "embedding", 2, "Description: "),
+    ColumnSpec("category", "metadata", filter_type="keyword"),
+    ColumnSpec("price", "metadata", filter_type="float"),
+    ColumnSpec("in_stock", "metadata", filter_type="boolean"),
+)
+
+
+async def platform_records(client: EmbeddClient, pg_port: int, password: str) -> tuple[str, str]:
+    """(connection id, local provider id) for the bench source database as `bench_user`."""
+    conn = await client.connections.CreateConnection(
+        connection_pb2.CreateConnectionRequest(
+            provider=values_pb2.ConnectionProvider.postgresql,
+            name="bench",
+            mode=values_pb2.Mode.platform,
+            credentials=connection_pb2.PostgresCredentials(
+                host="127.0.0.1", port=pg_port, database="bench_source", user="bench_user", password=password
+            ),
+        )
+    )
+    emb = await client.embedding_providers.CreateEmbeddingProvider(
+        embedding_provider_pb2.CreateEmbeddingProviderRequest(
+            name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
+        )
+    )
+    return conn.connection.id, emb.embedding_provider.id
+
+
+async def create_table(
+    client: EmbeddClient, conn_id: str, emb_id: str, table: str, *, interval: int = 60
+) -> vector_table_pb2.VectorTable:
+    made = await client.vector_tables.CreateVectorTable(
+        vector_table_pb2.CreateVectorTableRequest(
+            name=table,
+            connection_id=conn_id,
+            embedding_provider_id=emb_id,
+            source_table=f"public.{table}",
+            primary_key_column="id",
+            embedding_model="local-lexical-384",
+            embedding_dimensions=384,
+            columns=[column_to_proto(c) for c in PRODUCT_COLUMNS],
+            sync_interval_seconds=interval,
+        )
+    )
+    return made.vector_table
+
+
+async def backfill(client: EmbeddClient, vt_id: str) -> task_pb2.Task:
+    """Queues a backfill and waits for it, through the progress stream."""
+    task = await client.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id))
+    return await wait_task(client, task.task_id)
+
+
+async def wait_task(client: EmbeddClient, task_id: str) -> task_pb2.Task:
+    async for event in client.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id)):
+        if event.done:
+            assert event.task.status == values_pb2.TaskStatus.completed, event
+            return event.task
+    raise AssertionError(f"the progress stream of {task_id} ended before the task did")

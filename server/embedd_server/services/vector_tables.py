@@ -132,6 +132,16 @@ _MUTABLE = (
 _IMMUTABLE = ("id", "connection_id", "source_table", "mode", "primary_key_column", "platform_vector_ref")
 
 
+async def get_table(store: VectorTableStore, vt_id: str) -> models.VectorTable:
+    """The caller's vector table, or 404 (other organisations' and environments' too)."""
+    p = current_principal()
+    check_id(vt_id, "vt_", "vector_table_id")
+    row = await store.get(p.org_id, p.env_id, vt_id)
+    if row is None:
+        raise not_found("vector_table_not_found", "Vector table", vt_id)
+    return row
+
+
 def update_fields(request: vector_table_pb2.UpdateVectorTableRequest) -> set[str]:
     """The fields to change: the mask's (PATCH), or every mutable field given (PUT)."""
     paths = list(request.update_mask.paths)
@@ -259,12 +269,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         return vector_table_pb2.CreateVectorTableResponse(vector_table=to_proto(row))
 
     async def _get(self, vt_id: str) -> models.VectorTable:
-        p = current_principal()
-        check_id(vt_id, "vt_", "vector_table_id")
-        row = await self._store.get(p.org_id, p.env_id, vt_id)
-        if row is None:
-            raise not_found("vector_table_not_found", "Vector table", vt_id)
-        return row
+        return await get_table(self._store, vt_id)
 
     async def GetVectorTable(
         self, request: vector_table_pb2.GetVectorTableRequest, context: Context
@@ -372,12 +377,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self._worker = worker
 
     async def _get(self, vt_id: str) -> models.VectorTable:
-        p = current_principal()
-        check_id(vt_id, "vt_", "vector_table_id")
-        row = await self._store.get(p.org_id, p.env_id, vt_id)
-        if row is None:
-            raise not_found("vector_table_not_found", "Vector table", vt_id)
-        return row
+        return await get_table(self._store, vt_id)
 
     async def BackfillVectorTable(
         self, request: sync_pb2.BackfillVectorTableRequest, context: Context
