@@ -20,8 +20,8 @@ from embedd_server.engine.backfill import BackfillJob, Checkpoint
 from embedd_server.engine.context import TableSession
 from embedd_server.engine.sync import SyncJob
 from embedd_server.sinks.pgvector import PgVectorTable
-from embedd_server.sources.queries import row_expressions
-from embedd_server.sources.sql import qualified, quote_ident, quote_literal
+from embedd_server.sources.queries import count_rows, source_rows
+from embedd_server.sources.sql import quote_ident, quote_literal
 
 log = structlog.get_logger(__name__)
 
@@ -85,11 +85,7 @@ class RebackfillJob:
         await swap.create_metadata_indexes(writer, self.spec.metadata_columns)
         await self._catch_up()  # the index build took a while too
         await self._swap_in()
-        total = int(
-            await self.session.reader.fetchval(
-                f"SELECT count(*) FROM {qualified(self.spec.source_schema, self.spec.source_table)}"  # noqa: S608
-            )
-        )
+        total = int(await self.session.reader.fetchval(count_rows(self.spec)))
         return await self.live_after_swap().count(writer), total
 
     def live_after_swap(self) -> PgVectorTable:
@@ -99,14 +95,12 @@ class RebackfillJob:
 
     async def _seed_from_live(self) -> None:
         """Copies live vectors whose text is unchanged into the swap table, in one statement."""
-        text, metadata, params = row_expressions(self.spec, first_param=1)
-        pk = f"s.{quote_ident(self.spec.primary_key_column)}"
-        source = qualified(self.spec.source_schema, self.spec.source_table)
+        rows, params = source_rows(self.spec)
         await self.session.writer.execute(
             f"INSERT INTO {self.swap.qualified} (pk_value, embedding, embedded_text, metadata, row_hash)"  # noqa: S608
-            " SELECT src.pk, l.embedding, src.text, src.metadata, md5(src.text) || md5(src.metadata::text)"
-            f" FROM (SELECT {pk}::text AS pk, {text} AS text, {metadata} AS metadata FROM {source} s) src"
-            f" JOIN {self.live.qualified} l ON l.pk_value = src.pk AND left(l.row_hash, 32) = md5(src.text)"
+            " SELECT src.pk, l.embedding, src.text, src.metadata, src.row_hash"
+            f" FROM ({rows}) src JOIN {self.live.qualified} l"
+            " ON l.pk_value = src.pk AND left(l.row_hash, 32) = left(src.row_hash, 32)"
             " ON CONFLICT (pk_value) DO NOTHING",
             *params,
         )

@@ -3,8 +3,10 @@ computed inside the database (DESIGN.md section 3). Pure: builds SQL text and pa
 
 Text to embed = embedding columns in ordinal order, each `name_prefix || value`, NULLs
 skipped, joined by a newline. Metadata = every mapped column, typed per filter type.
-`row_hash` = md5(text) || md5(metadata): the halves tell a text change (re-embed) from a
-metadata-only change (no provider call).
+`row_hash` = md5(text) || md5(the mapped columns' raw values): the halves tell a text change
+(re-embed) from a metadata-only change (no provider call). Hashing the raw values rather than
+the built JSON keeps a no-change poll cheap: the JSON is only built for rows that differ
+(PostgreSQL evaluates the output expressions after the join filter).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def row_expressions(spec: VectorTableSpec, first_param: int) -> tuple[str, str, 
     return text, " || ".join(calls), params
 
 
+def _row_hash(spec: VectorTableSpec, text: str) -> str:
+    columns = ", ".join(f"s.{quote_ident(c.name)}" for c in spec.columns)
+    return f"md5({text}) || md5(ROW({columns})::text)"
+
+
 def keyset_read(spec: VectorTableSpec) -> SourceQuery:
     """One chunk in primary-key order after a key: params ($1 last key as text or NULL,
     $2 limit, then the expressions' values). Columns: pk, text, metadata (jsonb as text),
@@ -70,12 +77,11 @@ def keyset_read(spec: VectorTableSpec) -> SourceQuery:
     text, metadata, params = row_expressions(spec, first_param=3)
     pk = f"s.{quote_ident(spec.primary_key_column)}"
     sql = (
-        f"SELECT pk, text, metadata::text AS metadata, md5(text) || md5(metadata::text) AS row_hash FROM ("
-        f" SELECT {pk}::text AS pk, {text} AS text, {metadata} AS metadata"
+        f"SELECT {pk}::text AS pk, {text} AS text, ({metadata})::text AS metadata,"
+        f" {_row_hash(spec, text)} AS row_hash"
         f" FROM {qualified(spec.source_schema, spec.source_table)} s"
         f" WHERE $1::text IS NULL OR {pk} > CAST($1::text AS {spec.pk_type})"
         f" ORDER BY {pk} LIMIT $2"
-        f") q"
     )
     return SourceQuery(sql, tuple(params))
 
@@ -84,14 +90,14 @@ def count_rows(spec: VectorTableSpec) -> str:
     return f"SELECT count(*) FROM {qualified(spec.source_schema, spec.source_table)}"
 
 
-def _source_rows(spec: VectorTableSpec, where: str = "") -> tuple[str, list[object]]:
+def source_rows(spec: VectorTableSpec, where: str = "") -> tuple[str, list[object]]:
     """`SELECT pk, text, metadata, row_hash` over the source, parameters numbered from $1."""
     text, metadata, params = row_expressions(spec, first_param=1)
     pk = f"s.{quote_ident(spec.primary_key_column)}"
+    source = qualified(spec.source_schema, spec.source_table)
     sql = (
-        "SELECT pk, text, metadata, md5(text) || md5(metadata::text) AS row_hash FROM ("
-        f" SELECT {pk}::text AS pk, {text} AS text, {metadata} AS metadata"
-        f" FROM {qualified(spec.source_schema, spec.source_table)} s {where}) q"
+        f"SELECT {pk}::text AS pk, {text} AS text, {metadata} AS metadata,"
+        f" {_row_hash(spec, text)} AS row_hash FROM {source} s {where}"
     )
     return sql, params
 
@@ -100,7 +106,7 @@ def diff_all(spec: VectorTableSpec, target: str) -> SourceQuery:
     """Batch sync: one query, inside the user's database, comparing every source row's hash
     with the target's. Returns only what differs: new and changed rows (with their text and
     metadata) and deleted keys (`deleted` true). Nothing changed: nothing shipped."""
-    rows, params = _source_rows(spec)
+    rows, params = source_rows(spec)
     sql = (
         f"WITH src AS ({rows})"
         " SELECT coalesce(src.pk, t.pk_value) AS pk, src.text, src.metadata::text AS metadata,"
@@ -118,7 +124,7 @@ def diff_since(spec: VectorTableSpec, target: str) -> SourceQuery:
     n = len(spec.embedding_columns) + len(spec.columns) + 1  # after the expressions' values
     cursor_type = spec.extra.get("cursor_type", "timestamptz")
     cursor = f"s.{quote_ident(spec.cursor_column)}"
-    rows, params = _source_rows(
+    rows, params = source_rows(
         spec, f"WHERE ${n}::text IS NULL OR {cursor} >= CAST(${n}::text AS {cursor_type})"
     )
     assert len(params) == n - 1
