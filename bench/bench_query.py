@@ -247,7 +247,7 @@ async def ef_sweep(pool: asyncpg.Pool[Any], search: PgVectorSearch, exact: Exact
     """Unfiltered recall@10 and SQL latency by hnsw.ef_search: where DEFAULT_EF_SEARCH comes from."""
     out = []
     texts = query_texts(100, seed=5)
-    for ef in (40, 64, 100, 128, 200):
+    for ef in (40, 64, 100, 128, 200, 300, 400):
         times, recalls = [], []
         async with pool.acquire() as conn:
             for text in texts:
