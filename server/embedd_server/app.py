@@ -50,8 +50,8 @@ from embedd_server.services.tasks import TaskServicer
 from embedd_server.services.vector_tables import SyncServicer, VectorTableServicer
 from embedd_server.sources.pg_check import check_postgres
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
-from embedd_server.store.db import create_pool
-from embedd_server.store.orgs import OrgStore
+from embedd_server.store.db import Listener, create_pool
+from embedd_server.store.orgs import AUTH_CHANNEL, OrgStore
 from embedd_server.store.vector_tables import TaskStore, VectorTableStore
 
 log = structlog.get_logger(__name__)
@@ -115,6 +115,8 @@ class Service:
     embedders: EmbedderRegistry
     worker: Worker | None
     scheduler: SyncScheduler | None
+    auth_listener: Listener
+    authenticator: Authenticator
     query_engine: QueryEngine | None = None
 
     async def stop(self, grace: float | None = None) -> None:
@@ -128,6 +130,7 @@ class Service:
             await self.scheduler.stop()
         if self.query_engine is not None:
             await self.query_engine.aclose()
+        await self.auth_listener.stop()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -150,8 +153,16 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
     )
     embedders = EmbedderRegistry(http, box)
+    authenticator = Authenticator(orgs)
+    auth_listener = Listener(
+        settings.database_url.get_secret_value(),
+        AUTH_CHANNEL,
+        on_message=authenticator.invalidate,
+        on_ready=authenticator.enable_cache,
+        on_lost=authenticator.disable_cache,
+    )
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(Authenticator(orgs))],
+        interceptors=[ServiceInterceptor(authenticator)],
         options=[("grpc.so_reuseport", 0)],
     )
     connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
@@ -161,8 +172,12 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
     embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
         EmbeddingProviderServicer(providers, box, embedders), server
     )
-    api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs), server)
-    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(EnvironmentServicer(orgs), server)
+    api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+        ApiKeyServicer(orgs, authenticator.invalidate), server
+    )
+    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+        EnvironmentServicer(orgs, authenticator.invalidate), server
+    )
     vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
     deps = EngineDeps(
         tasks=tasks,
@@ -205,6 +220,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
+    await auth_listener.start()
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
@@ -223,5 +239,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         embedders=embedders,
         worker=worker,
         scheduler=scheduler,
+        auth_listener=auth_listener,
+        authenticator=authenticator,
         query_engine=query_engine,
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 
 from embedd_server.domain.errors import ApiError, Kind, not_found
-from embedd_server.domain.models import Principal
+from embedd_server.domain.models import ApiKey, Principal
 from embedd_server.store.orgs import OrgStore
 
 _principal: ContextVar[Principal] = ContextVar("principal")
@@ -36,10 +38,48 @@ def _unauthorized(message: str) -> ApiError:
 
 
 class Authenticator:
-    """Turns request metadata into a `Principal`, or an ApiError saying what to fix."""
+    """Turns request metadata into a `Principal`, or an ApiError saying what to fix.
 
-    def __init__(self, orgs: OrgStore) -> None:
+    Every call needs its key looked up, so valid lookups are cached for `ttl_s`. Revocation
+    still takes effect at once: the revoking process drops the entry itself, and every other
+    replica hears it through NOTIFY (`invalidate`); while that channel is down, nothing is
+    cached (`caching` off)."""
+
+    def __init__(self, orgs: OrgStore, ttl_s: float = 30.0) -> None:
         self._orgs = orgs
+        self._ttl = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, ApiKey, str]] = {}
+        self.caching = False
+
+    def cached(self, key_id: str) -> bool:
+        return any(key.id == key_id for _, key, _ in self._cache.values())
+
+    def invalidate(self, ident: str) -> None:
+        """Forget what is cached about a key or an environment (by id)."""
+        for cache_key, (_, key, env_id) in list(self._cache.items()):
+            if ident in (key.id, env_id):
+                self._cache.pop(cache_key, None)
+
+    def enable_cache(self) -> None:
+        self.caching = True
+
+    def disable_cache(self) -> None:
+        """Invalidations may be missed now: cache nothing until they can be heard again."""
+        self.caching = False
+        self._cache.clear()
+
+    async def _lookup(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None] | None:
+        cache_key = (hashlib.sha256(secret.encode()).hexdigest(), env_ref)
+        now = time.monotonic()
+        hit = self._cache.get(cache_key)
+        if hit is not None and hit[0] > now and self.caching:
+            return hit[1], hit[2]
+        found = await self._orgs.find_key_and_environment(secret, env_ref)
+        if found is not None and found[0].revoked_at is None and found[1] is not None and self.caching:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[cache_key] = (now + self._ttl, found[0], found[1])
+        return found
 
     async def authenticate(self, metadata: Mapping[str, str], full_method: str) -> Principal:
         header = metadata.get("authorization", "")
@@ -53,7 +93,7 @@ class Authenticator:
         if scheme.lower() != "bearer" or not secret.startswith("sk_"):
             raise _unauthorized("Malformed Authorization header. Use 'Authorization: Bearer sk_...'.")
         env_ref = metadata.get("x-environment-id", "").strip()
-        found = await self._orgs.find_key_and_environment(secret, env_ref)
+        found = await self._lookup(secret, env_ref)
         if found is None:
             raise _unauthorized("This API key is not valid. Check it, or create a new one.")
         key, env_id = found

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from embedd.v1 import api_key_pb2, connection_pb2, environment_pb2
+from embedd_client import EmbeddClient
 from embedd_server import app
+from embedd_server.config import load_settings
 
-from tests.harness import Org, grpc_error, rest_error
+from tests.harness import Org, grpc_error, random_secret_key, rest_error
 
 
 async def test_missing_key(org: Org) -> None:
@@ -170,3 +174,37 @@ async def test_api_keys_shown_once_and_listed_with_prefix(org: Org) -> None:
     assert any(k["id"] == made["api_key"]["id"] and k.get("revoked_at") for k in listed)
     status, code, _ = rest_error(await org.http("DELETE", "/v1/api-keys/key_doesnotexist"))
     assert (status, code) == (404, "api_key_not_found")
+
+
+async def test_revocation_reaches_other_replicas_at_once(org: Org, control_dsn: str) -> None:
+    """Replicas cache key lookups; a revoke on one is heard by the others through NOTIFY."""
+    other = await app.start(
+        load_settings(
+            database_url=control_dsn,
+            grpc_host="127.0.0.1",
+            grpc_port=0,
+            secret_key=random_secret_key(),
+            engine_enabled=False,
+        )
+    )
+    try:
+        async with org.client() as c:
+            made = await c.api_keys.CreateApiKey(api_key_pb2.CreateApiKeyRequest(name="replicated"))
+            async with EmbeddClient(f"127.0.0.1:{other.port}", made.key) as there:
+                request = connection_pb2.ListConnectionsRequest()
+                await there.connections.ListConnections(request)
+                assert other.authenticator.cached(made.api_key.id)  # so only an invalidation helps
+                await c.api_keys.DeleteApiKey(api_key_pb2.DeleteApiKeyRequest(api_key_id=made.api_key.id))
+                deadline = asyncio.get_running_loop().time() + 2.0
+                while True:
+                    try:
+                        await there.connections.ListConnections(request)
+                    except grpc.aio.AioRpcError as err:
+                        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, (
+                        "the revoke never reached the replica"
+                    )
+                    await asyncio.sleep(0.01)
+    finally:
+        await other.stop(1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from embedd.v1 import api_key_pb2, api_key_pb2_grpc, environment_pb2, environment_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
@@ -39,8 +41,9 @@ def env_to_proto(e: models.Environment) -> environment_pb2.Environment:
 
 
 class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
-    def __init__(self, orgs: OrgStore) -> None:
+    def __init__(self, orgs: OrgStore, invalidate: Callable[[str], None]) -> None:
         self._orgs = orgs
+        self._invalidate = invalidate  # this process's auth cache; others hear a NOTIFY
 
     async def CreateApiKey(
         self, request: api_key_pb2.CreateApiKeyRequest, context: Context
@@ -70,12 +73,14 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
         record = await self._orgs.revoke_api_key(p.org_id, request.api_key_id)
         if record is None:
             raise not_found("api_key_not_found", "API key", request.api_key_id)
+        self._invalidate(record.id)
         return api_key_pb2.DeleteApiKeyResponse(api_key=key_to_proto(record))
 
 
 class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
-    def __init__(self, orgs: OrgStore) -> None:
+    def __init__(self, orgs: OrgStore, invalidate: Callable[[str], None]) -> None:
         self._orgs = orgs
+        self._invalidate = invalidate
 
     async def CreateEnvironment(
         self, request: environment_pb2.CreateEnvironmentRequest, context: Context
@@ -130,4 +135,5 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
             )
         if not await self._orgs.delete_environment(p.org_id, env.id):
             raise not_found("environment_not_found", "Environment", env.id)
+        self._invalidate(env.id)
         return environment_pb2.DeleteEnvironmentResponse(id=env.id, deleted=True)

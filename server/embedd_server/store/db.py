@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -66,3 +69,63 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     async with pool.acquire() as conn:
         await migrate(conn)
     return pool
+
+
+class Listener:
+    """LISTEN on one channel over a dedicated connection, reconnecting when it drops.
+    `healthy` is False while disconnected: notifications may have been missed then."""
+
+    def __init__(
+        self,
+        dsn: str,
+        channel: str,
+        *,
+        on_message: Callable[[str], None],
+        on_ready: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._on_ready = on_ready
+        self._conn: asyncpg.Connection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = False
+
+    async def start(self) -> None:
+        await self._connect()
+        self._task = asyncio.create_task(self._watch(), name=f"listen-{self._channel}")
+
+    async def _connect(self) -> None:
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(self._dsn)
+        await conn.add_listener(self._channel, self._received)
+        conn.add_termination_listener(lambda _: self._lost())
+        self._conn = conn
+        self.healthy = True
+        self._on_ready()
+
+    def _received(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self._on_message(str(payload))
+
+    def _lost(self) -> None:
+        self.healthy = False
+        self._on_lost()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._conn is None or self._conn.is_closed():
+                self._lost()
+                try:
+                    await self._connect()
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.warning("listener reconnect failed", channel=self._channel, error=str(exc))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None and not self._conn.is_closed():
+            await self._conn.close()

@@ -13,6 +13,8 @@ from embedd_server.domain.validation import PageRequest
 from embedd_server.store.paging import fetch_page
 
 DEFAULT_ENVIRONMENT = "prod"
+# NOTIFY channel: the payload is the id of a revoked key or a deleted environment.
+AUTH_CHANNEL = "embedd_auth"
 
 
 def hash_key(secret: str) -> bytes:
@@ -95,11 +97,15 @@ class OrgStore:
         return await fetch_page(self._pool, "SELECT * FROM api_keys WHERE org_id = $1", [org_id], page, _key)
 
     async def revoke_api_key(self, org_id: str, key_id: str) -> ApiKey | None:
+        """Revokes a key and tells every replica (NOTIFY on AUTH_CHANNEL, sent at commit) to
+        forget what it cached about it."""
         row = await self._pool.fetchrow(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp())"
-            " WHERE org_id = $1 AND id = $2 RETURNING *",
+            "WITH r AS (UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp())"
+            " WHERE org_id = $1 AND id = $2 RETURNING *)"
+            " SELECT r.*, pg_notify($3, r.id) FROM r",
             org_id,
             key_id,
+            AUTH_CHANNEL,
         )
         return _key(row) if row else None
 
@@ -135,7 +141,11 @@ class OrgStore:
         foreign keys decide, so a resource created concurrently cannot slip through)."""
         try:
             status = await self._pool.execute(
-                "DELETE FROM environments WHERE org_id = $1 AND id = $2", org_id, env_id
+                "WITH d AS (DELETE FROM environments WHERE org_id = $1 AND id = $2 RETURNING id)"
+                " SELECT pg_notify($3, d.id) FROM d",
+                org_id,
+                env_id,
+                AUTH_CHANNEL,
             )
         except asyncpg.ForeignKeyViolationError as exc:
             raise ApiError(
