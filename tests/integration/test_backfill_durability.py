@@ -310,3 +310,50 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
         first.stop()
         if second is not None:
             second.stop()
+
+
+async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: UserDb, big_table: str) -> None:
+    """A server stopped mid-backfill (a deploy) releases its task at once: pending again, the
+    interrupted attempt not counted, resumed from the checkpoint by the next server."""
+    control = await fresh_control(pg)
+    key = new_secret_key()
+
+    def settings() -> Any:
+        return load_settings(
+            database_url=control, grpc_host="127.0.0.1", grpc_port=0, secret_key=key, engine_chunk_rows=20
+        )
+
+    first = await app.start(settings())
+    org_id = await first.orgs.create_org("deploy")
+    _, api_key = await first.orgs.create_api_key(org_id, "k", "full")
+    async with EmbeddClient(f"127.0.0.1:{first.port}", api_key) as c:
+        vt_id = await make_table(c, user_db, big_table, "deploy")
+        task = await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id))
+    ctl = await asyncpg.connect(control)
+    try:
+        for _ in range(1000):
+            if await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id) >= 1000:
+                break
+            await asyncio.sleep(0.01)
+        await first.stop(1.0)
+        released = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
+    finally:
+        await ctl.close()
+    assert released["status"] == "pending" and released["attempts"] == 0 and released["lease_owner"] is None
+    assert 0 < released["rows_processed"] < BIG_ROWS and released["last_processed_pk"]
+    second = await app.start(settings())
+    try:
+        async with EmbeddClient(f"127.0.0.1:{second.port}", api_key) as c:
+            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id)):
+                if event.done:
+                    final = event.task
+                    break
+    finally:
+        await second.stop(1.0)
+    assert final.status == values_pb2.TaskStatus.completed and final.attempts == 1
+    ctl = await asyncpg.connect(control)
+    try:
+        ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
+    finally:
+        await ctl.close()
+    await assert_exactly_once(user_db, ref, big_table)

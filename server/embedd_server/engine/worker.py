@@ -113,7 +113,7 @@ class Worker:
 
     async def _release(self, task: Task) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.shield(self._tasks.finish(task.id, self.owner, error="interrupted", retry=True))
+            await asyncio.shield(self._tasks.release(task.id, self.owner))
 
     async def _fail(self, task: Task, error: str, *, retry: bool) -> None:
         retry = retry and task.attempts < task.max_attempts

@@ -483,6 +483,16 @@ class TaskStore:
             error,
         )
 
+    async def release(self, task_id: str, owner: str) -> None:
+        """Gives a task back untouched (this process is shutting down): pending again, and the
+        interrupted attempt does not count against `max_attempts`."""
+        await self._pool.execute(
+            "UPDATE tasks SET status = 'pending', attempts = greatest(attempts - 1, 0), lease_owner = NULL,"
+            " lease_expires_at = NULL, updated_at = clock_timestamp() WHERE id = $1 AND lease_owner = $2",
+            task_id,
+            owner,
+        )
+
     async def fail_active(self, target_id: str, reason: str) -> None:
         await self._pool.execute(
             "UPDATE tasks SET status = 'failed', last_error = $2, lease_owner = NULL,"
