@@ -23,9 +23,16 @@ from embedd_server.engine.backfill import BackfillJob, LeaseLost, Progress
 from embedd_server.engine.context import EngineDeps, PermanentError
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.providers.base import ProviderError
+from embedd_server.store.db import Executor
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+# Records a finished task's result, given the connection of the completing transaction.
+Record = Callable[[Executor], Awaitable[None]]
+
+
+async def _nothing(conn: Executor) -> None:
+    return None
 
 
 def new_owner() -> str:
@@ -80,8 +87,8 @@ class Worker:
         structlog.contextvars.bind_contextvars(task_id=task.id, target_id=task.target_id)
         heartbeat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
         try:
-            await self._execute(task)
-            await self._tasks.finish(task.id, self.owner)
+            record = await self._execute(task)
+            await self._tasks.complete(task.id, self.owner, record)
             log.info("task completed", task_type=task.task_type)
         except LeaseLost:
             log.warning("lease lost; another process has the task")
@@ -141,13 +148,13 @@ class Worker:
 
         return checkpoint
 
-    async def _execute(self, task: Task) -> None:
+    async def _execute(self, task: Task) -> Record:
+        """Does the work; returns how to record its result (in the task's completing transaction)."""
         vt = await self._vts.get_by_id(task.target_id)
         if vt is None:
             raise PermanentError("the vector table was deleted")
         if task.task_type == "rebackfill":
-            await self._rebackfill(task, vt)
-            return
+            return await self._rebackfill(task, vt)
         await self._vts.set_status(vt.id, "backfilling")
         async with self._deps.session(vt) as session:
             job = BackfillJob(
@@ -162,17 +169,20 @@ class Worker:
                 maintenance_work_mem=self._settings.maintenance_work_mem,
             )
             synced = await _guard(job.run())
-            await self._vts.record_synced(vt.id, synced_rows=synced, total_rows=job.rows_total)
+        return lambda conn: self._vts.record_synced(
+            vt.id, synced_rows=synced, total_rows=job.rows_total, conn=conn
+        )
 
-    async def _rebackfill(self, task: Task, vt: VectorTable) -> None:
-        if vt.pending_spec is None:
-            return  # swapped already (the control plane was updated before a crash)
+    async def _rebackfill(self, task: Task, vt: VectorTable) -> Record:
+        spec = vt.pending_spec
+        if spec is None:
+            return _nothing  # swapped already (the control plane was updated before a crash)
         await self._vts.set_status(vt.id, "backfilling")
-        async with self._deps.session(vt, vt.pending_spec) as session:
+        async with self._deps.session(vt, spec) as session:
             job = RebackfillJob(
                 task=task,
                 table=vt,
-                spec=vt.pending_spec,
+                spec=spec,
                 session=session,
                 checkpoint=self._checkpoint(task, vt, live=False),
                 chunk_rows=self._settings.chunk_rows,
@@ -180,7 +190,9 @@ class Worker:
                 maintenance_work_mem=self._settings.maintenance_work_mem,
             )
             vectors, total = await _guard(job.run())
-            await self._vts.complete_swap(vt.id, vt.pending_spec, synced_rows=vectors, total_rows=total)
+        return lambda conn: self._vts.complete_swap(
+            vt.id, spec, synced_rows=vectors, total_rows=total, conn=conn
+        )
 
 
 async def _guard(work: Awaitable[T]) -> T:

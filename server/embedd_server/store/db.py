@@ -7,13 +7,20 @@ import contextlib
 import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 log = structlog.get_logger(__name__)
+
+# Where a statement runs: the pool, or one connection (inside a transaction). The stubs make
+# these classes generic; the runtime does not.
+if TYPE_CHECKING:
+    Executor: TypeAlias = asyncpg.Pool[Any] | asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+else:
+    Executor = Any
 
 # Any constant works; it only has to be the same in every replica.
 _MIGRATION_LOCK = 0x656D6264  # "embd"

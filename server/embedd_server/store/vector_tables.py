@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from embedd_server.domain.errors import ApiError, Kind
 from embedd_server.domain.models import Page, Task, VectorTable
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.store.db import Executor
 from embedd_server.store.paging import fetch_page
 
 
@@ -134,10 +136,16 @@ class VectorTableStore:
         )
 
     async def record_synced(
-        self, vt_id: str, *, synced_rows: int, total_rows: int, started_at: dt.datetime | None = None
+        self,
+        vt_id: str,
+        *,
+        synced_rows: int,
+        total_rows: int,
+        started_at: dt.datetime | None = None,
+        conn: Executor | None = None,
     ) -> None:
         """A fill finished: synced (unless paused meanwhile) and due for its first sync poll."""
-        await self._pool.execute(
+        await (conn or self._pool).execute(
             "UPDATE vector_tables SET"
             " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
             " synced_rows = $2, total_rows = $3, last_synced_at = coalesce($4, clock_timestamp()),"
@@ -294,10 +302,16 @@ class VectorTableStore:
         )
 
     async def complete_swap(
-        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int
+        self,
+        vt_id: str,
+        spec: VectorTableSpec,
+        *,
+        synced_rows: int,
+        total_rows: int,
+        conn: Executor | None = None,
     ) -> None:
         """The swapped-in table's spec becomes the live one."""
-        await self._pool.execute(
+        await (conn or self._pool).execute(
             "UPDATE vector_tables SET spec = $2::jsonb, pending_spec = NULL,"
             " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
             " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
@@ -463,8 +477,21 @@ class TaskStore:
             "UPDATE tasks SET rows_total = $3 WHERE id = $1 AND lease_owner = $2", task_id, owner, rows_total
         )
 
+    async def complete(self, task_id: str, owner: str, record: Callable[[Executor], Awaitable[None]]) -> None:
+        """The task completed and its result recorded (`record`), in one transaction: whoever
+        sees the vector table synced sees the task completed too."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self.finish(task_id, owner, conn=conn)
+            await record(conn)
+
     async def finish(
-        self, task_id: str, owner: str, *, error: str | None = None, retry: bool = False
+        self,
+        task_id: str,
+        owner: str,
+        *,
+        error: str | None = None,
+        retry: bool = False,
+        conn: Executor | None = None,
     ) -> None:
         """completed (error None), pending again for another attempt (retry), or failed."""
         if error is None:
@@ -473,7 +500,7 @@ class TaskStore:
             status = "pending"
         else:
             status = "failed"
-        await self._pool.execute(
+        await (conn or self._pool).execute(
             "UPDATE tasks SET status = $3, last_error = $4, lease_owner = NULL, lease_expires_at = NULL,"
             " finished_at = CASE WHEN $3 IN ('completed', 'failed') THEN clock_timestamp() END,"
             " updated_at = clock_timestamp() WHERE id = $1 AND lease_owner = $2",
