@@ -187,6 +187,7 @@ async def test_pause_and_resume(
     assert body["vector_table_id"] == vt_id and body["sync_status"] == "paused" and body["message"]
     status, code, _ = rest_error(await org.http("POST", f"/v1/vector-tables/{vt_id}/sync/pause"))
     assert (status, code) == (409, "sync_already_paused")
+    await asyncio.sleep(1.2)  # a cycle already running when the pause landed may finish first
     await owner.execute(f"UPDATE {table} SET title = 'while paused' WHERE id = 5")
     await asyncio.sleep(2.5)  # more than two poll intervals
     assert not await _has_text(owner, ref, "5", "Title: while paused")
