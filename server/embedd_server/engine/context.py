@@ -81,3 +81,11 @@ class EngineDeps:
             yield TableSession(embedder, reader, writer)
         finally:
             await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[None] | None) -> None:
+    """Cancels background tasks and waits until each has finished its cleanup."""
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    await asyncio.gather(*live, return_exceptions=True)

@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from embedd_server.domain.models import VectorTable
-from embedd_server.engine.context import EngineDeps
+from embedd_server.engine.context import EngineDeps, cancel_and_wait
 from embedd_server.engine.sync import SyncJob, SyncOutcome, describe
 from embedd_server.engine.worker import describe_error, new_owner
 from embedd_server.providers.base import ProviderError
@@ -35,14 +35,7 @@ class SyncScheduler:
         self._loop_task = asyncio.create_task(self._loop(), name="embedd-sync")
 
     async def stop(self) -> None:
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        running = list(self._running.values())
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await cancel_and_wait(self._loop_task, *self._running.values())
 
     async def _loop(self) -> None:
         while True:

@@ -20,7 +20,7 @@ import structlog
 
 from embedd_server.domain.models import Task, VectorTable
 from embedd_server.engine.backfill import BackfillJob, LeaseLost, Progress
-from embedd_server.engine.context import EngineDeps, PermanentError
+from embedd_server.engine.context import EngineDeps, PermanentError, cancel_and_wait
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.providers.base import ProviderError
 from embedd_server.store.db import Executor
@@ -60,14 +60,7 @@ class Worker:
     async def stop(self) -> None:
         """Stops claiming; running tasks are cancelled and keep their checkpoint. Their lease
         is released so that another process resumes them at once."""
-        if self._loop_task:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        running = list(self._running.values())
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await cancel_and_wait(self._loop_task, *self._running.values())
 
     async def _loop(self) -> None:
         while True:

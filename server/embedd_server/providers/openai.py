@@ -26,9 +26,8 @@ from embedd_server.providers.remote import (
     RemoteEmbedder,
     Request,
     Verdict,
-    decode_float32,
     error_message,
-    stack,
+    parse_embedding_list,
 )
 
 _INPUT_INDEX = re.compile(r"input\[(\d+)\]")
@@ -56,13 +55,7 @@ class OpenAIEmbedder(RemoteEmbedder):
         )
 
     def parse_response(self, payload: Any, count: int) -> tuple[Vectors, int | None]:
-        data = sorted(payload["data"], key=lambda d: int(d["index"]))
-        if [int(d["index"]) for d in data] != list(range(count)):
-            raise ValueError("response indexes do not match the inputs")
-        vectors = stack([decode_float32(d["embedding"]) for d in data], count)
-        usage = payload.get("usage") or {}
-        tokens = usage.get("prompt_tokens", usage.get("total_tokens"))
-        return vectors, int(tokens) if tokens is not None else None
+        return parse_embedding_list(payload, count, "prompt_tokens", "total_tokens")
 
     def is_quota_exhausted(self, payload: Any) -> bool:
         err = payload.get("error") if isinstance(payload, Mapping) else None

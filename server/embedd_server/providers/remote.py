@@ -346,3 +346,15 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{exc.__class__.__name__}: {exc}"
+
+
+def parse_embedding_list(payload: Any, count: int, *token_keys: str) -> tuple[Vectors, int | None]:
+    """`{"data": [{"index", "embedding"}], "usage": {...}}` (OpenAI and Voyage): vectors in
+    input order, and the token count from the first `token_keys` present in `usage`."""
+    data = sorted(payload["data"], key=lambda d: int(d["index"]))
+    if [int(d["index"]) for d in data] != list(range(count)):
+        raise ValueError("response indexes do not match the inputs")
+    vectors = stack([decode_float32(d["embedding"]) for d in data], count)
+    usage = payload.get("usage") or {}
+    tokens = next((usage[k] for k in token_keys if usage.get(k) is not None), None)
+    return vectors, int(tokens) if tokens is not None else None

@@ -24,9 +24,8 @@ from embedd_server.providers.remote import (
     RemoteEmbedder,
     Request,
     Verdict,
-    decode_float32,
     error_message,
-    stack,
+    parse_embedding_list,
 )
 
 CONTEXT_TOKENS = 32_000
@@ -71,12 +70,7 @@ class VoyageEmbedder(RemoteEmbedder):
         )
 
     def parse_response(self, payload: Any, count: int) -> tuple[Vectors, int | None]:
-        data = sorted(payload["data"], key=lambda d: int(d["index"]))
-        if [int(d["index"]) for d in data] != list(range(count)):
-            raise ValueError("response indexes do not match the inputs")
-        vectors = stack([decode_float32(d["embedding"]) for d in data], count)
-        tokens = (payload.get("usage") or {}).get("total_tokens")
-        return vectors, int(tokens) if tokens is not None else None
+        return parse_embedding_list(payload, count, "total_tokens")
 
     def classify(self, status: int, payload: Any) -> Verdict:
         message = error_message(payload)
