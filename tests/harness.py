@@ -3,9 +3,11 @@ and helpers that run the same call over gRPC and over REST."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,9 @@ from typing import Any
 import grpc
 import httpx
 from embedd_client import EmbeddClient, error_reason
+from embedd_server import app
+from embedd_server.domain.models import EmbeddingProvider
+from embedd_server.providers.base import Embedder, EmbedResult, InputType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,3 +79,49 @@ def random_secret_key() -> str:
 
 def database_url_from_env() -> str | None:
     return os.environ.get("DATABASE_URL") or os.environ.get("EMBEDD_TEST_DATABASE_URL")
+
+
+class _CountedEmbedder:
+    def __init__(self, inner: Embedder, owner: Counting) -> None:
+        self._inner = inner
+        self._owner = owner
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def dimensions(self) -> int:
+        return self._inner.dimensions
+
+    async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
+        self._owner.texts += len(texts)
+        if self._owner.delay_s:
+            await asyncio.sleep(self._owner.delay_s)
+        return await self._inner.embed(texts, input_type)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class Counting:
+    """Counts the texts a server embeds while installed on its embedder registry (provider
+    calls, as the fakes count them); `delay_s` slows each call to interleave processes."""
+
+    def __init__(self, service: app.Service, delay_s: float = 0.0) -> None:
+        self.texts = 0
+        self.delay_s = delay_s
+        self._service = service
+        self._original = service.embedders.get
+
+    def __enter__(self) -> Counting:
+        original = self._original
+
+        def get(record: EmbeddingProvider, model: str, dims: int) -> Embedder:
+            return _CountedEmbedder(original(record, model, dims), self)
+
+        self._service.embedders.get = get  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._service.embedders.get = self._original  # type: ignore[method-assign]

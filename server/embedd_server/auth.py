@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 
 from embedd_server.domain.errors import ApiError, Kind, not_found
 from embedd_server.domain.models import ApiKey, Principal
-from embedd_server.store.orgs import OrgStore
+from embedd_server.store.orgs import OrgStore, hash_key
 
 _principal: ContextVar[Principal] = ContextVar("principal")
 
@@ -69,7 +68,7 @@ class Authenticator:
         self._cache.clear()
 
     async def _lookup(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None] | None:
-        cache_key = (hashlib.sha256(secret.encode()).hexdigest(), env_ref)
+        cache_key = (hash_key(secret).hex(), env_ref)  # the secret itself is never kept
         now = time.monotonic()
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now and self.caching:

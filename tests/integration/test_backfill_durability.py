@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -23,10 +22,9 @@ from embedd_server import app
 from embedd_server.config import load_settings
 from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
-from embedd_server.domain.models import EmbeddingProvider
-from embedd_server.providers.base import Embedder, EmbedResult, InputType
 
 from tests.conftest import UserDb
+from tests.harness import Counting
 
 BIG_ROWS = 20_000
 
@@ -145,34 +143,10 @@ async def test_killed_server_resumes_from_its_checkpoint(
             second.stop()
 
 
-class CountingEmbedder:
-    """Counts every text a process embeds, to prove no row is embedded twice."""
-
-    def __init__(self, inner: Embedder, counter: list[int]) -> None:
-        self._inner = inner
-        self._counter = counter
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def dimensions(self) -> int:
-        return self._inner.dimensions
-
-    async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
-        self._counter[0] += len(texts)
-        await asyncio.sleep(0.002)  # let the other process get a word in
-        return await self._inner.embed(texts, input_type)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_db: UserDb) -> None:
     control = await fresh_control(pg)
     key = new_secret_key()
-    counts: list[list[int]] = []
+    counts: list[Counting] = []
     services: list[app.Service] = []
     for _ in range(2):
         svc = await app.start(
@@ -185,16 +159,7 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
                 engine_chunk_rows=50,
             )
         )
-        counter = [0]
-        original = svc.embedders.get
-
-        def counting(
-            record: EmbeddingProvider, model: str, dims: int, *, _o: Any = original, _c: list[int] = counter
-        ) -> Embedder:
-            return CountingEmbedder(_o(record, model, dims), _c)
-
-        svc.embedders.get = counting  # type: ignore[method-assign]
-        counts.append(counter)
+        counts.append(Counting(svc, delay_s=0.002).__enter__())  # slowed: let the other process in
         services.append(svc)
     try:
         org_id = await services[0].orgs.create_org("two")
@@ -212,8 +177,9 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
                         assert event.task.attempts == 1  # claimed once, by one process
                         break
         rows = 500 * len(vt_ids)
-        assert counts[0][0] + counts[1][0] == rows, counts  # no row embedded twice
-        assert counts[0][0] > 0 and counts[1][0] > 0, counts  # both processes took work
+        done = [c.texts for c in counts]
+        assert sum(done) == rows, done  # no row embedded twice
+        assert done[0] > 0 and done[1] > 0, done  # both processes took work
     finally:
         for svc in services:
             await svc.stop(1.0)

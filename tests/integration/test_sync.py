@@ -5,61 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import numpy as np
 import pytest
 from embedd_server import app
-from embedd_server.domain.models import EmbeddingProvider
-from embedd_server.providers.base import Embedder, EmbedResult, InputType
 
 from tests.conftest import UserDb
-from tests.harness import Org, rest_error
+from tests.harness import Counting, Org, rest_error
 from tests.integration.test_vector_tables import platform
 
 ROWS = 200
-
-
-class Counting:
-    """Counts the texts the server embeds while installed on the registry."""
-
-    def __init__(self, service: app.Service) -> None:
-        self.texts = 0
-        self._service = service
-        self._original = service.embedders.get
-
-    def __enter__(self) -> Counting:
-        original, counter = self._original, self
-
-        class Wrapped:
-            def __init__(self, inner: Embedder) -> None:
-                self._inner = inner
-
-            @property
-            def model(self) -> str:
-                return self._inner.model
-
-            @property
-            def dimensions(self) -> int:
-                return self._inner.dimensions
-
-            async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
-                counter.texts += len(texts)
-                return await self._inner.embed(texts, input_type)
-
-            async def aclose(self) -> None:
-                await self._inner.aclose()
-
-        def get(record: EmbeddingProvider, model: str, dims: int) -> Embedder:
-            return Wrapped(original(record, model, dims))
-
-        self._service.embedders.get = get  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._service.embedders.get = self._original  # type: ignore[method-assign]
 
 
 @pytest.fixture
