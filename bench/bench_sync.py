@@ -138,7 +138,7 @@ async def swap_under_load(c: EmbeddClient, vt: vector_table_pb2.VectorTable) -> 
     )
     tasks = await c.tasks.ListTasks(task_pb2.ListTasksRequest(target_id=vt.id))
     rebackfill = next(t for t in tasks.tasks if t.task_type == values_pb2.TaskType.rebackfill)
-    await wait_task(c, rebackfill.task_id)
+    await wait_task(c, rebackfill.id)
     await asyncio.sleep(0.5)
     stop.set()
     await runner

@@ -87,26 +87,27 @@ async def platform_records(client: EmbeddClient, pg_port: int, password: str) ->
             name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
         )
     )
-    return conn.connection.id, emb.embedding_provider.id
+    return conn.id, emb.id
 
 
 async def create_table(
     client: EmbeddClient, conn_id: str, emb_id: str, table: str, *, interval: int = 60
 ) -> vector_table_pb2.VectorTable:
-    made = await client.vector_tables.CreateVectorTable(
+    return await client.vector_tables.CreateVectorTable(
         vector_table_pb2.CreateVectorTableRequest(
-            name=table,
-            connection_id=conn_id,
-            embedding_provider_id=emb_id,
-            source_table=f"public.{table}",
-            primary_key_column="id",
-            embedding_model="local-lexical-384",
-            embedding_dimensions=384,
-            columns=[column_to_proto(c) for c in PRODUCT_COLUMNS],
-            sync_interval_seconds=interval,
+            vector_table=vector_table_pb2.VectorTable(
+                name=table,
+                connection_id=conn_id,
+                embedding_provider_id=emb_id,
+                source_table=f"public.{table}",
+                primary_key_column="id",
+                embedding_model="local-lexical-384",
+                embedding_dimensions=384,
+                columns=[column_to_proto(c) for c in PRODUCT_COLUMNS],
+                sync_interval_seconds=interval,
+            )
         )
     )
-    return made.vector_table
 
 
 async def backfill(client: EmbeddClient, vt_id: str) -> task_pb2.Task:

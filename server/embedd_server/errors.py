@@ -31,7 +31,11 @@ _STATUS: dict[Kind, tuple[grpc.StatusCode, int]] = {
     Kind.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
     Kind.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, 403),
     Kind.NOT_FOUND: (grpc.StatusCode.NOT_FOUND, 404),
-    Kind.CONFLICT: (grpc.StatusCode.ABORTED, 409),
+    # AIP-193: a taken name is ALREADY_EXISTS; a request that the resource's state refuses
+    # (already paused, a backfill running, dependents left) is FAILED_PRECONDITION. REST
+    # keeps Embedd's 409 for both.
+    Kind.ALREADY_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, 409),
+    Kind.CONFLICT: (grpc.StatusCode.FAILED_PRECONDITION, 409),
     Kind.NOT_READY: (grpc.StatusCode.FAILED_PRECONDITION, 422),
     Kind.RATE_LIMITED: (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     Kind.UNIMPLEMENTED: (grpc.StatusCode.UNIMPLEMENTED, 501),

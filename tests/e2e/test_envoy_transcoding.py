@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,6 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-import yaml
 from embedd.v1 import connection_pb2, connection_pb2_grpc, task_pb2, task_pb2_grpc, values_pb2
 from embedd_server import errors
 from embedd_server.devtools.envoy import (
@@ -32,13 +31,10 @@ from embedd_server.devtools.envoy import (
     EnvoyError,
     EnvoyProcess,
     buf_binary,
-    build_descriptor,
     render_config,
-    strip_response_body,
-    unwrap_routes,
 )
 from embedd_server.domain.errors import ApiError, FieldViolation, Kind, not_found, validation_error
-from google.protobuf import descriptor_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 CREATED_AT = datetime(2026, 3, 13, 10, 0, 0, tzinfo=UTC)
 STREAM_GAP_S = 0.4
@@ -91,7 +87,7 @@ class ConnectionStub(connection_pb2_grpc.ConnectionServiceServicer):
         self,
         request: connection_pb2.CreateConnectionRequest,
         context: grpc.aio.ServicerContext[object, object],
-    ) -> connection_pb2.CreateConnectionResponse:
+    ) -> connection_pb2.Connection:
         request_id = self.seen.record("CreateConnection", context)
         if not request.name or not request.credentials.host:
             violations = []
@@ -100,15 +96,13 @@ class ConnectionStub(connection_pb2_grpc.ConnectionServiceServicer):
             if not request.credentials.host:
                 violations.append(FieldViolation("credentials.host", "is required"))
             await _fail(context, validation_error(violations), request_id)
-        return connection_pb2.CreateConnectionResponse(
-            connection=_connection("conn_0123456789abcdef", request.name, request.mode)
-        )
+        return _connection("conn_0123456789abcdef", request.name, request.mode)
 
     async def GetConnection(
         self,
         request: connection_pb2.GetConnectionRequest,
         context: grpc.aio.ServicerContext[object, object],
-    ) -> connection_pb2.GetConnectionResponse:
+    ) -> connection_pb2.Connection:
         request_id = self.seen.record("GetConnection", context)
         if request.connection_id == "conn_missing":
             err = not_found("connection_not_found", "Connection", request.connection_id)
@@ -123,9 +117,7 @@ class ConnectionStub(connection_pb2_grpc.ConnectionServiceServicer):
                 "A backfill is running on this connection; wait for it to finish.",
             )
             await _fail(context, err, request_id)
-        return connection_pb2.GetConnectionResponse(
-            connection=_connection(request.connection_id, "prod-db", values_pb2.Mode.managed)
-        )
+        return _connection(request.connection_id, "prod-db", values_pb2.Mode.managed)
 
     async def ListConnections(
         self,
@@ -158,7 +150,7 @@ class TaskStub(task_pb2_grpc.TaskServiceServicer):
         self,
         request: task_pb2.GetTaskRequest,
         context: grpc.aio.ServicerContext[object, object],
-    ) -> task_pb2.GetTaskResponse:
+    ) -> task_pb2.Task:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this stub")
 
     async def ListTasks(
@@ -180,7 +172,7 @@ class TaskStub(task_pb2_grpc.TaskServiceServicer):
                 await asyncio.sleep(STREAM_GAP_S)
             done = i == 2
             task = task_pb2.Task(
-                task_id=request.task_id,
+                id=request.task_id,
                 task_type=values_pb2.TaskType.backfill,
                 target_id="vt_0123456789abcdef",
                 status=values_pb2.TaskStatus.completed if done else values_pb2.TaskStatus.running,
@@ -204,10 +196,26 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def descriptor(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A plain `buf build` image, as tools/gen.py commits it (with `response_body`)."""
+    """A plain `buf build` image, as tools/gen.py commits it."""
     out = tmp_path_factory.mktemp("descriptor") / "embedd.binpb"
     subprocess.run([str(buf_binary()), "build", "-o", str(out)], cwd=REPO_ROOT, check=True)
     return out
+
+
+LUA_MARK = "x-test-lua-ran"
+
+
+def mark_lua_runs(http_filters: list[dict[str, object]]) -> None:
+    """Make the error-reshaping Lua filter tag every response it runs on, so that a test can
+    see on which responses it ran (the production config is otherwise unchanged)."""
+    (wrapper,) = [f for f in http_filters if f["name"] == "embedd.rest_errors"]
+    lua = wrapper["typed_config"]["extension_config"]["typed_config"]  # type: ignore[index]
+    code = lua["default_source_code"]["inline_string"]
+    head = "function envoy_on_response(handle)\n"
+    assert head in code
+    lua["default_source_code"]["inline_string"] = code.replace(
+        head, f'{head}  handle:headers():add("{LUA_MARK}", "1")\n'
+    )
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -233,6 +241,7 @@ async def stack(descriptor: Path, tmp_path_factory: pytest.TempPathFactory) -> A
     routes = catch_all["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert routes[-1]["match"] == {"prefix": "/"}
     routes[-1]["route"]["timeout"] = f"{DEFAULT_ROUTE_TIMEOUT_S}s"
+    mark_lua_runs(catch_all["typed_config"]["http_filters"])
     envoy = EnvoyProcess(config, work_dir=tmp_path_factory.mktemp("envoy"))
     await asyncio.to_thread(envoy.start)
     try:
@@ -293,6 +302,23 @@ async def test_create_returns_flat_resource(client: httpx.AsyncClient, stack: St
         "created_at": "2026-03-13T10:00:00Z",
     }
     assert int(resp.headers["content-length"]) == len(resp.content)
+
+
+async def test_success_path_runs_no_lua(client: httpx.AsyncClient) -> None:
+    """The Lua filter only reshapes errors: the matcher skips it for every 200, unary and
+    streaming alike, and it still runs for errors."""
+    ok = await client.get("/v1/connections/conn_fedcba9876543210", headers=AUTH)
+    listed = await client.get("/v1/connections", headers=AUTH)
+    created = await client.post("/v1/providers/postgresql/connections", json=CREATE_BODY, headers=AUTH)
+    async with client.stream("GET", "/v1/tasks/task_0123456789abcdef/watch", headers=AUTH) as stream:
+        await stream.aread()
+    for resp in (ok, listed, created, stream):
+        assert resp.status_code == 200
+        assert LUA_MARK not in resp.headers
+    failed = await client.get("/v1/connections/conn_missing", headers=AUTH)
+    late = await client.get("/v1/connections/conn_late", headers=AUTH)
+    assert (failed.status_code, late.status_code) == (404, 422)
+    assert failed.headers[LUA_MARK] == "1" and late.headers[LUA_MARK] == "1"
 
 
 async def test_get_returns_flat_resource(client: httpx.AsyncClient) -> None:
@@ -392,12 +418,14 @@ async def test_malformed_json_is_json_400(client: httpx.AsyncClient) -> None:
 async def test_watch_streams_ndjson_incrementally(client: httpx.AsyncClient, stack: Stack) -> None:
     arrived: list[float] = []
     lines: list[dict[str, object]] = []
+    raw: list[str] = []
     async with client.stream("GET", "/v1/tasks/task_0123456789abcdef/watch", headers=AUTH) as resp:
         assert resp.status_code == 200
         assert_clean_headers(resp)
         async for line in resp.aiter_lines():
             if line.strip():
                 arrived.append(time.monotonic())
+                raw.append(line)
                 lines.append(json.loads(line))
     assert len(lines) == 3
     sent = stack.seen.stream_sent_at
@@ -415,10 +443,13 @@ async def test_watch_streams_ndjson_incrementally(client: httpx.AsyncClient, sta
     assert task["status"] == "running"
     assert task["progress"] == {
         "last_processed_pk": "",
-        "rows_processed": 10,  # 32-bit counts print as JSON numbers
+        "rows_processed": 10,
         "rows_total": 30,
         "rows_failed": 0,
     }
+    # Counts are doubles in the proto so that JSON prints numbers; whole ones print without
+    # a fraction, exactly as the seed shows them.
+    assert '"rows_processed":10,"rows_total":30,"rows_failed":0' in raw[0], raw[0]
     last_task = lines[2]["task"]
     assert isinstance(last_task, dict) and last_task["status"] == "completed"
 
@@ -465,30 +496,6 @@ def test_bad_config_raises_with_log_tail(tmp_path: Path) -> None:
     )
     with pytest.raises(EnvoyError, match=r"missing\.binpb"):
         EnvoyProcess(config, work_dir=tmp_path).start()
-
-
-def test_unwrap_routes_match_protos(descriptor: Path, tmp_path: Path) -> None:
-    """envoy.yaml unwraps exactly the methods whose `response_body` the descriptor lost."""
-    out = tmp_path / "d.binpb"
-    expected = build_descriptor(out)
-    assert expected["/embedd.v1.ConnectionService/CreateConnection"] == "connection"
-    assert strip_response_body(out.read_bytes())[1] == {}  # nothing left to strip
-    routes = unwrap_routes(yaml.safe_load(ENVOY_YAML.read_text()))
-    actual: dict[str, str] = {}
-    for grpc_path in _all_grpc_paths(descriptor):
-        for regex, fld in routes.items():
-            if re.fullmatch(regex, grpc_path):
-                actual[grpc_path] = fld
-                break
-    assert actual == expected
-
-
-def _all_grpc_paths(descriptor: Path) -> Iterator[str]:
-    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
-    for f in fds.file:
-        for s in f.service:
-            for m in s.method:
-                yield f"/{f.package}.{s.name}/{m.name}"
 
 
 def test_zz_envoy_logged_no_lua_errors(stack: Stack) -> None:

@@ -67,18 +67,20 @@ async def make_table(client: EmbeddClient, user_db: UserDb, source: str, name: s
     )
     vt = await client.vector_tables.CreateVectorTable(
         vector_table_pb2.CreateVectorTableRequest(
-            name=name,
-            connection_id=conn.connection.id,
-            embedding_provider_id=emb.embedding_provider.id,
-            source_table=source,
-            primary_key_column="id",
-            columns=[
-                vector_table_pb2.Column(name="name", role=values_pb2.ColumnRole.embedding),
-                vector_table_pb2.Column(name="description", role=values_pb2.ColumnRole.embedding),
-            ],
+            vector_table=vector_table_pb2.VectorTable(
+                name=name,
+                connection_id=conn.id,
+                embedding_provider_id=emb.id,
+                source_table=source,
+                primary_key_column="id",
+                columns=[
+                    vector_table_pb2.Column(name="name", role=values_pb2.ColumnRole.embedding),
+                    vector_table_pb2.Column(name="description", role=values_pb2.ColumnRole.embedding),
+                ],
+            )
         )
     )
-    return vt.vector_table.id
+    return vt.id
 
 
 async def assert_exactly_once(user_db: UserDb, ref: str, source: str) -> None:
@@ -216,7 +218,7 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
                     ),
                 )
             )
-            assert updated.vector_table.sync_status == values_pb2.SyncStatus.pending_rebackfill
+            assert updated.sync_status == values_pb2.SyncStatus.pending_rebackfill
             rebackfill = (
                 await c.tasks.ListTasks(
                     task_pb2.ListTasksRequest(target_id=vt_id, status=values_pb2.TaskStatus.pending)
@@ -225,7 +227,7 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
         ctl = await asyncpg.connect(control)
         try:
             task_id = (
-                rebackfill[0].task_id
+                rebackfill[0].id
                 if rebackfill
                 else await ctl.fetchval(
                     "SELECT id FROM tasks WHERE target_id = $1 AND task_type = 'rebackfill'", vt_id
@@ -261,7 +263,7 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
                 vector_table_pb2.GetVectorTableRequest(vector_table_id=vt_id)
             )
         assert final.status == values_pb2.TaskStatus.completed and final.attempts == 2, final
-        assert vt.vector_table.sync_status == values_pb2.SyncStatus.synced
+        assert vt.sync_status == values_pb2.SyncStatus.synced
         await assert_exactly_once(user_db, ref, big_table)
         owner = await asyncpg.connect(user_db.owner_dsn)
         try:

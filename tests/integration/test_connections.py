@@ -53,9 +53,9 @@ async def test_create_over_grpc(org: Org, user_db: UserDb) -> None:
                 ),
             )
         )
-        assert resp.connection.status == values_pb2.ConnectionStatus.created
+        assert resp.status == values_pb2.ConnectionStatus.created
         listed = await c.connections.ListConnections(connection_pb2.ListConnectionsRequest())
-        assert [x.id for x in listed.connections] == [resp.connection.id]
+        assert [x.id for x in listed.connections] == [resp.id]
 
 
 BAD_BODIES: list[tuple[str, dict[str, Any], str]] = [

@@ -79,7 +79,7 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(control_dsn: str) -
             )
             call = asyncio.ensure_future(
                 c.connections.TestConnection(
-                    connection_pb2.TestConnectionRequest(connection_id=made.connection.id)
+                    connection_pb2.TestConnectionRequest(connection_id=made.id)
                 )
             )
             await asyncio.sleep(0.3)

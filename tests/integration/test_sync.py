@@ -245,7 +245,7 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
         "SELECT count(*) FROM pg_class WHERE relname IN ($1, $2)", f"{ref}_swap", f"{ref}_old"
     )
     assert leftovers == 0
-    task = (await org.http("GET", f"/v1/tasks/{tasks[0]['task_id']}")).json()
+    task = (await org.http("GET", f"/v1/tasks/{tasks[0]['id']}")).json()
     assert task["status"] == "completed"
 
 

@@ -234,12 +234,16 @@ async def test_create_over_grpc_reports_violations(org: Org, user_db: UserDb) ->
         code, reason, violations, _ = await grpc_error(
             c.vector_tables.CreateVectorTable(
                 vector_table_pb2.CreateVectorTableRequest(
-                    name="x",
-                    connection_id=conn_id,
-                    embedding_provider_id=emb_id,
-                    source_table="public.products",
-                    primary_key_column="id",
-                    columns=[vector_table_pb2.Column(name="category", role=values_pb2.ColumnRole.metadata)],
+                    vector_table=vector_table_pb2.VectorTable(
+                        name="x",
+                        connection_id=conn_id,
+                        embedding_provider_id=emb_id,
+                        source_table="public.products",
+                        primary_key_column="id",
+                        columns=[
+                            vector_table_pb2.Column(name="category", role=values_pb2.ColumnRole.metadata)
+                        ],
+                    )
                 )
             )
         )
@@ -247,18 +251,20 @@ async def test_create_over_grpc_reports_violations(org: Org, user_db: UserDb) ->
         assert ("columns", "needs at least one column with role 'embedding'") in violations
         made = await c.vector_tables.CreateVectorTable(
             vector_table_pb2.CreateVectorTableRequest(
-                name="g",
-                connection_id=conn_id,
-                embedding_provider_id=emb_id,
-                source_table="products",
-                primary_key_column="id",
-                columns=[
-                    vector_table_pb2.Column(name="name", role=values_pb2.ColumnRole.embedding),
-                    vector_table_pb2.Column(name="price", role=values_pb2.ColumnRole.metadata),
-                ],
+                vector_table=vector_table_pb2.VectorTable(
+                    name="g",
+                    connection_id=conn_id,
+                    embedding_provider_id=emb_id,
+                    source_table="products",
+                    primary_key_column="id",
+                    columns=[
+                        vector_table_pb2.Column(name="name", role=values_pb2.ColumnRole.embedding),
+                        vector_table_pb2.Column(name="price", role=values_pb2.ColumnRole.metadata),
+                    ],
+                )
             )
         )
-    vt = made.vector_table
+    vt = made
     assert (
         vt.embedding_model == "local-lexical-384" and vt.embedding_dimensions == 384
     )  # the provider's default
@@ -282,12 +288,16 @@ async def test_backfill_end_to_end(org: Org, user_db: UserDb) -> None:
     assert status["synced_rows"] == status["total_rows"] == PRODUCT_ROWS
     assert status["rows_pending"] == 0 and status["last_synced_at"].endswith("Z")
     assert status["staleness_secs"] >= 0 and "last_error" not in status
+    raw = (await org.http("GET", f"/v1/vector-tables/{made['id']}/sync/status")).text
+    # Counts are doubles in the proto; JSON prints whole ones as the seed does, no fraction.
+    assert f'"synced_rows":{PRODUCT_ROWS},"total_rows":{PRODUCT_ROWS},' in raw, raw
 
     got = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
+    assert got["id"] == task["task_id"] and "task_id" not in got
     assert got["status"] == "completed" and got["attempts"] == 1
     assert got["progress"]["rows_processed"] == PRODUCT_ROWS and got["progress"]["rows_failed"] == 0
     listed = (await org.http("GET", f"/v1/tasks?target_id={made['id']}")).json()["tasks"]
-    assert [t["task_id"] for t in listed] == [task["task_id"]]
+    assert [t["id"] for t in listed] == [task["task_id"]]
 
     conn = await asyncpg.connect(user_db.owner_dsn)
     try:
@@ -341,7 +351,7 @@ async def test_second_backfill_while_one_is_queued_is_409(
             gcode, reason, _, _ = await grpc_error(
                 c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=made["id"]))
             )
-        assert gcode == grpc.StatusCode.ABORTED and reason == "backfill_in_progress"
+        assert gcode == grpc.StatusCode.FAILED_PRECONDITION and reason == "backfill_in_progress"
     finally:
         await conn.execute("DELETE FROM tasks WHERE id = 'task_held' || $1", made["id"])
         await conn.close()

@@ -16,14 +16,10 @@ instances) and its own `--base-id` anyway. Port 0 is allowed for the listener an
 admin interface; the bound ports are read back from `--admin-address-path` and the admin
 `/listeners` endpoint.
 
-The descriptor set: Envoy 1.40's transcoder refuses `response_body` on a non-`HttpBody`
-field ("not supported yet", envoyproxy/envoy#11136), and our protos use it to return the
-resource itself over REST. `build_descriptor` therefore builds the image with buf and then
-removes `response_body` from every HTTP rule; envoy.yaml's Lua filter unwraps the single
-field of those responses instead (routes carrying `unwrap` metadata). `EnvoyProcess` does
-the same stripping on the fly when handed a plain `buf build` descriptor, so the committed
-one works either way here; a production image must ship a stripped one
-(``python -m embedd_server.devtools.envoy OUT``).
+The descriptor set is `buf build`'s image of protos/ (google/rpc included, so errors keep
+their details), committed as envoy/embedd.binpb by `make gen`. Methods return resources
+(AIP-131/133/134), so the transcoder prints the REST body as is: no `response_body` (Envoy
+1.40 refuses it on non-HttpBody fields, envoyproxy/envoy#11136) and no rewriting.
 """
 
 from __future__ import annotations
@@ -43,21 +39,17 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import yaml
-from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
-from google.protobuf import descriptor_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ENVOY_YAML = REPO_ROOT / "envoy" / "envoy.yaml"
 DESCRIPTOR = REPO_ROOT / "envoy" / "embedd.binpb"
 
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
-LUA_FILTER = "envoy.filters.http.lua"
 
 _base_ids = itertools.count(1)
 
@@ -82,64 +74,9 @@ def buf_binary() -> Path:
     return candidate if candidate.exists() else Path("buf")
 
 
-def _http_rules(rule: http_pb2.HttpRule) -> Iterator[http_pb2.HttpRule]:
-    yield rule
-    for extra in rule.additional_bindings:
-        yield from _http_rules(extra)
-
-
-def strip_response_body(image: bytes) -> tuple[bytes, dict[str, str]]:
-    """Remove `response_body` from every HTTP rule of a descriptor set / buf image.
-
-    Returns the new serialized set and `{"/pkg.Service/Method": field}` for each method
-    whose REST response is that single field of the response message (Envoy's Lua filter
-    unwraps it). Refuses a response message with more than one field: unwrapping it in
-    Envoy would drop data.
-    """
-    fds = descriptor_pb2.FileDescriptorSet.FromString(image)
-    messages: dict[str, descriptor_pb2.DescriptorProto] = {}
-
-    def index(prefix: str, items: Any) -> None:
-        for msg in items:
-            name = f"{prefix}.{msg.name}"
-            messages[name] = msg
-            index(name, msg.nested_type)
-
-    for file in fds.file:
-        index(f".{file.package}" if file.package else "", file.message_type)
-
-    unwrap: dict[str, str] = {}
-    for file in fds.file:
-        for service in file.service:
-            for method in service.method:
-                if not method.options.HasExtension(annotations_pb2.http):
-                    continue
-                rule = method.options.Extensions[annotations_pb2.http]
-                fields = {r.response_body for r in _http_rules(rule) if r.response_body}
-                if not fields:
-                    continue
-                grpc_path = f"/{file.package}.{service.name}/{method.name}"
-                if len(fields) > 1:
-                    raise ValueError(f"{grpc_path}: different response_body per binding")
-                (field,) = fields
-                output = messages[method.output_type]
-                if [f.name for f in output.field] != [field]:
-                    raise ValueError(
-                        f"{grpc_path}: response_body {field!r} is not the only field of "
-                        f"{method.output_type}; Envoy cannot unwrap it"
-                    )
-                for r in _http_rules(rule):
-                    r.response_body = ""
-                unwrap[grpc_path] = field
-    return fds.SerializeToString(), unwrap
-
-
-def build_descriptor(out: Path) -> dict[str, str]:
-    """Build the descriptor set Envoy loads (all of protos/, google/rpc included).
-
-    Runs `buf build`, strips `response_body` (see the module docstring) and writes `out`.
-    Returns the methods whose response Envoy unwraps, as `strip_response_body` does.
-    """
+def build_descriptor(out: Path) -> None:
+    """Build the descriptor set Envoy loads (all of protos/, google/rpc included) with
+    `buf build` and write it to `out` (atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="embedd-buf-") as tmp:
         raw = Path(tmp) / "image.binpb"
@@ -152,11 +89,9 @@ def build_descriptor(out: Path) -> dict[str, str]:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"buf build failed:\n{proc.stderr.strip()}")
-        data, unwrap = strip_response_body(raw.read_bytes())
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_bytes(data)
+        tmp_out = out.with_name(out.name + ".tmp")
+        tmp_out.write_bytes(raw.read_bytes())
     tmp_out.replace(out)
-    return unwrap
 
 
 # --------------------------------------------------------------------------- config
@@ -175,19 +110,6 @@ def http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     filters: list[dict[str, Any]] = hcm["http_filters"]
     return filters
-
-
-def unwrap_routes(config: dict[str, Any]) -> dict[str, str]:
-    """`{gRPC path regex: field}` of the routes whose response the Lua filter unwraps."""
-    listener = config["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    result: dict[str, str] = {}
-    for vhost in hcm["route_config"]["virtual_hosts"]:
-        for route in vhost["routes"]:
-            meta = route.get("metadata", {}).get("filter_metadata", {}).get(LUA_FILTER, {})
-            if "unwrap" in meta:
-                result[route["match"]["safe_regex"]["regex"]] = meta["unwrap"]
-    return result
 
 
 def render_config(
@@ -318,9 +240,8 @@ class EnvoyProcess:
             raise RuntimeError("Envoy already started")
         work = self.work_dir
         work.mkdir(parents=True, exist_ok=True)
-        config = self._with_loadable_descriptor(self._config, work)
         # JSON is YAML: Envoy reads it as is, and no YAML dumper quirks get in the way.
-        self.config_path.write_text(json.dumps(config, indent=2))
+        self.config_path.write_text(json.dumps(self._config, indent=2))
         admin_path = work / "admin-address"
         admin_path.unlink(missing_ok=True)
         base_id = (os.getpid() % 100_000) * 100 + next(_base_ids) % 100
@@ -385,28 +306,6 @@ class EnvoyProcess:
     ) -> None:
         self.stop()
 
-    @staticmethod
-    def _with_loadable_descriptor(config: dict[str, Any], work: Path) -> dict[str, Any]:
-        """Point the transcoder at a copy without `response_body` if the descriptor has any.
-
-        A plain `buf build` keeps `response_body`, which Envoy 1.40 refuses at start-up; the
-        copy in the work directory is what `build_descriptor` would have written.
-        """
-        transcoder = _find_filter(http_filters(config), TRANSCODER_FILTER)["typed_config"]
-        source = Path(transcoder.get("proto_descriptor", ""))
-        if not source.is_file():
-            return config  # Envoy reports the missing file in its log
-        data, unwrap = strip_response_body(source.read_bytes())
-        if not unwrap:
-            return config
-        stripped = work / "embedd.binpb"
-        stripped.write_bytes(data)
-        patched = copy.deepcopy(config)
-        _find_filter(http_filters(patched), TRANSCODER_FILTER)["typed_config"]["proto_descriptor"] = str(
-            stripped
-        )
-        return patched
-
     # -- readiness
 
     def log_tail(self, lines: int = 40) -> str:
@@ -460,14 +359,12 @@ class EnvoyProcess:
 
 
 def main() -> None:
-    """`python -m embedd_server.devtools.envoy OUT`: write a descriptor Envoy 1.40 loads."""
+    """`python -m embedd_server.devtools.envoy OUT`: write the descriptor set Envoy loads."""
     if len(sys.argv) != 2:
         sys.exit(f"usage: python -m embedd_server.devtools.envoy OUT  (e.g. {DESCRIPTOR})")
     out = Path(sys.argv[1])
-    unwrap = build_descriptor(out)
-    print(f"wrote {out} ({out.stat().st_size} bytes); unwrapped by Envoy's Lua filter:")
-    for path, field in sorted(unwrap.items()):
-        print(f"  {path} -> {field}")
+    build_descriptor(out)
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ class Kind(enum.Enum):
     UNAUTHENTICATED = "unauthenticated"  # 401
     PERMISSION_DENIED = "permission_denied"  # 403
     NOT_FOUND = "not_found"  # 404
-    CONFLICT = "conflict"  # 409 (ABORTED/ALREADY_EXISTS family)
-    NOT_READY = "not_ready"  # 422 FAILED_PRECONDITION
+    ALREADY_EXISTS = "already_exists"  # 409 ALREADY_EXISTS: the name is taken
+    CONFLICT = "conflict"  # 409 FAILED_PRECONDITION: wrong state (paused, busy, dependents)
+    NOT_READY = "not_ready"  # 422 FAILED_PRECONDITION: not ready for this yet
     RATE_LIMITED = "rate_limited"  # 429 RESOURCE_EXHAUSTED
     UNIMPLEMENTED = "unimplemented"  # 501
     UNAVAILABLE = "unavailable"  # 503

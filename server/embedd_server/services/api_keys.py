@@ -47,14 +47,16 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
 
     async def CreateApiKey(
         self, request: api_key_pb2.CreateApiKeyRequest, context: Context
-    ) -> api_key_pb2.CreateApiKeyResponse:
+    ) -> api_key_pb2.ApiKey:
         p = current_principal()
         v = Violations()
         check_name(v, request.name)
         v.raise_if_any()
         permission = "read_only" if request.permission == _PERMISSION.read_only else "full"
         record, secret = await self._orgs.create_api_key(p.org_id, request.name.strip(), permission)
-        return api_key_pb2.CreateApiKeyResponse(api_key=key_to_proto(record), key=secret)
+        created = key_to_proto(record)
+        created.key = secret  # shown this once; only its hash is stored
+        return created
 
     async def ListApiKeys(
         self, request: api_key_pb2.ListApiKeysRequest, context: Context
@@ -67,14 +69,14 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
 
     async def DeleteApiKey(
         self, request: api_key_pb2.DeleteApiKeyRequest, context: Context
-    ) -> api_key_pb2.DeleteApiKeyResponse:
+    ) -> api_key_pb2.ApiKey:
         p = current_principal()
         check_id(request.api_key_id, "key_", "api_key_id")
         record = await self._orgs.revoke_api_key(p.org_id, request.api_key_id)
         if record is None:
             raise not_found("api_key_not_found", "API key", request.api_key_id)
         self._invalidate(record.id)
-        return api_key_pb2.DeleteApiKeyResponse(api_key=key_to_proto(record))
+        return key_to_proto(record)
 
 
 class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
@@ -84,7 +86,7 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
 
     async def CreateEnvironment(
         self, request: environment_pb2.CreateEnvironmentRequest, context: Context
-    ) -> environment_pb2.CreateEnvironmentResponse:
+    ) -> environment_pb2.Environment:
         p = current_principal()
         v = Violations()
         check_env_name(v, request.name)
@@ -92,11 +94,11 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
         env = await self._orgs.create_environment(p.org_id, request.name)
         if env is None:
             raise ApiError(
-                Kind.CONFLICT,
+                Kind.ALREADY_EXISTS,
                 "environment_conflict",
                 f"An environment named {request.name!r} already exists. Pick another name.",
             )
-        return environment_pb2.CreateEnvironmentResponse(environment=env_to_proto(env))
+        return env_to_proto(env)
 
     async def _get(self, env_id: str) -> models.Environment:
         p = current_principal()
@@ -108,10 +110,8 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
 
     async def GetEnvironment(
         self, request: environment_pb2.GetEnvironmentRequest, context: Context
-    ) -> environment_pb2.GetEnvironmentResponse:
-        return environment_pb2.GetEnvironmentResponse(
-            environment=env_to_proto(await self._get(request.environment_id))
-        )
+    ) -> environment_pb2.Environment:
+        return env_to_proto(await self._get(request.environment_id))
 
     async def ListEnvironments(
         self, request: environment_pb2.ListEnvironmentsRequest, context: Context

@@ -81,7 +81,7 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
 
     async def CreateConnection(
         self, request: connection_pb2.CreateConnectionRequest, context: Context
-    ) -> connection_pb2.CreateConnectionResponse:
+    ) -> connection_pb2.Connection:
         p = current_principal()
         if request.provider == _PROVIDER.snowflake:
             raise unimplemented("Snowflake connections", "only provider 'postgresql' is supported")
@@ -103,7 +103,7 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
             mode=_MODE.Value.Name(request.mode),
             credentials_enc=seal_credentials(self._secrets, conn_id, creds),
         )
-        return connection_pb2.CreateConnectionResponse(connection=to_proto(row))
+        return to_proto(row)
 
     async def _get(self, conn_id: str) -> models.Connection:
         p = current_principal()
@@ -115,10 +115,8 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
 
     async def GetConnection(
         self, request: connection_pb2.GetConnectionRequest, context: Context
-    ) -> connection_pb2.GetConnectionResponse:
-        return connection_pb2.GetConnectionResponse(
-            connection=to_proto(await self._get(request.connection_id))
-        )
+    ) -> connection_pb2.Connection:
+        return to_proto(await self._get(request.connection_id))
 
     async def ListConnections(
         self, request: connection_pb2.ListConnectionsRequest, context: Context

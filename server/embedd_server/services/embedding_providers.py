@@ -50,7 +50,7 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
 
     async def CreateEmbeddingProvider(
         self, request: pb.CreateEmbeddingProviderRequest, context: Context
-    ) -> pb.CreateEmbeddingProviderResponse:
+    ) -> pb.EmbeddingProvider:
         p = current_principal()
         v = Violations()
         check_name(v, request.name)
@@ -75,7 +75,7 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
             base_url=request.base_url if request.HasField("base_url") else None,
             api_key_enc=self._secrets.encrypt(api_key, bound_to=provider_id) if api_key else None,
         )
-        return pb.CreateEmbeddingProviderResponse(embedding_provider=to_proto(row))
+        return to_proto(row)
 
     async def _get(self, provider_id: str) -> models.EmbeddingProvider:
         p = current_principal()
@@ -87,9 +87,8 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
 
     async def GetEmbeddingProvider(
         self, request: pb.GetEmbeddingProviderRequest, context: Context
-    ) -> pb.GetEmbeddingProviderResponse:
-        row = await self._get(request.embedding_provider_id)
-        return pb.GetEmbeddingProviderResponse(embedding_provider=to_proto(row))
+    ) -> pb.EmbeddingProvider:
+        return to_proto(await self._get(request.embedding_provider_id))
 
     async def ListEmbeddingProviders(
         self, request: pb.ListEmbeddingProvidersRequest, context: Context

@@ -20,7 +20,7 @@ _STATUS = values_pb2.TaskStatus
 
 def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None) -> task_pb2.Task:
     msg = task_pb2.Task(
-        task_id=t.id,
+        id=t.id,
         task_type=values_pb2.TaskType.Value.Value(t.task_type),
         target_id=t.target_id,
         status=_STATUS.Value.Value(t.status),
@@ -54,10 +54,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             raise not_found("task_not_found", "Task", task_id)
         return task
 
-    async def GetTask(self, request: task_pb2.GetTaskRequest, context: Context) -> task_pb2.GetTaskResponse:
+    async def GetTask(self, request: task_pb2.GetTaskRequest, context: Context) -> task_pb2.Task:
         task = await self._get(request.task_id)
         failures = await self._tasks.failures(task.id) if task.rows_failed else []
-        return task_pb2.GetTaskResponse(task=task_to_proto(task, failures))
+        return task_to_proto(task, failures)
 
     async def ListTasks(
         self, request: task_pb2.ListTasksRequest, context: Context

@@ -190,57 +190,58 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
 
     async def CreateVectorTable(
         self, request: vector_table_pb2.CreateVectorTableRequest, context: Context
-    ) -> vector_table_pb2.CreateVectorTableResponse:
+    ) -> vector_table_pb2.VectorTable:
         p = current_principal()
+        new = request.vector_table  # output-only fields (id, status, ref, created_at) are ignored
         v = Violations()
-        check_name(v, request.name)
+        check_name(v, new.name)
         for field, prefix in (("connection_id", "conn_"), ("embedding_provider_id", "emb_")):
-            value = getattr(request, field)
+            value = getattr(new, field)
             if not value:
                 v.add(field, "is required")
             elif not value.startswith(prefix):
                 v.add(field, f"must be an id starting with {prefix!r}")
-        source = split_table_name(request.source_table)
+        source = split_table_name(new.source_table)
         if source is None:
             v.add("source_table", "must be 'schema.table' or 'table' (schema public)")
-        if not request.primary_key_column:
+        if not new.primary_key_column:
             v.add("primary_key_column", "is required")
-        columns = columns_from_request(v, list(request.columns))
-        interval = request.sync_interval_seconds or DEFAULT_SYNC_INTERVAL_S
+        columns = columns_from_request(v, list(new.columns))
+        interval = new.sync_interval_seconds or DEFAULT_SYNC_INTERVAL_S
         if not 1 <= interval <= _MAX_INTERVAL_S:
             v.add("sync_interval_seconds", f"must be between 1 and {_MAX_INTERVAL_S}")
-        sync_mode = "cdc" if request.sync_mode == _SYNC_MODE.cdc else "batch"
+        sync_mode = "cdc" if new.sync_mode == _SYNC_MODE.cdc else "batch"
         cursor = (
-            request.cursor_column if request.HasField("cursor_column") and request.cursor_column else None
+            new.cursor_column if new.HasField("cursor_column") and new.cursor_column else None
         )
         if sync_mode == "cdc" and cursor is None:
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
         v.raise_if_any()
         assert source is not None
 
-        connection = await self._connections.get(p.org_id, p.env_id, request.connection_id)
+        connection = await self._connections.get(p.org_id, p.env_id, new.connection_id)
         if connection is None:
-            raise not_found("connection_not_found", "Connection", request.connection_id)
-        provider = await self._providers.get(p.org_id, p.env_id, request.embedding_provider_id)
+            raise not_found("connection_not_found", "Connection", new.connection_id)
+        provider = await self._providers.get(p.org_id, p.env_id, new.embedding_provider_id)
         if provider is None:
             raise not_found(
-                "embedding_provider_not_found", "Embedding provider", request.embedding_provider_id
+                "embedding_provider_not_found", "Embedding provider", new.embedding_provider_id
             )
-        mode = connection.mode if request.mode == _MODE.unspecified else _MODE.Value.Name(request.mode)
+        mode = connection.mode if new.mode == _MODE.unspecified else _MODE.Value.Name(new.mode)
         if mode != connection.mode:
             v.add("mode", f"must match the connection's mode ({connection.mode!r})")
             v.raise_if_any()
         if mode == "managed":
             raise unimplemented("Managed mode (vectors in Qdrant)", "not scheduled yet; use mode 'platform'")
-        model = request.embedding_model or provider.default_model
+        model = new.embedding_model or provider.default_model
         info = catalog.require_model(provider.provider, model, "embedding_model")
-        dims = catalog.check_dimensions(info, request.embedding_dimensions, "embedding_dimensions")
+        dims = catalog.check_dimensions(info, new.embedding_dimensions, "embedding_dimensions")
 
         creds = open_credentials(self._secrets, connection)
         spec = VectorTableSpec(
             source_schema=source[0],
             source_table=source[1],
-            primary_key_column=request.primary_key_column,
+            primary_key_column=new.primary_key_column,
             embedding_model=model,
             embedding_dimensions=dims,
             columns=tuple(columns),
@@ -250,14 +251,14 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             target_schema=creds.schema,
         )
         vt_id = new_id("vector_table")
-        ref = vector_ref(vt_id, request.name)
+        ref = vector_ref(vt_id, new.name)
         spec = await self._tables.prepare(creds, spec, ref)
         try:
             row = await self._store.create(
                 id=vt_id,
                 org_id=p.org_id,
                 env_id=p.env_id,
-                name=request.name.strip(),
+                name=new.name.strip(),
                 connection_id=connection.id,
                 embedding_provider_id=provider.id,
                 spec=spec,
@@ -266,17 +267,15 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         except BaseException:
             await self._tables.drop(creds, spec.target_schema, ref)  # nothing half-made stays behind
             raise
-        return vector_table_pb2.CreateVectorTableResponse(vector_table=to_proto(row))
+        return to_proto(row)
 
     async def _get(self, vt_id: str) -> models.VectorTable:
         return await get_table(self._store, vt_id)
 
     async def GetVectorTable(
         self, request: vector_table_pb2.GetVectorTableRequest, context: Context
-    ) -> vector_table_pb2.GetVectorTableResponse:
-        return vector_table_pb2.GetVectorTableResponse(
-            vector_table=to_proto(await self._get(request.vector_table_id))
-        )
+    ) -> vector_table_pb2.VectorTable:
+        return to_proto(await self._get(request.vector_table_id))
 
     async def ListVectorTables(
         self, request: vector_table_pb2.ListVectorTablesRequest, context: Context
@@ -289,7 +288,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
 
     async def UpdateVectorTable(
         self, request: vector_table_pb2.UpdateVectorTableRequest, context: Context
-    ) -> vector_table_pb2.UpdateVectorTableResponse:
+    ) -> vector_table_pb2.VectorTable:
         p = current_principal()
         vt = await self._get(request.vector_table.id)
         fields = update_fields(request)
@@ -349,7 +348,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             await self._store.update_in_place(vt.id, name, spec, provider.id)
         updated = await self._store.get(p.org_id, p.env_id, vt.id)
         assert updated is not None
-        return vector_table_pb2.UpdateVectorTableResponse(vector_table=to_proto(updated))
+        return to_proto(updated)
 
     async def DeleteVectorTable(
         self, request: vector_table_pb2.DeleteVectorTableRequest, context: Context

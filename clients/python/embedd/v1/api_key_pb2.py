@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbedd/v1/api_key.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nkey_prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\npermission\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.Permission.ValueB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"`\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\npermission\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.Permission.ValueB\x04\xe2\x41\x01\x01\"G\n\x14\x43reateApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.embedd.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"?\n\x12ListApiKeysRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.embedd.v1.ApiKey\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"/\n\x13\x44\x65leteApiKeyRequest\x12\x18\n\napi_key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\":\n\x14\x44\x65leteApiKeyResponse\x12\"\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x11.embedd.v1.ApiKey2\xda\x02\n\rApiKeyService\x12h\n\x0c\x43reateApiKey\x12\x1e.embedd.v1.CreateApiKeyRequest\x1a\x1f.embedd.v1.CreateApiKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12\x62\n\x0bListApiKeys\x12\x1d.embedd.v1.ListApiKeysRequest\x1a\x1e.embedd.v1.ListApiKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/api-keys\x12{\n\x0c\x44\x65leteApiKey\x12\x1e.embedd.v1.DeleteApiKeyRequest\x1a\x1f.embedd.v1.DeleteApiKeyResponse\"*\x82\xd3\xe4\x93\x02$*\x19/v1/api-keys/{api_key_id}b\x07\x61pi_keyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbedd/v1/api_key.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x02\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nkey_prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\npermission\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.Permission.ValueB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x16\n\x03key\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x42\x06\n\x04_key\"`\n\x13\x43reateApiKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x35\n\npermission\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.Permission.ValueB\x04\xe2\x41\x01\x01\"?\n\x12ListApiKeysRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"O\n\x13ListApiKeysResponse\x12#\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x11.embedd.v1.ApiKey\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"/\n\x13\x44\x65leteApiKeyRequest\x12\x18\n\napi_key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xb5\x02\n\rApiKeyService\x12Z\n\x0c\x43reateApiKey\x12\x1e.embedd.v1.CreateApiKeyRequest\x1a\x11.embedd.v1.ApiKey\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/api-keys:\x01*\x12\x62\n\x0bListApiKeys\x12\x1d.embedd.v1.ListApiKeysRequest\x1a\x1e.embedd.v1.ListApiKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/api-keys\x12\x64\n\x0c\x44\x65leteApiKey\x12\x1e.embedd.v1.DeleteApiKeyRequest\x1a\x11.embedd.v1.ApiKey\"!\x82\xd3\xe4\x93\x02\x1b*\x19/v1/api-keys/{api_key_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_APIKEY'].fields_by_name['revoked_at']._loaded_options = None
   _globals['_APIKEY'].fields_by_name['revoked_at']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['key']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['key']._serialized_options = b'\342A\001\003'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CREATEAPIKEYREQUEST'].fields_by_name['permission']._loaded_options = None
@@ -62,21 +64,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/api-keys'
   _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
-  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\202\323\344\223\002$*\031/v1/api-keys/{api_key_id}b\007api_key'
+  _globals['_APIKEYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\202\323\344\223\002\033*\031/v1/api-keys/{api_key_id}'
   _globals['_APIKEY']._serialized_start=159
-  _globals['_APIKEY']._serialized_end=394
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=396
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=492
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=494
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=565
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=567
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=630
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=632
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=711
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=713
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=760
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=762
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=820
-  _globals['_APIKEYSERVICE']._serialized_start=823
-  _globals['_APIKEYSERVICE']._serialized_end=1169
+  _globals['_APIKEY']._serialized_end=426
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=428
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=524
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=526
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=589
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=591
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=670
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=672
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=719
+  _globals['_APIKEYSERVICE']._serialized_start=722
+  _globals['_APIKEYSERVICE']._serialized_end=1031
 # @@protoc_insertion_point(module_scope)

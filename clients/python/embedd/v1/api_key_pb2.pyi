@@ -32,6 +32,7 @@ class ApiKey(_message.Message):
     PERMISSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `key_` prefix."""
     name: _builtins.str
@@ -40,6 +41,10 @@ class ApiKey(_message.Message):
     """The first characters of the key, to recognise it."""
     permission: _values_pb2.Permission.Value.ValueType
     """`full` or `read_only`."""
+    key: _builtins.str
+    """The secret, `sk_...`: set in the response of CreateApiKey only (shown once; store it
+    now). It is stored as a hash and never returned again.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the key was issued (RFC 3339, UTC)."""
@@ -57,12 +62,15 @@ class ApiKey(_message.Message):
         permission: _values_pb2.Permission.Value.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        key: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "created_at", b"created_at", "key", b"key", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "key_prefix", b"key_prefix", "name", b"name", "permission", b"permission", "revoked_at", b"revoked_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key", b"_key", "created_at", b"created_at", "id", b"id", "key", b"key", "key_prefix", b"key_prefix", "name", b"name", "permission", b"permission", "revoked_at", b"revoked_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__key: _TypeAlias = _typing.Literal["key"]  # noqa: Y015
+    _WhichOneofArgType__key: _TypeAlias = _typing.Literal["_key", b"_key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key) -> _WhichOneofReturnType__key | None: ...
 
 Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
 
@@ -91,34 +99,6 @@ class CreateApiKeyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
-
-@_typing.final
-class CreateApiKeyResponse(_message.Message):
-    """Response of CreateApiKey."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    API_KEY_FIELD_NUMBER: _builtins.int
-    KEY_FIELD_NUMBER: _builtins.int
-    key: _builtins.str
-    """The secret, `sk_...`. Shown once; store it now."""
-    @_builtins.property
-    def api_key(self) -> Global___ApiKey:
-        """The new key's record."""
-
-    def __init__(
-        self,
-        *,
-        api_key: Global___ApiKey | None = ...,
-        key: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key", b"key"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class ListApiKeysRequest(_message.Message):
@@ -195,27 +175,3 @@ class DeleteApiKeyRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteApiKeyRequest: _TypeAlias = DeleteApiKeyRequest  # noqa: Y015
-
-@_typing.final
-class DeleteApiKeyResponse(_message.Message):
-    """Response of DeleteApiKey. Over REST the body is the revoked key."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    API_KEY_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def api_key(self) -> Global___ApiKey:
-        """The revoked key."""
-
-    def __init__(
-        self,
-        *,
-        api_key: Global___ApiKey | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DeleteApiKeyResponse: _TypeAlias = DeleteApiKeyResponse  # noqa: Y015

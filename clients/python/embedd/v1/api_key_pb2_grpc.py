@@ -38,7 +38,7 @@ class ApiKeyServiceStub:
         self.CreateApiKey = channel.unary_unary(
                 '/embedd.v1.ApiKeyService/CreateApiKey',
                 request_serializer=embedd_dot_v1_dot_api__key__pb2.CreateApiKeyRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_api__key__pb2.CreateApiKeyResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_api__key__pb2.ApiKey.FromString,
                 _registered_method=True)
         self.ListApiKeys = channel.unary_unary(
                 '/embedd.v1.ApiKeyService/ListApiKeys',
@@ -48,7 +48,7 @@ class ApiKeyServiceStub:
         self.DeleteApiKey = channel.unary_unary(
                 '/embedd.v1.ApiKeyService/DeleteApiKey',
                 request_serializer=embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_api__key__pb2.ApiKey.FromString,
                 _registered_method=True)
 
 
@@ -57,7 +57,7 @@ class ApiKeyServiceServicer:
     """
 
     def CreateApiKey(self, request, context):
-        """Issues a key. The secret is in this response only; it is stored as a hash.
+        """Issues a key. The secret (`key`) is in this response only; it is stored as a hash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -83,7 +83,7 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=embedd_dot_v1_dot_api__key__pb2.CreateApiKeyRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_api__key__pb2.CreateApiKeyResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_api__key__pb2.ApiKey.SerializeToString,
             ),
             'ListApiKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ListApiKeys,
@@ -93,7 +93,7 @@ def add_ApiKeyServiceServicer_to_server(servicer, server):
             'DeleteApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteApiKey,
                     request_deserializer=embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_api__key__pb2.ApiKey.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -123,7 +123,7 @@ class ApiKeyService:
             target,
             '/embedd.v1.ApiKeyService/CreateApiKey',
             embedd_dot_v1_dot_api__key__pb2.CreateApiKeyRequest.SerializeToString,
-            embedd_dot_v1_dot_api__key__pb2.CreateApiKeyResponse.FromString,
+            embedd_dot_v1_dot_api__key__pb2.ApiKey.FromString,
             options,
             channel_credentials,
             insecure,
@@ -177,7 +177,7 @@ class ApiKeyService:
             target,
             '/embedd.v1.ApiKeyService/DeleteApiKey',
             embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyRequest.SerializeToString,
-            embedd_dot_v1_dot_api__key__pb2.DeleteApiKeyResponse.FromString,
+            embedd_dot_v1_dot_api__key__pb2.ApiKey.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,11 +33,11 @@ class ApiKeyServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ApiKeyServiceAsyncStub: ...
-    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_api_key_pb2.CreateApiKeyRequest, _api_key_pb2.CreateApiKeyResponse]
-    """Issues a key. The secret is in this response only; it is stored as a hash."""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_api_key_pb2.CreateApiKeyRequest, _api_key_pb2.ApiKey]
+    """Issues a key. The secret (`key`) is in this response only; it is stored as a hash."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_api_key_pb2.ListApiKeysRequest, _api_key_pb2.ListApiKeysResponse]
     """Lists the organisation's keys, revoked ones included, newest first."""
-    DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_api_key_pb2.DeleteApiKeyRequest, _api_key_pb2.DeleteApiKeyResponse]
+    DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_api_key_pb2.DeleteApiKeyRequest, _api_key_pb2.ApiKey]
     """Revokes a key at once. It stays listed with `revoked_at` set."""
 
 @_typing.type_check_only
@@ -45,11 +45,11 @@ class ApiKeyServiceAsyncStub(ApiKeyServiceStub):
     """Issues and revokes the organisation's API keys."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateApiKey: _aio.UnaryUnaryMultiCallable[_api_key_pb2.CreateApiKeyRequest, _api_key_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Issues a key. The secret is in this response only; it is stored as a hash."""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_api_key_pb2.CreateApiKeyRequest, _api_key_pb2.ApiKey]  # type: ignore[assignment]
+    """Issues a key. The secret (`key`) is in this response only; it is stored as a hash."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_api_key_pb2.ListApiKeysRequest, _api_key_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     """Lists the organisation's keys, revoked ones included, newest first."""
-    DeleteApiKey: _aio.UnaryUnaryMultiCallable[_api_key_pb2.DeleteApiKeyRequest, _api_key_pb2.DeleteApiKeyResponse]  # type: ignore[assignment]
+    DeleteApiKey: _aio.UnaryUnaryMultiCallable[_api_key_pb2.DeleteApiKeyRequest, _api_key_pb2.ApiKey]  # type: ignore[assignment]
     """Revokes a key at once. It stays listed with `revoked_at` set."""
 
 class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -60,8 +60,8 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _api_key_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_api_key_pb2.CreateApiKeyResponse, _abc.Awaitable[_api_key_pb2.CreateApiKeyResponse]]:
-        """Issues a key. The secret is in this response only; it is stored as a hash."""
+    ) -> _typing.Union[_api_key_pb2.ApiKey, _abc.Awaitable[_api_key_pb2.ApiKey]]:
+        """Issues a key. The secret (`key`) is in this response only; it is stored as a hash."""
 
     @_abc_1.abstractmethod
     def ListApiKeys(
@@ -76,7 +76,7 @@ class ApiKeyServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _api_key_pb2.DeleteApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_api_key_pb2.DeleteApiKeyResponse, _abc.Awaitable[_api_key_pb2.DeleteApiKeyResponse]]:
+    ) -> _typing.Union[_api_key_pb2.ApiKey, _abc.Awaitable[_api_key_pb2.ApiKey]]:
         """Revokes a key at once. It stays listed with `revoked_at` set."""
 
 def add_ApiKeyServiceServicer_to_server(servicer: ApiKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedd/v1/connection.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\nConnection\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08provider\x18\x03 \x01(\x0e\x32#.embedd.v1.ConnectionProvider.ValueB\x04\xe2\x41\x01\x05\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x04\xe2\x41\x01\x05\x12\x37\n\x06status\x18\x05 \x01(\x0e\x32!.embedd.v1.ConnectionStatus.ValueB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0elast_tested_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xbe\x01\n\x13PostgresCredentials\x12\x12\n\x04host\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x04port\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x16\n\x08\x64\x61tabase\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04user\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x16\n\x08ssl_mode\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06schema\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_port\"\xd1\x01\n\x17\x43reateConnectionRequest\x12;\n\x08provider\x18\x01 \x01(\x0e\x32#.embedd.v1.ConnectionProvider.ValueB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x04\xe2\x41\x01\x02\x12:\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32\x1e.embedd.v1.PostgresCredentialsB\x05\xe2\x41\x02\x02\x04\"E\n\x18\x43reateConnectionResponse\x12)\n\nconnection\x18\x01 \x01(\x0b\x32\x15.embedd.v1.Connection\"3\n\x14GetConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"B\n\x15GetConnectionResponse\x12)\n\nconnection\x18\x01 \x01(\x0b\x32\x15.embedd.v1.Connection\"C\n\x16ListConnectionsRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x17ListConnectionsResponse\x12*\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x15.embedd.v1.Connection\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"6\n\x17\x44\x65leteConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x18\x44\x65leteConnectionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"4\n\x15TestConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xc3\x01\n\x16TestConnectionResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12;\n\x06reason\x18\x03 \x01(\x0e\x32&.embedd.v1.ConnectionTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message2\xb8\x05\n\x11\x43onnectionService\x12\x98\x01\n\x10\x43reateConnection\x12\".embedd.v1.CreateConnectionRequest\x1a#.embedd.v1.CreateConnectionResponse\";\x82\xd3\xe4\x93\x02\x35\"$/v1/providers/{provider}/connections:\x01*b\nconnection\x12\x87\x01\n\rGetConnection\x12\x1f.embedd.v1.GetConnectionRequest\x1a .embedd.v1.GetConnectionResponse\"3\x82\xd3\xe4\x93\x02-\x12\x1f/v1/connections/{connection_id}b\nconnection\x12q\n\x0fListConnections\x12!.embedd.v1.ListConnectionsRequest\x1a\".embedd.v1.ListConnectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/connections\x12\x84\x01\n\x10\x44\x65leteConnection\x12\".embedd.v1.DeleteConnectionRequest\x1a#.embedd.v1.DeleteConnectionResponse\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/connections/{connection_id}\x12\x83\x01\n\x0eTestConnection\x12 .embedd.v1.TestConnectionRequest\x1a!.embedd.v1.TestConnectionResponse\",\x82\xd3\xe4\x93\x02&\"$/v1/connections/{connection_id}/testb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedd/v1/connection.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\nConnection\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12;\n\x08provider\x18\x03 \x01(\x0e\x32#.embedd.v1.ConnectionProvider.ValueB\x04\xe2\x41\x01\x05\x12)\n\x04mode\x18\x04 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x04\xe2\x41\x01\x05\x12\x37\n\x06status\x18\x05 \x01(\x0e\x32!.embedd.v1.ConnectionStatus.ValueB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0elast_tested_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xbe\x01\n\x13PostgresCredentials\x12\x12\n\x04host\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x04port\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x16\n\x08\x64\x61tabase\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x04user\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x04\x12\x16\n\x08ssl_mode\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01\x12\x14\n\x06schema\x18\x07 \x01(\tB\x04\xe2\x41\x01\x01\x42\x07\n\x05_port\"\xd1\x01\n\x17\x43reateConnectionRequest\x12;\n\x08provider\x18\x01 \x01(\x0e\x32#.embedd.v1.ConnectionProvider.ValueB\x04\xe2\x41\x01\x02\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x04\xe2\x41\x01\x02\x12:\n\x0b\x63redentials\x18\x04 \x01(\x0b\x32\x1e.embedd.v1.PostgresCredentialsB\x05\xe2\x41\x02\x02\x04\"3\n\x14GetConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"C\n\x16ListConnectionsRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Z\n\x17ListConnectionsResponse\x12*\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x15.embedd.v1.Connection\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"6\n\x17\x44\x65leteConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"7\n\x18\x44\x65leteConnectionResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"4\n\x15TestConnectionRequest\x12\x1b\n\rconnection_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xc3\x01\n\x16TestConnectionResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12;\n\x06reason\x18\x03 \x01(\x0e\x32&.embedd.v1.ConnectionTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message2\x85\x05\n\x11\x43onnectionService\x12~\n\x10\x43reateConnection\x12\".embedd.v1.CreateConnectionRequest\x1a\x15.embedd.v1.Connection\"/\x82\xd3\xe4\x93\x02)\"$/v1/providers/{provider}/connections:\x01*\x12p\n\rGetConnection\x12\x1f.embedd.v1.GetConnectionRequest\x1a\x15.embedd.v1.Connection\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/connections/{connection_id}\x12q\n\x0fListConnections\x12!.embedd.v1.ListConnectionsRequest\x1a\".embedd.v1.ListConnectionsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/connections\x12\x84\x01\n\x10\x44\x65leteConnection\x12\".embedd.v1.DeleteConnectionRequest\x1a#.embedd.v1.DeleteConnectionResponse\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/connections/{connection_id}\x12\x83\x01\n\x0eTestConnection\x12 .embedd.v1.TestConnectionRequest\x1a!.embedd.v1.TestConnectionResponse\",\x82\xd3\xe4\x93\x02&\"$/v1/connections/{connection_id}/testb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -82,9 +82,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TESTCONNECTIONREQUEST'].fields_by_name['connection_id']._loaded_options = None
   _globals['_TESTCONNECTIONREQUEST'].fields_by_name['connection_id']._serialized_options = b'\342A\001\002'
   _globals['_CONNECTIONSERVICE'].methods_by_name['CreateConnection']._loaded_options = None
-  _globals['_CONNECTIONSERVICE'].methods_by_name['CreateConnection']._serialized_options = b'\202\323\344\223\0025\"$/v1/providers/{provider}/connections:\001*b\nconnection'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['CreateConnection']._serialized_options = b'\202\323\344\223\002)\"$/v1/providers/{provider}/connections:\001*'
   _globals['_CONNECTIONSERVICE'].methods_by_name['GetConnection']._loaded_options = None
-  _globals['_CONNECTIONSERVICE'].methods_by_name['GetConnection']._serialized_options = b'\202\323\344\223\002-\022\037/v1/connections/{connection_id}b\nconnection'
+  _globals['_CONNECTIONSERVICE'].methods_by_name['GetConnection']._serialized_options = b'\202\323\344\223\002!\022\037/v1/connections/{connection_id}'
   _globals['_CONNECTIONSERVICE'].methods_by_name['ListConnections']._loaded_options = None
   _globals['_CONNECTIONSERVICE'].methods_by_name['ListConnections']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/connections'
   _globals['_CONNECTIONSERVICE'].methods_by_name['DeleteConnection']._loaded_options = None
@@ -97,24 +97,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POSTGRESCREDENTIALS']._serialized_end=678
   _globals['_CREATECONNECTIONREQUEST']._serialized_start=681
   _globals['_CREATECONNECTIONREQUEST']._serialized_end=890
-  _globals['_CREATECONNECTIONRESPONSE']._serialized_start=892
-  _globals['_CREATECONNECTIONRESPONSE']._serialized_end=961
-  _globals['_GETCONNECTIONREQUEST']._serialized_start=963
-  _globals['_GETCONNECTIONREQUEST']._serialized_end=1014
-  _globals['_GETCONNECTIONRESPONSE']._serialized_start=1016
-  _globals['_GETCONNECTIONRESPONSE']._serialized_end=1082
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=1084
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=1151
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=1153
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1243
-  _globals['_DELETECONNECTIONREQUEST']._serialized_start=1245
-  _globals['_DELETECONNECTIONREQUEST']._serialized_end=1299
-  _globals['_DELETECONNECTIONRESPONSE']._serialized_start=1301
-  _globals['_DELETECONNECTIONRESPONSE']._serialized_end=1356
-  _globals['_TESTCONNECTIONREQUEST']._serialized_start=1358
-  _globals['_TESTCONNECTIONREQUEST']._serialized_end=1410
-  _globals['_TESTCONNECTIONRESPONSE']._serialized_start=1413
-  _globals['_TESTCONNECTIONRESPONSE']._serialized_end=1608
-  _globals['_CONNECTIONSERVICE']._serialized_start=1611
-  _globals['_CONNECTIONSERVICE']._serialized_end=2307
+  _globals['_GETCONNECTIONREQUEST']._serialized_start=892
+  _globals['_GETCONNECTIONREQUEST']._serialized_end=943
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=945
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=1012
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=1014
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1104
+  _globals['_DELETECONNECTIONREQUEST']._serialized_start=1106
+  _globals['_DELETECONNECTIONREQUEST']._serialized_end=1160
+  _globals['_DELETECONNECTIONRESPONSE']._serialized_start=1162
+  _globals['_DELETECONNECTIONRESPONSE']._serialized_end=1217
+  _globals['_TESTCONNECTIONREQUEST']._serialized_start=1219
+  _globals['_TESTCONNECTIONREQUEST']._serialized_end=1271
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_start=1274
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_end=1469
+  _globals['_CONNECTIONSERVICE']._serialized_start=1472
+  _globals['_CONNECTIONSERVICE']._serialized_end=2117
 # @@protoc_insertion_point(module_scope)

@@ -155,30 +155,6 @@ class CreateConnectionRequest(_message.Message):
 Global___CreateConnectionRequest: _TypeAlias = CreateConnectionRequest  # noqa: Y015
 
 @_typing.final
-class CreateConnectionResponse(_message.Message):
-    """Response of CreateConnection. Over REST the body is the connection itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CONNECTION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def connection(self) -> Global___Connection:
-        """The new connection, status `created`."""
-
-    def __init__(
-        self,
-        *,
-        connection: Global___Connection | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateConnectionResponse: _TypeAlias = CreateConnectionResponse  # noqa: Y015
-
-@_typing.final
 class GetConnectionRequest(_message.Message):
     """Request for GetConnection."""
 
@@ -199,30 +175,6 @@ class GetConnectionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetConnectionRequest: _TypeAlias = GetConnectionRequest  # noqa: Y015
-
-@_typing.final
-class GetConnectionResponse(_message.Message):
-    """Response of GetConnection. Over REST the body is the connection itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CONNECTION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def connection(self) -> Global___Connection:
-        """The connection."""
-
-    def __init__(
-        self,
-        *,
-        connection: Global___Connection | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetConnectionResponse: _TypeAlias = GetConnectionResponse  # noqa: Y015
 
 @_typing.final
 class ListConnectionsRequest(_message.Message):

@@ -38,12 +38,12 @@ class ConnectionServiceStub:
         self.CreateConnection = channel.unary_unary(
                 '/embedd.v1.ConnectionService/CreateConnection',
                 request_serializer=embedd_dot_v1_dot_connection__pb2.CreateConnectionRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_connection__pb2.CreateConnectionResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_connection__pb2.Connection.FromString,
                 _registered_method=True)
         self.GetConnection = channel.unary_unary(
                 '/embedd.v1.ConnectionService/GetConnection',
                 request_serializer=embedd_dot_v1_dot_connection__pb2.GetConnectionRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_connection__pb2.GetConnectionResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_connection__pb2.Connection.FromString,
                 _registered_method=True)
         self.ListConnections = channel.unary_unary(
                 '/embedd.v1.ConnectionService/ListConnections',
@@ -107,12 +107,12 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
             'CreateConnection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateConnection,
                     request_deserializer=embedd_dot_v1_dot_connection__pb2.CreateConnectionRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_connection__pb2.CreateConnectionResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_connection__pb2.Connection.SerializeToString,
             ),
             'GetConnection': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConnection,
                     request_deserializer=embedd_dot_v1_dot_connection__pb2.GetConnectionRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_connection__pb2.GetConnectionResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_connection__pb2.Connection.SerializeToString,
             ),
             'ListConnections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListConnections,
@@ -157,7 +157,7 @@ class ConnectionService:
             target,
             '/embedd.v1.ConnectionService/CreateConnection',
             embedd_dot_v1_dot_connection__pb2.CreateConnectionRequest.SerializeToString,
-            embedd_dot_v1_dot_connection__pb2.CreateConnectionResponse.FromString,
+            embedd_dot_v1_dot_connection__pb2.Connection.FromString,
             options,
             channel_credentials,
             insecure,
@@ -184,7 +184,7 @@ class ConnectionService:
             target,
             '/embedd.v1.ConnectionService/GetConnection',
             embedd_dot_v1_dot_connection__pb2.GetConnectionRequest.SerializeToString,
-            embedd_dot_v1_dot_connection__pb2.GetConnectionResponse.FromString,
+            embedd_dot_v1_dot_connection__pb2.Connection.FromString,
             options,
             channel_credentials,
             insecure,

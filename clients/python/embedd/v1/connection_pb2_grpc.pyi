@@ -33,9 +33,9 @@ class ConnectionServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConnectionServiceAsyncStub: ...
-    CreateConnection: _grpc.UnaryUnaryMultiCallable[_connection_pb2.CreateConnectionRequest, _connection_pb2.CreateConnectionResponse]
+    CreateConnection: _grpc.UnaryUnaryMultiCallable[_connection_pb2.CreateConnectionRequest, _connection_pb2.Connection]
     """Registers a database. The credentials are encrypted at rest and never returned."""
-    GetConnection: _grpc.UnaryUnaryMultiCallable[_connection_pb2.GetConnectionRequest, _connection_pb2.GetConnectionResponse]
+    GetConnection: _grpc.UnaryUnaryMultiCallable[_connection_pb2.GetConnectionRequest, _connection_pb2.Connection]
     """Returns one connection."""
     ListConnections: _grpc.UnaryUnaryMultiCallable[_connection_pb2.ListConnectionsRequest, _connection_pb2.ListConnectionsResponse]
     """Lists the connections of the caller's environment, newest first."""
@@ -49,9 +49,9 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
     """Registers user databases and checks that the service can use them."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateConnection: _aio.UnaryUnaryMultiCallable[_connection_pb2.CreateConnectionRequest, _connection_pb2.CreateConnectionResponse]  # type: ignore[assignment]
+    CreateConnection: _aio.UnaryUnaryMultiCallable[_connection_pb2.CreateConnectionRequest, _connection_pb2.Connection]  # type: ignore[assignment]
     """Registers a database. The credentials are encrypted at rest and never returned."""
-    GetConnection: _aio.UnaryUnaryMultiCallable[_connection_pb2.GetConnectionRequest, _connection_pb2.GetConnectionResponse]  # type: ignore[assignment]
+    GetConnection: _aio.UnaryUnaryMultiCallable[_connection_pb2.GetConnectionRequest, _connection_pb2.Connection]  # type: ignore[assignment]
     """Returns one connection."""
     ListConnections: _aio.UnaryUnaryMultiCallable[_connection_pb2.ListConnectionsRequest, _connection_pb2.ListConnectionsResponse]  # type: ignore[assignment]
     """Lists the connections of the caller's environment, newest first."""
@@ -68,7 +68,7 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _connection_pb2.CreateConnectionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_connection_pb2.CreateConnectionResponse, _abc.Awaitable[_connection_pb2.CreateConnectionResponse]]:
+    ) -> _typing.Union[_connection_pb2.Connection, _abc.Awaitable[_connection_pb2.Connection]]:
         """Registers a database. The credentials are encrypted at rest and never returned."""
 
     @_abc_1.abstractmethod
@@ -76,7 +76,7 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _connection_pb2.GetConnectionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_connection_pb2.GetConnectionResponse, _abc.Awaitable[_connection_pb2.GetConnectionResponse]]:
+    ) -> _typing.Union[_connection_pb2.Connection, _abc.Awaitable[_connection_pb2.Connection]]:
         """Returns one connection."""
 
     @_abc_1.abstractmethod

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"\xd3\x01\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"[\n\x1f\x43reateEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x1cGetEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"m\n\x0e\x45mbeddingModel\x12\x38\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.Value\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\x05\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xe9\x07\n\x18\x45mbeddingProviderService\x12\xa8\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a*.embedd.v1.CreateEmbeddingProviderResponse\"6\x82\xd3\xe4\x93\x02\x30\"\x17/v1/embedding-providers:\x01*b\x12\x65mbedding_provider\x12\xb4\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\'.embedd.v1.GetEmbeddingProviderResponse\"K\x82\xd3\xe4\x93\x02\x45\x12//v1/embedding-providers/{embedding_provider_id}b\x12\x65mbedding_provider\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"\xd3\x01\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"\x7f\n\x0e\x45mbeddingModel\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ndimensions\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xa8\x07\n\x18\x45mbeddingProviderService\x12\x86\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/embedding-providers:\x01*\x12\x95\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/embedding-providers/{embedding_provider_id}\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -67,12 +67,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._serialized_options = b'\342A\001\002'
   _globals['_TESTEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._loaded_options = None
   _globals['_TESTEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._serialized_options = b'\342A\001\002'
+  _globals['_EMBEDDINGMODEL'].fields_by_name['provider']._loaded_options = None
+  _globals['_EMBEDDINGMODEL'].fields_by_name['provider']._serialized_options = b'\342A\001\003'
+  _globals['_EMBEDDINGMODEL'].fields_by_name['model']._loaded_options = None
+  _globals['_EMBEDDINGMODEL'].fields_by_name['model']._serialized_options = b'\342A\001\003'
+  _globals['_EMBEDDINGMODEL'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_EMBEDDINGMODEL'].fields_by_name['dimensions']._serialized_options = b'\342A\001\003'
   _globals['_LISTEMBEDDINGMODELSREQUEST'].fields_by_name['provider']._loaded_options = None
   _globals['_LISTEMBEDDINGMODELSREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\001'
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['CreateEmbeddingProvider']._loaded_options = None
-  _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['CreateEmbeddingProvider']._serialized_options = b'\202\323\344\223\0020\"\027/v1/embedding-providers:\001*b\022embedding_provider'
+  _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['CreateEmbeddingProvider']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/embedding-providers:\001*'
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['GetEmbeddingProvider']._loaded_options = None
-  _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['GetEmbeddingProvider']._serialized_options = b'\202\323\344\223\002E\022//v1/embedding-providers/{embedding_provider_id}b\022embedding_provider'
+  _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['GetEmbeddingProvider']._serialized_options = b'\202\323\344\223\0021\022//v1/embedding-providers/{embedding_provider_id}'
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingProviders']._loaded_options = None
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingProviders']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/embedding-providers'
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['DeleteEmbeddingProvider']._loaded_options = None
@@ -85,30 +91,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGPROVIDER']._serialized_end=416
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_start=419
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_end=630
-  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_start=632
-  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_end=723
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=725
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=791
-  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_start=793
-  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_end=881
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=883
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=957
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=959
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=1071
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=1073
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=1142
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=1144
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1206
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1208
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1275
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1278
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1487
-  _globals['_EMBEDDINGMODEL']._serialized_start=1489
-  _globals['_EMBEDDINGMODEL']._serialized_end=1598
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=1600
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=1692
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=1694
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=1766
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=1769
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=2770
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=632
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=698
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=700
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=774
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=776
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=888
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=890
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=959
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=961
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1023
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1025
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1092
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1095
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1304
+  _globals['_EMBEDDINGMODEL']._serialized_start=1306
+  _globals['_EMBEDDINGMODEL']._serialized_end=1433
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=1435
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=1527
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=1529
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=1601
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=1604
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=2540
 # @@protoc_insertion_point(module_scope)

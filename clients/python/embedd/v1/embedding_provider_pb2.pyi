@@ -107,30 +107,6 @@ class CreateEmbeddingProviderRequest(_message.Message):
 Global___CreateEmbeddingProviderRequest: _TypeAlias = CreateEmbeddingProviderRequest  # noqa: Y015
 
 @_typing.final
-class CreateEmbeddingProviderResponse(_message.Message):
-    """Response of CreateEmbeddingProvider. Over REST the body is the provider itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EMBEDDING_PROVIDER_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def embedding_provider(self) -> Global___EmbeddingProvider:
-        """The new provider."""
-
-    def __init__(
-        self,
-        *,
-        embedding_provider: Global___EmbeddingProvider | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_provider", b"embedding_provider"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_provider", b"embedding_provider"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateEmbeddingProviderResponse: _TypeAlias = CreateEmbeddingProviderResponse  # noqa: Y015
-
-@_typing.final
 class GetEmbeddingProviderRequest(_message.Message):
     """Request for GetEmbeddingProvider."""
 
@@ -151,30 +127,6 @@ class GetEmbeddingProviderRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEmbeddingProviderRequest: _TypeAlias = GetEmbeddingProviderRequest  # noqa: Y015
-
-@_typing.final
-class GetEmbeddingProviderResponse(_message.Message):
-    """Response of GetEmbeddingProvider. Over REST the body is the provider itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EMBEDDING_PROVIDER_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def embedding_provider(self) -> Global___EmbeddingProvider:
-        """The provider."""
-
-    def __init__(
-        self,
-        *,
-        embedding_provider: Global___EmbeddingProvider | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["embedding_provider", b"embedding_provider"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_provider", b"embedding_provider"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetEmbeddingProviderResponse: _TypeAlias = GetEmbeddingProviderResponse  # noqa: Y015
 
 @_typing.final
 class ListEmbeddingProvidersRequest(_message.Message):

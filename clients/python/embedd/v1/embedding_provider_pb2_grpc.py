@@ -38,12 +38,12 @@ class EmbeddingProviderServiceStub:
         self.CreateEmbeddingProvider = channel.unary_unary(
                 '/embedd.v1.EmbeddingProviderService/CreateEmbeddingProvider',
                 request_serializer=embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.FromString,
                 _registered_method=True)
         self.GetEmbeddingProvider = channel.unary_unary(
                 '/embedd.v1.EmbeddingProviderService/GetEmbeddingProvider',
                 request_serializer=embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.FromString,
                 _registered_method=True)
         self.ListEmbeddingProviders = channel.unary_unary(
                 '/embedd.v1.EmbeddingProviderService/ListEmbeddingProviders',
@@ -119,12 +119,12 @@ def add_EmbeddingProviderServiceServicer_to_server(servicer, server):
             'CreateEmbeddingProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEmbeddingProvider,
                     request_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.SerializeToString,
             ),
             'GetEmbeddingProvider': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEmbeddingProvider,
                     request_deserializer=embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.SerializeToString,
             ),
             'ListEmbeddingProviders': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEmbeddingProviders,
@@ -174,7 +174,7 @@ class EmbeddingProviderService:
             target,
             '/embedd.v1.EmbeddingProviderService/CreateEmbeddingProvider',
             embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderRequest.SerializeToString,
-            embedd_dot_v1_dot_embedding__provider__pb2.CreateEmbeddingProviderResponse.FromString,
+            embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.FromString,
             options,
             channel_credentials,
             insecure,
@@ -201,7 +201,7 @@ class EmbeddingProviderService:
             target,
             '/embedd.v1.EmbeddingProviderService/GetEmbeddingProvider',
             embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderRequest.SerializeToString,
-            embedd_dot_v1_dot_embedding__provider__pb2.GetEmbeddingProviderResponse.FromString,
+            embedd_dot_v1_dot_embedding__provider__pb2.EmbeddingProvider.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,9 +33,9 @@ class EmbeddingProviderServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EmbeddingProviderServiceAsyncStub: ...
-    CreateEmbeddingProvider: _grpc.UnaryUnaryMultiCallable[_embedding_provider_pb2.CreateEmbeddingProviderRequest, _embedding_provider_pb2.CreateEmbeddingProviderResponse]
+    CreateEmbeddingProvider: _grpc.UnaryUnaryMultiCallable[_embedding_provider_pb2.CreateEmbeddingProviderRequest, _embedding_provider_pb2.EmbeddingProvider]
     """Registers an embedding API. The API key is encrypted at rest and never returned."""
-    GetEmbeddingProvider: _grpc.UnaryUnaryMultiCallable[_embedding_provider_pb2.GetEmbeddingProviderRequest, _embedding_provider_pb2.GetEmbeddingProviderResponse]
+    GetEmbeddingProvider: _grpc.UnaryUnaryMultiCallable[_embedding_provider_pb2.GetEmbeddingProviderRequest, _embedding_provider_pb2.EmbeddingProvider]
     """Returns one embedding provider."""
     ListEmbeddingProviders: _grpc.UnaryUnaryMultiCallable[_embedding_provider_pb2.ListEmbeddingProvidersRequest, _embedding_provider_pb2.ListEmbeddingProvidersResponse]
     """Lists the embedding providers of the caller's environment, newest first."""
@@ -51,9 +51,9 @@ class EmbeddingProviderServiceAsyncStub(EmbeddingProviderServiceStub):
     """Registers embedding APIs (with their keys) and lists the models they offer."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateEmbeddingProvider: _aio.UnaryUnaryMultiCallable[_embedding_provider_pb2.CreateEmbeddingProviderRequest, _embedding_provider_pb2.CreateEmbeddingProviderResponse]  # type: ignore[assignment]
+    CreateEmbeddingProvider: _aio.UnaryUnaryMultiCallable[_embedding_provider_pb2.CreateEmbeddingProviderRequest, _embedding_provider_pb2.EmbeddingProvider]  # type: ignore[assignment]
     """Registers an embedding API. The API key is encrypted at rest and never returned."""
-    GetEmbeddingProvider: _aio.UnaryUnaryMultiCallable[_embedding_provider_pb2.GetEmbeddingProviderRequest, _embedding_provider_pb2.GetEmbeddingProviderResponse]  # type: ignore[assignment]
+    GetEmbeddingProvider: _aio.UnaryUnaryMultiCallable[_embedding_provider_pb2.GetEmbeddingProviderRequest, _embedding_provider_pb2.EmbeddingProvider]  # type: ignore[assignment]
     """Returns one embedding provider."""
     ListEmbeddingProviders: _aio.UnaryUnaryMultiCallable[_embedding_provider_pb2.ListEmbeddingProvidersRequest, _embedding_provider_pb2.ListEmbeddingProvidersResponse]  # type: ignore[assignment]
     """Lists the embedding providers of the caller's environment, newest first."""
@@ -72,7 +72,7 @@ class EmbeddingProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _embedding_provider_pb2.CreateEmbeddingProviderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_embedding_provider_pb2.CreateEmbeddingProviderResponse, _abc.Awaitable[_embedding_provider_pb2.CreateEmbeddingProviderResponse]]:
+    ) -> _typing.Union[_embedding_provider_pb2.EmbeddingProvider, _abc.Awaitable[_embedding_provider_pb2.EmbeddingProvider]]:
         """Registers an embedding API. The API key is encrypted at rest and never returned."""
 
     @_abc_1.abstractmethod
@@ -80,7 +80,7 @@ class EmbeddingProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _embedding_provider_pb2.GetEmbeddingProviderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_embedding_provider_pb2.GetEmbeddingProviderResponse, _abc.Awaitable[_embedding_provider_pb2.GetEmbeddingProviderResponse]]:
+    ) -> _typing.Union[_embedding_provider_pb2.EmbeddingProvider, _abc.Awaitable[_embedding_provider_pb2.EmbeddingProvider]]:
         """Returns one embedding provider."""
 
     @_abc_1.abstractmethod

@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65mbedd/v1/environment.proto\x12\tembedd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n\x0b\x45nvironment\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nis_default\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\".\n\x18\x43reateEnvironmentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"H\n\x19\x43reateEnvironmentResponse\x12+\n\x0b\x65nvironment\x18\x01 \x01(\x0b\x32\x16.embedd.v1.Environment\"5\n\x15GetEnvironmentRequest\x12\x1c\n\x0e\x65nvironment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x16GetEnvironmentResponse\x12+\n\x0b\x65nvironment\x18\x01 \x01(\x0b\x32\x16.embedd.v1.Environment\"D\n\x17ListEnvironmentsRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x18ListEnvironmentsResponse\x12,\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x16.embedd.v1.Environment\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"8\n\x18\x44\x65leteEnvironmentRequest\x12\x1c\n\x0e\x65nvironment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x19\x44\x65leteEnvironmentResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x32\xb2\x04\n\x12\x45nvironmentService\x12\x88\x01\n\x11\x43reateEnvironment\x12#.embedd.v1.CreateEnvironmentRequest\x1a$.embedd.v1.CreateEnvironmentResponse\"(\x82\xd3\xe4\x93\x02\"\"\x10/v1/environments:\x01*b\x0b\x65nvironment\x12\x8d\x01\n\x0eGetEnvironment\x12 .embedd.v1.GetEnvironmentRequest\x1a!.embedd.v1.GetEnvironmentResponse\"6\x82\xd3\xe4\x93\x02\x30\x12!/v1/environments/{environment_id}b\x0b\x65nvironment\x12u\n\x10ListEnvironments\x12\".embedd.v1.ListEnvironmentsRequest\x1a#.embedd.v1.ListEnvironmentsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/environments\x12\x89\x01\n\x11\x44\x65leteEnvironment\x12#.embedd.v1.DeleteEnvironmentRequest\x1a$.embedd.v1.DeleteEnvironmentResponse\")\x82\xd3\xe4\x93\x02#*!/v1/environments/{environment_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65mbedd/v1/environment.proto\x12\tembedd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x01\n\x0b\x45nvironment\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nis_default\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\".\n\x18\x43reateEnvironmentRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x15GetEnvironmentRequest\x12\x1c\n\x0e\x65nvironment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"D\n\x17ListEnvironmentsRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"]\n\x18ListEnvironmentsResponse\x12,\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x16.embedd.v1.Environment\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"8\n\x18\x44\x65leteEnvironmentRequest\x12\x1c\n\x0e\x65nvironment_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"8\n\x19\x44\x65leteEnvironmentResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x32\xfd\x03\n\x12\x45nvironmentService\x12m\n\x11\x43reateEnvironment\x12#.embedd.v1.CreateEnvironmentRequest\x1a\x16.embedd.v1.Environment\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/environments:\x01*\x12u\n\x0eGetEnvironment\x12 .embedd.v1.GetEnvironmentRequest\x1a\x16.embedd.v1.Environment\")\x82\xd3\xe4\x93\x02#\x12!/v1/environments/{environment_id}\x12u\n\x10ListEnvironments\x12\".embedd.v1.ListEnvironmentsRequest\x1a#.embedd.v1.ListEnvironmentsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/environments\x12\x89\x01\n\x11\x44\x65leteEnvironment\x12#.embedd.v1.DeleteEnvironmentRequest\x1a$.embedd.v1.DeleteEnvironmentResponse\")\x82\xd3\xe4\x93\x02#*!/v1/environments/{environment_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,9 +53,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEENVIRONMENTREQUEST'].fields_by_name['environment_id']._loaded_options = None
   _globals['_DELETEENVIRONMENTREQUEST'].fields_by_name['environment_id']._serialized_options = b'\342A\001\002'
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['CreateEnvironment']._loaded_options = None
-  _globals['_ENVIRONMENTSERVICE'].methods_by_name['CreateEnvironment']._serialized_options = b'\202\323\344\223\002\"\"\020/v1/environments:\001*b\013environment'
+  _globals['_ENVIRONMENTSERVICE'].methods_by_name['CreateEnvironment']._serialized_options = b'\202\323\344\223\002\025\"\020/v1/environments:\001*'
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['GetEnvironment']._loaded_options = None
-  _globals['_ENVIRONMENTSERVICE'].methods_by_name['GetEnvironment']._serialized_options = b'\202\323\344\223\0020\022!/v1/environments/{environment_id}b\013environment'
+  _globals['_ENVIRONMENTSERVICE'].methods_by_name['GetEnvironment']._serialized_options = b'\202\323\344\223\002#\022!/v1/environments/{environment_id}'
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['ListEnvironments']._loaded_options = None
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['ListEnvironments']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/environments'
   _globals['_ENVIRONMENTSERVICE'].methods_by_name['DeleteEnvironment']._loaded_options = None
@@ -64,20 +64,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVIRONMENT']._serialized_end=270
   _globals['_CREATEENVIRONMENTREQUEST']._serialized_start=272
   _globals['_CREATEENVIRONMENTREQUEST']._serialized_end=318
-  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_start=320
-  _globals['_CREATEENVIRONMENTRESPONSE']._serialized_end=392
-  _globals['_GETENVIRONMENTREQUEST']._serialized_start=394
-  _globals['_GETENVIRONMENTREQUEST']._serialized_end=447
-  _globals['_GETENVIRONMENTRESPONSE']._serialized_start=449
-  _globals['_GETENVIRONMENTRESPONSE']._serialized_end=518
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=520
-  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=588
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=590
-  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=683
-  _globals['_DELETEENVIRONMENTREQUEST']._serialized_start=685
-  _globals['_DELETEENVIRONMENTREQUEST']._serialized_end=741
-  _globals['_DELETEENVIRONMENTRESPONSE']._serialized_start=743
-  _globals['_DELETEENVIRONMENTRESPONSE']._serialized_end=799
-  _globals['_ENVIRONMENTSERVICE']._serialized_start=802
-  _globals['_ENVIRONMENTSERVICE']._serialized_end=1364
+  _globals['_GETENVIRONMENTREQUEST']._serialized_start=320
+  _globals['_GETENVIRONMENTREQUEST']._serialized_end=373
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=375
+  _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=443
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_start=445
+  _globals['_LISTENVIRONMENTSRESPONSE']._serialized_end=538
+  _globals['_DELETEENVIRONMENTREQUEST']._serialized_start=540
+  _globals['_DELETEENVIRONMENTREQUEST']._serialized_end=596
+  _globals['_DELETEENVIRONMENTRESPONSE']._serialized_start=598
+  _globals['_DELETEENVIRONMENTRESPONSE']._serialized_end=654
+  _globals['_ENVIRONMENTSERVICE']._serialized_start=657
+  _globals['_ENVIRONMENTSERVICE']._serialized_end=1166
 # @@protoc_insertion_point(module_scope)

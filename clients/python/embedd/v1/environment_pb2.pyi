@@ -78,30 +78,6 @@ class CreateEnvironmentRequest(_message.Message):
 Global___CreateEnvironmentRequest: _TypeAlias = CreateEnvironmentRequest  # noqa: Y015
 
 @_typing.final
-class CreateEnvironmentResponse(_message.Message):
-    """Response of CreateEnvironment. Over REST the body is the environment itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ENVIRONMENT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def environment(self) -> Global___Environment:
-        """The new environment."""
-
-    def __init__(
-        self,
-        *,
-        environment: Global___Environment | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateEnvironmentResponse: _TypeAlias = CreateEnvironmentResponse  # noqa: Y015
-
-@_typing.final
 class GetEnvironmentRequest(_message.Message):
     """Request for GetEnvironment."""
 
@@ -122,30 +98,6 @@ class GetEnvironmentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEnvironmentRequest: _TypeAlias = GetEnvironmentRequest  # noqa: Y015
-
-@_typing.final
-class GetEnvironmentResponse(_message.Message):
-    """Response of GetEnvironment. Over REST the body is the environment itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ENVIRONMENT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def environment(self) -> Global___Environment:
-        """The environment."""
-
-    def __init__(
-        self,
-        *,
-        environment: Global___Environment | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environment", b"environment"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetEnvironmentResponse: _TypeAlias = GetEnvironmentResponse  # noqa: Y015
 
 @_typing.final
 class ListEnvironmentsRequest(_message.Message):

@@ -39,12 +39,12 @@ class EnvironmentServiceStub:
         self.CreateEnvironment = channel.unary_unary(
                 '/embedd.v1.EnvironmentService/CreateEnvironment',
                 request_serializer=embedd_dot_v1_dot_environment__pb2.CreateEnvironmentRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_environment__pb2.CreateEnvironmentResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_environment__pb2.Environment.FromString,
                 _registered_method=True)
         self.GetEnvironment = channel.unary_unary(
                 '/embedd.v1.EnvironmentService/GetEnvironment',
                 request_serializer=embedd_dot_v1_dot_environment__pb2.GetEnvironmentRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_environment__pb2.GetEnvironmentResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_environment__pb2.Environment.FromString,
                 _registered_method=True)
         self.ListEnvironments = channel.unary_unary(
                 '/embedd.v1.EnvironmentService/ListEnvironments',
@@ -97,12 +97,12 @@ def add_EnvironmentServiceServicer_to_server(servicer, server):
             'CreateEnvironment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEnvironment,
                     request_deserializer=embedd_dot_v1_dot_environment__pb2.CreateEnvironmentRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_environment__pb2.CreateEnvironmentResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_environment__pb2.Environment.SerializeToString,
             ),
             'GetEnvironment': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEnvironment,
                     request_deserializer=embedd_dot_v1_dot_environment__pb2.GetEnvironmentRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_environment__pb2.GetEnvironmentResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_environment__pb2.Environment.SerializeToString,
             ),
             'ListEnvironments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEnvironments,
@@ -143,7 +143,7 @@ class EnvironmentService:
             target,
             '/embedd.v1.EnvironmentService/CreateEnvironment',
             embedd_dot_v1_dot_environment__pb2.CreateEnvironmentRequest.SerializeToString,
-            embedd_dot_v1_dot_environment__pb2.CreateEnvironmentResponse.FromString,
+            embedd_dot_v1_dot_environment__pb2.Environment.FromString,
             options,
             channel_credentials,
             insecure,
@@ -170,7 +170,7 @@ class EnvironmentService:
             target,
             '/embedd.v1.EnvironmentService/GetEnvironment',
             embedd_dot_v1_dot_environment__pb2.GetEnvironmentRequest.SerializeToString,
-            embedd_dot_v1_dot_environment__pb2.GetEnvironmentResponse.FromString,
+            embedd_dot_v1_dot_environment__pb2.Environment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,9 +35,9 @@ class EnvironmentServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EnvironmentServiceAsyncStub: ...
-    CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_environment_pb2.CreateEnvironmentRequest, _environment_pb2.CreateEnvironmentResponse]
+    CreateEnvironment: _grpc.UnaryUnaryMultiCallable[_environment_pb2.CreateEnvironmentRequest, _environment_pb2.Environment]
     """Creates an environment."""
-    GetEnvironment: _grpc.UnaryUnaryMultiCallable[_environment_pb2.GetEnvironmentRequest, _environment_pb2.GetEnvironmentResponse]
+    GetEnvironment: _grpc.UnaryUnaryMultiCallable[_environment_pb2.GetEnvironmentRequest, _environment_pb2.Environment]
     """Returns one environment."""
     ListEnvironments: _grpc.UnaryUnaryMultiCallable[_environment_pb2.ListEnvironmentsRequest, _environment_pb2.ListEnvironmentsResponse]
     """Lists the organisation's environments, oldest first."""
@@ -51,9 +51,9 @@ class EnvironmentServiceAsyncStub(EnvironmentServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateEnvironment: _aio.UnaryUnaryMultiCallable[_environment_pb2.CreateEnvironmentRequest, _environment_pb2.CreateEnvironmentResponse]  # type: ignore[assignment]
+    CreateEnvironment: _aio.UnaryUnaryMultiCallable[_environment_pb2.CreateEnvironmentRequest, _environment_pb2.Environment]  # type: ignore[assignment]
     """Creates an environment."""
-    GetEnvironment: _aio.UnaryUnaryMultiCallable[_environment_pb2.GetEnvironmentRequest, _environment_pb2.GetEnvironmentResponse]  # type: ignore[assignment]
+    GetEnvironment: _aio.UnaryUnaryMultiCallable[_environment_pb2.GetEnvironmentRequest, _environment_pb2.Environment]  # type: ignore[assignment]
     """Returns one environment."""
     ListEnvironments: _aio.UnaryUnaryMultiCallable[_environment_pb2.ListEnvironmentsRequest, _environment_pb2.ListEnvironmentsResponse]  # type: ignore[assignment]
     """Lists the organisation's environments, oldest first."""
@@ -70,7 +70,7 @@ class EnvironmentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _environment_pb2.CreateEnvironmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_environment_pb2.CreateEnvironmentResponse, _abc.Awaitable[_environment_pb2.CreateEnvironmentResponse]]:
+    ) -> _typing.Union[_environment_pb2.Environment, _abc.Awaitable[_environment_pb2.Environment]]:
         """Creates an environment."""
 
     @_abc_1.abstractmethod
@@ -78,7 +78,7 @@ class EnvironmentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _environment_pb2.GetEnvironmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_environment_pb2.GetEnvironmentResponse, _abc.Awaitable[_environment_pb2.GetEnvironmentResponse]]:
+    ) -> _typing.Union[_environment_pb2.Environment, _abc.Awaitable[_environment_pb2.Environment]]:
         """Returns one environment."""
 
     @_abc_1.abstractmethod

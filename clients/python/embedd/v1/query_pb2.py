@@ -27,7 +27,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65mbedd/v1/query.proto\x12\tembedd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe3\x01\n\x17QueryVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05limit\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12.\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x1c\n\tmin_score\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12#\n\x15include_embedded_text\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0c\n\n_min_score\"\x81\x01\n\x0bQueryResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\rembedded_text\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x10\n\x0e_embedded_text\"C\n\x18QueryVectorTableResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.embedd.v1.QueryResult2\xa2\x01\n\x0cQueryService\x12\x91\x01\n\x10QueryVectorTable\x12\".embedd.v1.QueryVectorTableRequest\x1a#.embedd.v1.QueryVectorTableResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/vector-tables/{vector_table_id}/query:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65mbedd/v1/query.proto\x12\tembedd.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe3\x01\n\x17QueryVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05query\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05limit\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12.\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12\x1c\n\tmin_score\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12#\n\x15include_embedded_text\x18\x06 \x01(\x08\x42\x04\xe2\x41\x01\x01\x42\x0c\n\n_min_score\"\x99\x01\n\x0bQueryResult\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05score\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x03\x12 \n\rembedded_text\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x42\x10\n\x0e_embedded_text\"C\n\x18QueryVectorTableResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.embedd.v1.QueryResult2\xa2\x01\n\x0cQueryService\x12\x91\x01\n\x10QueryVectorTable\x12\".embedd.v1.QueryVectorTableRequest\x1a#.embedd.v1.QueryVectorTableResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/vector-tables/{vector_table_id}/query:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,14 +46,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYVECTORTABLEREQUEST'].fields_by_name['min_score']._serialized_options = b'\342A\001\001'
   _globals['_QUERYVECTORTABLEREQUEST'].fields_by_name['include_embedded_text']._loaded_options = None
   _globals['_QUERYVECTORTABLEREQUEST'].fields_by_name['include_embedded_text']._serialized_options = b'\342A\001\001'
+  _globals['_QUERYRESULT'].fields_by_name['id']._loaded_options = None
+  _globals['_QUERYRESULT'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_QUERYRESULT'].fields_by_name['score']._loaded_options = None
+  _globals['_QUERYRESULT'].fields_by_name['score']._serialized_options = b'\342A\001\003'
+  _globals['_QUERYRESULT'].fields_by_name['metadata']._loaded_options = None
+  _globals['_QUERYRESULT'].fields_by_name['metadata']._serialized_options = b'\342A\001\003'
+  _globals['_QUERYRESULT'].fields_by_name['embedded_text']._loaded_options = None
+  _globals['_QUERYRESULT'].fields_by_name['embedded_text']._serialized_options = b'\342A\001\003'
   _globals['_QUERYSERVICE'].methods_by_name['QueryVectorTable']._loaded_options = None
   _globals['_QUERYSERVICE'].methods_by_name['QueryVectorTable']._serialized_options = b'\202\323\344\223\002.\")/v1/vector-tables/{vector_table_id}/query:\001*'
   _globals['_QUERYVECTORTABLEREQUEST']._serialized_start=130
   _globals['_QUERYVECTORTABLEREQUEST']._serialized_end=357
   _globals['_QUERYRESULT']._serialized_start=360
-  _globals['_QUERYRESULT']._serialized_end=489
-  _globals['_QUERYVECTORTABLERESPONSE']._serialized_start=491
-  _globals['_QUERYVECTORTABLERESPONSE']._serialized_end=558
-  _globals['_QUERYSERVICE']._serialized_start=561
-  _globals['_QUERYSERVICE']._serialized_end=723
+  _globals['_QUERYRESULT']._serialized_end=513
+  _globals['_QUERYVECTORTABLERESPONSE']._serialized_start=515
+  _globals['_QUERYVECTORTABLERESPONSE']._serialized_end=582
+  _globals['_QUERYSERVICE']._serialized_start=585
+  _globals['_QUERYSERVICE']._serialized_end=747
 # @@protoc_insertion_point(module_scope)

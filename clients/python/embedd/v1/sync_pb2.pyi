@@ -119,15 +119,16 @@ class GetSyncStatusResponse(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
     sync_status: _values_pb2.SyncStatus.Value.ValueType
     """The sync state."""
-    synced_rows: _builtins.int
-    """Rows whose vectors match the source. Counts are 32-bit unsigned so that JSON prints
-    numbers, as the seed shows (proto JSON prints 64-bit integers as strings).
+    synced_rows: _builtins.float
+    """Rows whose vectors match the source. Counts are whole numbers carried as `double` so
+    that JSON prints numbers, as the seed shows (proto JSON prints 64-bit integers as
+    strings); exact up to 2^53.
     """
-    total_rows: _builtins.int
+    total_rows: _builtins.float
     """Rows in the source (as of the last count)."""
     vector_table_id: _builtins.str
     """The vector table's identifier."""
-    rows_pending: _builtins.int
+    rows_pending: _builtins.float
     """Source rows not yet reflected in the vectors."""
     staleness_secs: _builtins.int
     """Seconds since the last successful sync; absent if never synced."""
@@ -145,11 +146,11 @@ class GetSyncStatusResponse(_message.Message):
         self,
         *,
         sync_status: _values_pb2.SyncStatus.Value.ValueType = ...,
-        synced_rows: _builtins.int = ...,
-        total_rows: _builtins.int = ...,
+        synced_rows: _builtins.float = ...,
+        total_rows: _builtins.float = ...,
         last_synced_at: _timestamp_pb2.Timestamp | None = ...,
         vector_table_id: _builtins.str = ...,
-        rows_pending: _builtins.int = ...,
+        rows_pending: _builtins.float = ...,
         staleness_secs: _builtins.int | None = ...,
         last_error: _builtins.str | None = ...,
         last_error_at: _timestamp_pb2.Timestamp | None = ...,

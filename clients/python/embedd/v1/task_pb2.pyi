@@ -22,7 +22,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class TaskProgress(_message.Message):
-    """How far a task has come."""
+    """How far a task has come. Counts are whole numbers carried as `double`: JSON prints them
+    as numbers (proto JSON prints 64-bit integers as strings), exact up to 2^53.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -32,19 +34,19 @@ class TaskProgress(_message.Message):
     ROWS_FAILED_FIELD_NUMBER: _builtins.int
     last_processed_pk: _builtins.str
     """Primary key of the last row committed; the resume point."""
-    rows_processed: _builtins.int
-    """Rows processed so far (32-bit so that JSON prints a number)."""
-    rows_total: _builtins.int
+    rows_processed: _builtins.float
+    """Rows processed so far."""
+    rows_total: _builtins.float
     """Rows to process in all (as counted when the task started)."""
-    rows_failed: _builtins.int
+    rows_failed: _builtins.float
     """Rows that failed permanently (reported, not retried)."""
     def __init__(
         self,
         *,
         last_processed_pk: _builtins.str = ...,
-        rows_processed: _builtins.int = ...,
-        rows_total: _builtins.int = ...,
-        rows_failed: _builtins.int = ...,
+        rows_processed: _builtins.float = ...,
+        rows_total: _builtins.float = ...,
+        rows_failed: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -60,7 +62,7 @@ class Task(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    TASK_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     TASK_TYPE_FIELD_NUMBER: _builtins.int
     TARGET_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -72,7 +74,7 @@ class Task(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
-    task_id: _builtins.str
+    id: _builtins.str
     """Identifier, `task_` prefix."""
     task_type: _values_pb2.TaskType.Value.ValueType
     """The kind of work."""
@@ -109,7 +111,7 @@ class Task(_message.Message):
     def __init__(
         self,
         *,
-        task_id: _builtins.str = ...,
+        id: _builtins.str = ...,
         task_type: _values_pb2.TaskType.Value.ValueType = ...,
         target_id: _builtins.str = ...,
         status: _values_pb2.TaskStatus.Value.ValueType = ...,
@@ -124,7 +126,7 @@ class Task(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "failures", b"failures", "finished_at", b"finished_at", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "failures", b"failures", "finished_at", b"finished_at", "id", b"id", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
@@ -179,30 +181,6 @@ class GetTaskRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetTaskRequest: _TypeAlias = GetTaskRequest  # noqa: Y015
-
-@_typing.final
-class GetTaskResponse(_message.Message):
-    """Response of GetTask. Over REST the body is the task itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TASK_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def task(self) -> Global___Task:
-        """The task."""
-
-    def __init__(
-        self,
-        *,
-        task: Global___Task | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetTaskResponse: _TypeAlias = GetTaskResponse  # noqa: Y015
 
 @_typing.final
 class ListTasksRequest(_message.Message):

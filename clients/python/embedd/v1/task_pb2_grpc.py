@@ -38,7 +38,7 @@ class TaskServiceStub:
         self.GetTask = channel.unary_unary(
                 '/embedd.v1.TaskService/GetTask',
                 request_serializer=embedd_dot_v1_dot_task__pb2.GetTaskRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_task__pb2.GetTaskResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_task__pb2.Task.FromString,
                 _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/embedd.v1.TaskService/ListTasks',
@@ -84,7 +84,7 @@ def add_TaskServiceServicer_to_server(servicer, server):
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
                     request_deserializer=embedd_dot_v1_dot_task__pb2.GetTaskRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_task__pb2.GetTaskResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_task__pb2.Task.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -124,7 +124,7 @@ class TaskService:
             target,
             '/embedd.v1.TaskService/GetTask',
             embedd_dot_v1_dot_task__pb2.GetTaskRequest.SerializeToString,
-            embedd_dot_v1_dot_task__pb2.GetTaskResponse.FromString,
+            embedd_dot_v1_dot_task__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

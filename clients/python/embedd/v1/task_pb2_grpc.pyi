@@ -33,7 +33,7 @@ class TaskServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskServiceAsyncStub: ...
-    GetTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.GetTaskResponse]
+    GetTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.Task]
     """Returns one task."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]
     """Lists the organisation's tasks, newest first."""
@@ -47,7 +47,7 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """Durable background work: backfills, re-backfills and sync cycles."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    GetTask: _aio.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.GetTaskResponse]  # type: ignore[assignment]
+    GetTask: _aio.UnaryUnaryMultiCallable[_task_pb2.GetTaskRequest, _task_pb2.Task]  # type: ignore[assignment]
     """Returns one task."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Lists the organisation's tasks, newest first."""
@@ -64,7 +64,7 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _task_pb2.GetTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_task_pb2.GetTaskResponse, _abc.Awaitable[_task_pb2.GetTaskResponse]]:
+    ) -> _typing.Union[_task_pb2.Task, _abc.Awaitable[_task_pb2.Task]]:
         """Returns one task."""
 
     @_abc_1.abstractmethod

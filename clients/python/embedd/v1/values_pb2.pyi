@@ -557,8 +557,6 @@ class TaskType(_message.Message):
         """The initial fill of a vector table."""
         rebackfill: TaskType._Value.ValueType  # 2
         """A re-embedding into a swap table followed by an atomic swap."""
-        sync: TaskType._Value.ValueType  # 3
-        """One sync cycle."""
 
     class Value(_Value, metaclass=_ValueEnumTypeWrapper):
         """The task kind."""
@@ -569,8 +567,6 @@ class TaskType(_message.Message):
     """The initial fill of a vector table."""
     rebackfill: TaskType.Value.ValueType  # 2
     """A re-embedding into a swap table followed by an atomic swap."""
-    sync: TaskType.Value.ValueType  # 3
-    """One sync cycle."""
 
     def __init__(
         self,

@@ -99,30 +99,30 @@ class VectorTable(_message.Message):
     connection_id: _builtins.str
     """The connection of the source database."""
     embedding_provider_id: _builtins.str
-    """The embedding provider."""
+    """The embedding provider (required in both modes)."""
     source_table: _builtins.str
-    """`schema.table` of the source."""
+    """`schema.table` of the source (or `table`, meaning `public.table`)."""
     mode: _values_pb2.Mode.Value.ValueType
-    """`platform` or `managed`."""
+    """`platform` or `managed`; the connection's mode when absent, and it must match it."""
     sync_status: _values_pb2.SyncStatus.Value.ValueType
     """The sync state."""
     embedding_model: _builtins.str
-    """The embedding model."""
+    """The embedding model; the provider's default model when absent."""
     embedding_dimensions: _builtins.int
-    """Vector dimensions."""
+    """Vector dimensions; the model's native size when absent."""
     platform_vector_ref: _builtins.str
     """Name of the vector table in the user's database (platform mode)."""
     primary_key_column: _builtins.str
-    """The source's primary key column."""
+    """The source's primary key column (unique and NOT NULL)."""
     sync_mode: _values_pb2.SyncMode.Value.ValueType
-    """`batch` or `cdc`."""
+    """`batch` (default) or `cdc`."""
     sync_interval_seconds: _builtins.int
-    """Seconds between sync polls."""
+    """Seconds between sync polls, 1-86400; 60 when absent."""
     cursor_column: _builtins.str
-    """Cursor column for `cdc` sync (e.g. `updated_at`)."""
+    """Cursor column for `cdc` sync (e.g. `updated_at`); required with `cdc`."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
-        """The mapped columns."""
+        """The mapped columns; at least one `embedding` column."""
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -164,80 +164,10 @@ class CreateVectorTableRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    CONNECTION_ID_FIELD_NUMBER: _builtins.int
-    EMBEDDING_PROVIDER_ID_FIELD_NUMBER: _builtins.int
-    SOURCE_TABLE_FIELD_NUMBER: _builtins.int
-    PRIMARY_KEY_COLUMN_FIELD_NUMBER: _builtins.int
-    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
-    EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
-    MODE_FIELD_NUMBER: _builtins.int
-    COLUMNS_FIELD_NUMBER: _builtins.int
-    SYNC_MODE_FIELD_NUMBER: _builtins.int
-    SYNC_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
-    CURSOR_COLUMN_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """Display name, 1-100 characters."""
-    connection_id: _builtins.str
-    """The connection of the source database."""
-    embedding_provider_id: _builtins.str
-    """The embedding provider; required for platform mode."""
-    source_table: _builtins.str
-    """`schema.table` (or `table`, meaning `public.table`) of the source."""
-    primary_key_column: _builtins.str
-    """The source's primary key column."""
-    embedding_model: _builtins.str
-    """The embedding model; the provider's default when absent."""
-    embedding_dimensions: _builtins.int
-    """Vector dimensions; the model's native size when absent."""
-    mode: _values_pb2.Mode.Value.ValueType
-    """`platform` or `managed` (default)."""
-    sync_mode: _values_pb2.SyncMode.Value.ValueType
-    """`batch` (default) or `cdc`."""
-    sync_interval_seconds: _builtins.int
-    """Seconds between sync polls; a default when absent."""
-    cursor_column: _builtins.str
-    """Cursor column for `cdc` sync."""
-    @_builtins.property
-    def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
-        """The mapped columns; at least one `embedding` column."""
-
-    def __init__(
-        self,
-        *,
-        name: _builtins.str = ...,
-        connection_id: _builtins.str = ...,
-        embedding_provider_id: _builtins.str = ...,
-        source_table: _builtins.str = ...,
-        primary_key_column: _builtins.str = ...,
-        embedding_model: _builtins.str = ...,
-        embedding_dimensions: _builtins.int = ...,
-        mode: _values_pb2.Mode.Value.ValueType = ...,
-        columns: _abc.Iterable[Global___Column] | None = ...,
-        sync_mode: _values_pb2.SyncMode.Value.ValueType = ...,
-        sync_interval_seconds: _builtins.int = ...,
-        cursor_column: _builtins.str | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "cursor_column", b"cursor_column"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "columns", b"columns", "connection_id", b"connection_id", "cursor_column", b"cursor_column", "embedding_dimensions", b"embedding_dimensions", "embedding_model", b"embedding_model", "embedding_provider_id", b"embedding_provider_id", "mode", b"mode", "name", b"name", "primary_key_column", b"primary_key_column", "source_table", b"source_table", "sync_interval_seconds", b"sync_interval_seconds", "sync_mode", b"sync_mode"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__cursor_column: _TypeAlias = _typing.Literal["cursor_column"]  # noqa: Y015
-    _WhichOneofArgType__cursor_column: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor_column) -> _WhichOneofReturnType__cursor_column | None: ...
-
-Global___CreateVectorTableRequest: _TypeAlias = CreateVectorTableRequest  # noqa: Y015
-
-@_typing.final
-class CreateVectorTableResponse(_message.Message):
-    """Response of CreateVectorTable. Over REST the body is the vector table itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
     VECTOR_TABLE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def vector_table(self) -> Global___VectorTable:
-        """The new vector table, status `pending`."""
+        """The vector table to create; over REST, the request body."""
 
     def __init__(
         self,
@@ -250,7 +180,7 @@ class CreateVectorTableResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CreateVectorTableResponse: _TypeAlias = CreateVectorTableResponse  # noqa: Y015
+Global___CreateVectorTableRequest: _TypeAlias = CreateVectorTableRequest  # noqa: Y015
 
 @_typing.final
 class GetVectorTableRequest(_message.Message):
@@ -273,30 +203,6 @@ class GetVectorTableRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVectorTableRequest: _TypeAlias = GetVectorTableRequest  # noqa: Y015
-
-@_typing.final
-class GetVectorTableResponse(_message.Message):
-    """Response of GetVectorTable. Over REST the body is the vector table itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VECTOR_TABLE_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def vector_table(self) -> Global___VectorTable:
-        """The vector table."""
-
-    def __init__(
-        self,
-        *,
-        vector_table: Global___VectorTable | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vector_table", b"vector_table"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vector_table", b"vector_table"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetVectorTableResponse: _TypeAlias = GetVectorTableResponse  # noqa: Y015
 
 @_typing.final
 class ListVectorTablesRequest(_message.Message):
@@ -381,30 +287,6 @@ class UpdateVectorTableRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateVectorTableRequest: _TypeAlias = UpdateVectorTableRequest  # noqa: Y015
-
-@_typing.final
-class UpdateVectorTableResponse(_message.Message):
-    """Response of UpdateVectorTable. Over REST the body is the vector table itself."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    VECTOR_TABLE_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def vector_table(self) -> Global___VectorTable:
-        """The vector table after the change."""
-
-    def __init__(
-        self,
-        *,
-        vector_table: Global___VectorTable | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["vector_table", b"vector_table"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vector_table", b"vector_table"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___UpdateVectorTableResponse: _TypeAlias = UpdateVectorTableResponse  # noqa: Y015
 
 @_typing.final
 class DeleteVectorTableRequest(_message.Message):

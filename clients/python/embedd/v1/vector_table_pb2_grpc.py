@@ -38,12 +38,12 @@ class VectorTableServiceStub:
         self.CreateVectorTable = channel.unary_unary(
                 '/embedd.v1.VectorTableService/CreateVectorTable',
                 request_serializer=embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
                 _registered_method=True)
         self.GetVectorTable = channel.unary_unary(
                 '/embedd.v1.VectorTableService/GetVectorTable',
                 request_serializer=embedd_dot_v1_dot_vector__table__pb2.GetVectorTableRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.GetVectorTableResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
                 _registered_method=True)
         self.ListVectorTables = channel.unary_unary(
                 '/embedd.v1.VectorTableService/ListVectorTables',
@@ -53,7 +53,7 @@ class VectorTableServiceStub:
         self.UpdateVectorTable = channel.unary_unary(
                 '/embedd.v1.VectorTableService/UpdateVectorTable',
                 request_serializer=embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableRequest.SerializeToString,
-                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableResponse.FromString,
+                response_deserializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
                 _registered_method=True)
         self.DeleteVectorTable = channel.unary_unary(
                 '/embedd.v1.VectorTableService/DeleteVectorTable',
@@ -108,12 +108,12 @@ def add_VectorTableServiceServicer_to_server(servicer, server):
             'CreateVectorTable': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVectorTable,
                     request_deserializer=embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.SerializeToString,
             ),
             'GetVectorTable': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVectorTable,
                     request_deserializer=embedd_dot_v1_dot_vector__table__pb2.GetVectorTableRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.GetVectorTableResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.SerializeToString,
             ),
             'ListVectorTables': grpc.unary_unary_rpc_method_handler(
                     servicer.ListVectorTables,
@@ -123,7 +123,7 @@ def add_VectorTableServiceServicer_to_server(servicer, server):
             'UpdateVectorTable': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateVectorTable,
                     request_deserializer=embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableRequest.FromString,
-                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableResponse.SerializeToString,
+                    response_serializer=embedd_dot_v1_dot_vector__table__pb2.VectorTable.SerializeToString,
             ),
             'DeleteVectorTable': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteVectorTable,
@@ -158,7 +158,7 @@ class VectorTableService:
             target,
             '/embedd.v1.VectorTableService/CreateVectorTable',
             embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableRequest.SerializeToString,
-            embedd_dot_v1_dot_vector__table__pb2.CreateVectorTableResponse.FromString,
+            embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
             options,
             channel_credentials,
             insecure,
@@ -185,7 +185,7 @@ class VectorTableService:
             target,
             '/embedd.v1.VectorTableService/GetVectorTable',
             embedd_dot_v1_dot_vector__table__pb2.GetVectorTableRequest.SerializeToString,
-            embedd_dot_v1_dot_vector__table__pb2.GetVectorTableResponse.FromString,
+            embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
             options,
             channel_credentials,
             insecure,
@@ -239,7 +239,7 @@ class VectorTableService:
             target,
             '/embedd.v1.VectorTableService/UpdateVectorTable',
             embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableRequest.SerializeToString,
-            embedd_dot_v1_dot_vector__table__pb2.UpdateVectorTableResponse.FromString,
+            embedd_dot_v1_dot_vector__table__pb2.VectorTable.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,13 +33,13 @@ class VectorTableServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> VectorTableServiceAsyncStub: ...
-    CreateVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.CreateVectorTableRequest, _vector_table_pb2.CreateVectorTableResponse]
+    CreateVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.CreateVectorTableRequest, _vector_table_pb2.VectorTable]
     """Validates the mapping against the source catalog and creates the vector table."""
-    GetVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.GetVectorTableRequest, _vector_table_pb2.GetVectorTableResponse]
+    GetVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.GetVectorTableRequest, _vector_table_pb2.VectorTable]
     """Returns one vector table."""
     ListVectorTables: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.ListVectorTablesRequest, _vector_table_pb2.ListVectorTablesResponse]
     """Lists the vector tables of the caller's environment, newest first."""
-    UpdateVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.UpdateVectorTableRequest, _vector_table_pb2.UpdateVectorTableResponse]
+    UpdateVectorTable: _grpc.UnaryUnaryMultiCallable[_vector_table_pb2.UpdateVectorTableRequest, _vector_table_pb2.VectorTable]
     """Changes a vector table. A change of model, dimensions or columns moves it to
     `pending_rebackfill` and queues a `rebackfill` task.
     """
@@ -51,13 +51,13 @@ class VectorTableServiceAsyncStub(VectorTableServiceStub):
     """Maps source tables to vector tables."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.CreateVectorTableRequest, _vector_table_pb2.CreateVectorTableResponse]  # type: ignore[assignment]
+    CreateVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.CreateVectorTableRequest, _vector_table_pb2.VectorTable]  # type: ignore[assignment]
     """Validates the mapping against the source catalog and creates the vector table."""
-    GetVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.GetVectorTableRequest, _vector_table_pb2.GetVectorTableResponse]  # type: ignore[assignment]
+    GetVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.GetVectorTableRequest, _vector_table_pb2.VectorTable]  # type: ignore[assignment]
     """Returns one vector table."""
     ListVectorTables: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.ListVectorTablesRequest, _vector_table_pb2.ListVectorTablesResponse]  # type: ignore[assignment]
     """Lists the vector tables of the caller's environment, newest first."""
-    UpdateVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.UpdateVectorTableRequest, _vector_table_pb2.UpdateVectorTableResponse]  # type: ignore[assignment]
+    UpdateVectorTable: _aio.UnaryUnaryMultiCallable[_vector_table_pb2.UpdateVectorTableRequest, _vector_table_pb2.VectorTable]  # type: ignore[assignment]
     """Changes a vector table. A change of model, dimensions or columns moves it to
     `pending_rebackfill` and queues a `rebackfill` task.
     """
@@ -72,7 +72,7 @@ class VectorTableServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vector_table_pb2.CreateVectorTableRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vector_table_pb2.CreateVectorTableResponse, _abc.Awaitable[_vector_table_pb2.CreateVectorTableResponse]]:
+    ) -> _typing.Union[_vector_table_pb2.VectorTable, _abc.Awaitable[_vector_table_pb2.VectorTable]]:
         """Validates the mapping against the source catalog and creates the vector table."""
 
     @_abc_1.abstractmethod
@@ -80,7 +80,7 @@ class VectorTableServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vector_table_pb2.GetVectorTableRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vector_table_pb2.GetVectorTableResponse, _abc.Awaitable[_vector_table_pb2.GetVectorTableResponse]]:
+    ) -> _typing.Union[_vector_table_pb2.VectorTable, _abc.Awaitable[_vector_table_pb2.VectorTable]]:
         """Returns one vector table."""
 
     @_abc_1.abstractmethod
@@ -96,7 +96,7 @@ class VectorTableServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _vector_table_pb2.UpdateVectorTableRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_vector_table_pb2.UpdateVectorTableResponse, _abc.Awaitable[_vector_table_pb2.UpdateVectorTableResponse]]:
+    ) -> _typing.Union[_vector_table_pb2.VectorTable, _abc.Awaitable[_vector_table_pb2.VectorTable]]:
         """Changes a vector table. A change of model, dimensions or columns moves it to
         `pending_rebackfill` and queues a `rebackfill` task.
         """
