@@ -53,10 +53,11 @@ from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.domain.credentials import PgCredentials
-from embedd_server.domain.filters import CompiledFilter, compile_filters
+from embedd_server.domain.filters import parse_filters
 from embedd_server.engine.query import EXACT_THRESHOLD
 from embedd_server.providers.local import lexical_vector
-from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, metadata_expression
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
+from embedd_server.sinks.pgvector_filters import CompiledFilter, to_sql
 from embedd_server.sinks.pgvector_search import (
     FILTER_FIRST_PARAM,
     PgVectorSearch,
@@ -213,7 +214,7 @@ async def timed(n: int, call: Callable[[int], Awaitable[Any]]) -> list[float]:
 
 def compiled(window: tuple[float, float] | None) -> CompiledFilter:
     filters = None if window is None else {"price": {"gte": window[0], "lt": window[1]}}
-    return compile_filters(filters, COLUMNS, metadata_expression, first_param=FILTER_FIRST_PARAM)
+    return to_sql(parse_filters(filters, COLUMNS), first_param=FILTER_FIRST_PARAM)
 
 
 async def sweep(

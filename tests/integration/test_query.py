@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from embedd.v1 import query_pb2
 from embedd_server import app
-from embedd_server.domain.filters import compile_filters
+from embedd_server.domain.filters import parse_filters
 from embedd_server.domain.vector_tables import ColumnSpec
 from embedd_server.providers.local import lexical_vector
 from embedd_server.services.query import struct_to_python
 from embedd_server.sinks.pgvector import metadata_expression
+from embedd_server.sinks.pgvector_filters import to_sql
 from google.protobuf import json_format, struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,7 +31,7 @@ from hypothesis import strategies as st
 from tests.conftest import UserDb
 from tests.harness import Org, grpc_error, rest_error
 from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt, wait_synced
-from tests.unit.test_filters import evaluate
+from tests.oracle import evaluate, matches
 
 EXTRA_COLUMNS = [
     {"name": "id", "role": "metadata", "filter_type": "integer"},
@@ -492,7 +493,8 @@ async def test_filters_never_bypassed(
     struct = struct_pb2.Struct()
     struct.update(filters)
     received = struct_to_python(struct)
-    compiled = compile_filters(received, PROP_COLUMNS, metadata_expression)
+    tree = parse_filters(received, PROP_COLUMNS)
+    compiled = to_sql(tree)
     async with prop_db.transaction():
         await prop_db.execute("TRUNCATE prop_rows")
         await prop_db.executemany(
@@ -502,4 +504,5 @@ async def test_filters_never_bypassed(
         await prop_db.execute(f"SET LOCAL enable_seqscan = {'on' if seqscan else 'off'}")
         got = await prop_db.fetch(f"SELECT pk_value FROM prop_rows WHERE {compiled.sql}", *compiled.params)
     expected = {str(n) for n, r in enumerate(rows) if evaluate(filters, r, PROP_TYPES)}
+    assert {str(n) for n, r in enumerate(rows) if matches(tree, r)} == expected, (filters, tree)
     assert {r["pk_value"] for r in got} == expected, (filters, compiled.sql, compiled.params)

@@ -1,8 +1,10 @@
-"""The filter compiler: SQL shape, bound parameters, the indexed expressions, every error.
+"""The filter parser and its SQL rendering: tree shapes, SQL, bound parameters, the indexed
+expressions, every error.
 
-`evaluate` is an independent brute-force reading of the same filter language over a row's
-metadata (a dict). tests/integration/test_query.py checks, with random filters over random
-rows, that PostgreSQL running the compiled SQL agrees with it (filters are never bypassed).
+tests/oracle.py holds independent brute-force readings of the same language (of the raw filter
+and of the parsed tree); tests/integration/test_query.py checks, with random filters over
+random rows, that PostgreSQL running the rendered SQL agrees with both (filters are never
+bypassed).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from typing import Any
 
 import pytest
 from embedd_server.domain.errors import ApiError
-from embedd_server.domain.filters import compile_filters, parse_datetime
+from embedd_server.domain.filters import MATCH_ALL, And, AnyOf, Compare, Exists, Or, parse_filters
 from embedd_server.domain.vector_tables import ColumnSpec
 from embedd_server.sinks.pgvector import metadata_expression
+from embedd_server.sinks.pgvector_filters import to_sql
+
+from tests.oracle import evaluate, matches
 
 COLUMNS = (
     ColumnSpec("name", "embedding", 1, "Product: "),
@@ -30,60 +35,53 @@ TYPES = {c.name: c.filter_type for c in COLUMNS if c.role == "metadata" and c.fi
 
 
 def compile_(filters: Mapping[str, Any] | None, first: int = 1) -> tuple[str, list[object]]:
-    out = compile_filters(filters, COLUMNS, metadata_expression, first_param=first)
+    out = to_sql(parse_filters(filters, COLUMNS), first_param=first)
     return out.sql, out.params
 
 
-# -- the brute-force evaluator -------------------------------------------------------------------
+# -- the tree -------------------------------------------------------------------------------------
 
 
-def _typed(ftype: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if ftype == "datetime":
-        return parse_datetime(value)
-    if ftype == "integer":
-        return int(value)
-    return value
+def test_tree_is_typed_and_flat() -> None:
+    assert parse_filters(None, COLUMNS) == MATCH_ALL
+    assert parse_filters({"category": "bags"}, COLUMNS) == Compare("category", "keyword", "eq", "bags")
+    assert parse_filters({"price": {"gte": 5, "lt": 9}, "qty": {"in": [1.0, 2]}}, COLUMNS) == And(
+        (
+            Compare("price", "float", "gte", 5.0),
+            Compare("price", "float", "lt", 9.0),
+            AnyOf("qty", "integer", (1, 2)),
+        )
+    )
+    tree = parse_filters(
+        {"$or": [{"in_stock": {"neq": True}}, {"updated_at": {"exists": False}}], "qty": {"nin": [3]}},
+        COLUMNS,
+    )
+    assert tree == And(
+        (
+            Or((Compare("in_stock", "boolean", "ne", True), Exists("updated_at", False))),
+            AnyOf("qty", "integer", (3,), negated=True),
+        )
+    )
+    when = parse_filters({"updated_at": {"gt": "2026-03-13T12:00:00+02:00"}}, COLUMNS)
+    assert isinstance(when, Compare) and when.value == dt.datetime(2026, 3, 13, 10, tzinfo=dt.UTC)
+    # Nested groups flatten; an alternative that matches everything makes the OR match-all.
+    assert parse_filters({"$and": [{"$and": [{"category": "a"}]}]}, COLUMNS) == Compare(
+        "category", "keyword", "eq", "a"
+    )
+    assert parse_filters({"$or": [{}, {"category": "x"}]}, COLUMNS) == MATCH_ALL
 
 
-def _condition(ftype: str, stored: Any, op: str, arg: Any) -> bool:
-    v = _typed(ftype, stored)
-    op = {"neq": "ne"}.get(op, op)
-    if op == "exists":
-        return (v is not None) is bool(arg)
-    if op in ("in", "nin"):
-        found = v is not None and v in [_typed(ftype, a) for a in arg]
-        return found if op == "in" else not found
-    x = _typed(ftype, arg)
-    if op == "ne":
-        return not (v is not None and v == x)
-    if v is None:
-        return False
-    return {
-        "eq": v == x,
-        "gt": v > x,
-        "gte": v >= x,
-        "lt": v < x,
-        "lte": v <= x,
-    }[op]
-
-
-def evaluate(filters: Mapping[str, Any] | None, row: Mapping[str, Any], types: Mapping[str, str]) -> bool:
-    """Does `row` (a metadata object) pass `filters`? Missing keys are missing values."""
-    for key, cond in (filters or {}).items():
-        if key == "$or":
-            if not any(evaluate(f, row, types) for f in cond):
-                return False
-        elif key == "$and":
-            if not all(evaluate(f, row, types) for f in cond):
-                return False
-        elif isinstance(cond, Mapping):
-            if not all(_condition(types[key], row.get(key), op, arg) for op, arg in cond.items()):
-                return False
-        elif not _condition(types[key], row.get(key), "eq", cond):
-            return False
-    return True
+def test_tree_oracle_reads_like_the_raw_oracle() -> None:
+    row = {"category": "bags", "qty": 3, "price": 9.5, "in_stock": None}
+    for filters in (
+        {"category": "bags", "price": {"lt": 10}},
+        {"in_stock": {"ne": True}},
+        {"in_stock": {"eq": False}},
+        {"$or": [{"qty": {"gt": 5}}, {"category": {"nin": ["x"]}}]},
+        {"updated_at": {"exists": True}},
+        {"qty": {"in": [3, 4]}, "$and": [{"price": {"gte": 9.5}}]},
+    ):
+        assert matches(parse_filters(filters, COLUMNS), row) == evaluate(filters, row, TYPES), filters
 
 
 # -- SQL ------------------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def evaluate(filters: Mapping[str, Any] | None, row: Mapping[str, Any], types: M
 def test_no_filter_is_true() -> None:
     assert compile_(None) == ("TRUE", [])
     assert compile_({}) == ("TRUE", [])
-    assert compile_filters({}, COLUMNS, metadata_expression).is_empty
+    assert to_sql(parse_filters({}, COLUMNS)).is_empty
 
 
 def test_seed_filter_compares_the_indexed_expressions_with_bound_values() -> None:
@@ -141,16 +139,13 @@ def test_or_and_nest_and_number_parameters_in_order() -> None:
     assert params == ["bags", 20.0, 1, True]
     assert sql.count(" OR ") == 1 and "$5::text" in sql and "$8::boolean" in sql
     assert sql.index("$5") < sql.index("$6") < sql.index("$7") < sql.index("$8")
-    # An empty alternative matches every row; every bound parameter stays referenced.
-    assert compile_({"$or": [{}, {"category": "x"}]}) == (
-        "(TRUE OR ((metadata->>'category') = $1::text))",
-        ["x"],
-    )
+    # An empty alternative matches every row: the OR is no filter at all.
+    assert compile_({"$or": [{}, {"category": "x"}]}) == ("TRUE", [])
 
 
 def test_names_are_literals_never_identifiers_or_text() -> None:
     cols = (ColumnSpec("it's", "metadata", filter_type="keyword"),)
-    out = compile_filters({"it's": "x'; DROP TABLE t; --"}, cols, metadata_expression)
+    out = to_sql(parse_filters({"it's": "x'; DROP TABLE t; --"}, cols))
     assert out.sql == "((metadata->>'it''s') = $1::text)"
     assert out.params == ["x'; DROP TABLE t; --"]
 

@@ -1,4 +1,4 @@
-"""The metadata filter language of a query, compiled to one SQL boolean expression (pure).
+"""The metadata filter language of a query, parsed into a typed tree (pure: no SQL, no Qdrant).
 
 A filter is a JSON object (the `filters` Struct of a query):
 
@@ -7,7 +7,7 @@ A filter is a JSON object (the `filters` Struct of a query):
     {"price": {"gte": 50, "lt": 100}}                      several operators on a key AND
     {"$or": [{"category": "bags"}, {"price": {"lt": 20}}]} OR of filters (nests; `$and` too)
 
-Operators per filter type (DESIGN.md section 2):
+Operators per filter type (docs/filters.md):
 
     keyword   eq ne in nin exists          strings, exact and case-sensitive
     integer   eq ne gt gte lt lte in nin exists   JSON numbers without a fraction
@@ -15,31 +15,30 @@ Operators per filter type (DESIGN.md section 2):
     boolean   eq ne exists                 true / false
     datetime  eq ne gt gte lt lte in nin exists   RFC 3339 / ISO 8601 strings; no offset = UTC
 
-`neq` is an alias of `ne`. `exists: true` matches rows whose value is present and not null
-(metadata always holds every mapped column, a SQL NULL as JSON null), `exists: false` the rest.
+`neq` is an alias of `ne`. `exists: true` matches rows whose value is present and not null,
+`exists: false` the rest. Missing values (null, or no key) follow MongoDB: `eq`, `in` and the
+comparisons never match them, `ne` and `nin` do ("not equal to 5" includes "has no value").
+Null is not a filter value: `exists` says "has a value".
 
-Missing values (SQL NULL) follow MongoDB: `eq`, `in` and the comparisons never match them,
-`ne` and `nin` do ("not equal to 5" includes "has no value"). Null is not a filter value:
-`exists` says "has a value".
-
-Each comparison is made on the same typed expression the btree metadata indexes cover
-(`sinks.pgvector.metadata_expression`, passed in as `typed`), so selective filters read only
-the rows they select. Values are always bound parameters (`$n` with an explicit cast), never
-SQL text. Anything that does not fit is a `validation_error` naming the field path
-(`filters.price.gt`, `filters.$or[1].category`) and what is allowed.
+`parse_filters` validates a filter against the vector table's metadata columns and returns a
+tree of `Compare`, `AnyOf`, `Exists`, `And` and `Or` nodes whose values are already typed
+(str, int, float, bool, aware datetime). Each vector store renders the tree itself
+(sinks/pgvector_filters.py to SQL over the indexed expressions, sinks/qdrant_filters.py to a
+Qdrant filter), so both read the language the same way. Anything that does not fit is a
+`validation_error` naming the field path (`filters.price.gt`, `filters.$or[1].category`) and
+what is allowed; every problem is reported at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from embedd_server.domain.validation import Violations
 from embedd_server.domain.vector_tables import ColumnSpec
-from embedd_server.sources.sql import quote_literal
 
 MAX_DEPTH = 8
 MAX_LIST = 1000
@@ -54,15 +53,8 @@ OPERATORS: dict[str, tuple[str, ...]] = {
     "boolean": ("eq", "ne", "exists"),
     "datetime": _ORDERED,
 }
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
 _ALIASES = {"neq": "ne"}
-_SQL_TYPE = {
-    "keyword": "text",
-    "integer": "bigint",
-    "float": "float8",
-    "boolean": "boolean",
-    "datetime": "timestamptz",
-}
-_COMPARE = {"eq": "=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 _WHAT = {
     "keyword": "a string",
@@ -72,66 +64,116 @@ _WHAT = {
     "datetime": "an RFC 3339 timestamp string such as '2026-03-13T10:00:00Z'",
 }
 
-TypedExpression = Callable[[ColumnSpec], str | None]
+Scalar: TypeAlias = str | int | float | bool | dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledFilter:
-    """`sql` is a boolean expression ("TRUE" for no filter) whose placeholders are
-    `$first_param ..`; `params` are their values in order."""
+class Compare:
+    """`column <op> value`: op is eq, ne, gt, gte, lt or lte; `value` has the column's type."""
 
-    sql: str
-    params: list[object] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return self.sql == "TRUE"
+    column: str
+    ftype: str
+    op: str
+    value: Scalar
 
 
-class _Compiler:
-    def __init__(self, columns: Sequence[ColumnSpec], typed: TypedExpression, first_param: int) -> None:
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """`in` (the value is one of `values`) or, `negated`, `nin`."""
+
+    column: str
+    ftype: str
+    values: tuple[Scalar, ...]
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Exists:
+    """The column has a value (`present`), or has none."""
+
+    column: str
+    present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    """Every item matches; no items matches every row."""
+
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    """At least one item matches (two or more items)."""
+
+    items: tuple[Node, ...]
+
+
+Node: TypeAlias = Compare | AnyOf | Exists | And | Or
+MATCH_ALL = And(())
+
+
+def is_match_all(node: Node) -> bool:
+    return isinstance(node, And) and not node.items
+
+
+def all_of(items: Sequence[Node]) -> Node:
+    """AND of `items`, flattened: match-all items drop out, one item stands alone."""
+    flat: list[Node] = []
+    for item in items:
+        flat.extend(item.items if isinstance(item, And) else (item,))
+    return flat[0] if len(flat) == 1 else And(tuple(flat))
+
+
+def any_of(items: Sequence[Node]) -> Node:
+    """OR of `items`: a match-all alternative matches every row."""
+    if any(is_match_all(i) for i in items):
+        return MATCH_ALL
+    flat: list[Node] = []
+    for item in items:
+        flat.extend(item.items if isinstance(item, Or) else (item,))
+    return flat[0] if len(flat) == 1 else Or(tuple(flat))
+
+
+def columns_of(node: Node) -> set[str]:
+    """The metadata columns a filter reads."""
+    if isinstance(node, And | Or):
+        return set().union(*(columns_of(i) for i in node.items))
+    return {node.column}
+
+
+class _Parser:
+    def __init__(self, columns: Sequence[ColumnSpec]) -> None:
         self._columns = {c.name: c for c in columns}
-        self._typed = typed
-        self._first = first_param
-        self.params: list[object] = []
         self.v = Violations()
         self._conditions = 0
 
     # -- structure ---------------------------------------------------------------------
 
-    def filter(self, value: object, path: str, depth: int) -> str:
+    def filter(self, value: object, path: str, depth: int) -> Node:
         if not isinstance(value, Mapping):
             self.v.add(path, 'must be an object of column conditions, e.g. {"category": "bags"}')
-            return "TRUE"
+            return MATCH_ALL
         if depth > MAX_DEPTH:
             self.v.add(path, f"nests too deep (at most {MAX_DEPTH} levels of $or/$and)")
-            return "TRUE"
-        parts: list[str] = []
+            return MATCH_ALL
+        parts: list[Node] = []
         for key, condition in value.items():
             key_path = f"{path}.{key}"
             if key in ("$or", "$and") and key not in self._columns:
                 parts.append(self._group(key, condition, key_path, depth))
             else:
                 parts.append(self._column(key, condition, key_path))
-        parts = [p for p in parts if p != "TRUE"]
-        if not parts:
-            return "TRUE"
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return all_of(parts)
 
-    def _group(self, key: str, items: object, path: str, depth: int) -> str:
+    def _group(self, key: str, items: object, path: str, depth: int) -> Node:
         if not isinstance(items, list) or not items:
             self.v.add(path, "must be a non-empty list of filter objects, e.g. [{...}, {...}]")
-            return "TRUE"
+            return MATCH_ALL
         parts = [self.filter(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(items)]
-        if key == "$or":
-            # An empty alternative is TRUE; kept in the SQL, as its siblings' parameters are bound.
-            return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
-        parts = [p for p in parts if p != "TRUE"]
-        if not parts:
-            return "TRUE"
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return any_of(parts) if key == "$or" else all_of(parts)
 
-    def _column(self, name: str, condition: object, path: str) -> str:
+    def _column(self, name: str, condition: object, path: str) -> Node:
         column = self._columns.get(name)
         if column is None or column.role != "metadata" or column.filter_type not in OPERATORS:
             if column is None and name.startswith("$"):
@@ -143,24 +185,20 @@ class _Compiler:
             else:
                 why = f"{name!r} has no filter type"
             self.v.add(path, f"{why}; filterable columns: {self._filterable()}")
-            return "TRUE"
+            return MATCH_ALL
         ftype = column.filter_type
         assert ftype is not None
         if isinstance(condition, Mapping):
             if not condition:
                 self.v.add(path, f"needs at least one operator: {', '.join(OPERATORS[ftype])}")
-                return "TRUE"
-            parts = [
-                self._operator(column, ftype, op, value, f"{path}.{op}") for op, value in condition.items()
-            ]
-            parts = [p for p in parts if p != "TRUE"]
-            if not parts:
-                return "TRUE"
-            return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+                return MATCH_ALL
+            return all_of(
+                [self._operator(name, ftype, op, value, f"{path}.{op}") for op, value in condition.items()]
+            )
         if isinstance(condition, list):
             self.v.add(path, 'a list is not a value; use {"in": [...]} to match any of several values')
-            return "TRUE"
-        return self._operator(column, ftype, "eq", condition, path)
+            return MATCH_ALL
+        return self._operator(name, ftype, "eq", condition, path)
 
     def _filterable(self) -> str:
         cols = [
@@ -172,57 +210,44 @@ class _Compiler:
 
     # -- one condition -------------------------------------------------------------------
 
-    def _operator(self, column: ColumnSpec, ftype: str, op: str, value: object, path: str) -> str:
+    def _operator(self, column: str, ftype: str, op: str, value: object, path: str) -> Node:
         self._conditions += 1
         if self._conditions == MAX_CONDITIONS + 1:
             self.v.add("filters", f"has more than {MAX_CONDITIONS} conditions")
         op = _ALIASES.get(op, op)
         allowed = OPERATORS[ftype]
         if op not in allowed:
-            known = op in _ORDERED
             what = (
-                f"{op!r} does not apply to {ftype} column {column.name!r}"
-                if known
+                f"{op!r} does not apply to {ftype} column {column!r}"
+                if op in _ORDERED
                 else f"unknown operator {op!r}"
             )
             self.v.add(path, f"{what}; allowed for {ftype}: {', '.join(allowed)}")
-            return "TRUE"
-        raw = f"(metadata->>{quote_literal(column.name)})"
+            return MATCH_ALL
         if op == "exists":
             if not isinstance(value, bool):
                 self.v.add(path, "must be true or false")
-                return "TRUE"
-            return f"({raw} IS {'NOT ' if value else ''}NULL)"
-        expr = self._typed(column) or f"({raw}::{_SQL_TYPE[ftype]})"
-        sql_type = _SQL_TYPE[ftype]
+                return MATCH_ALL
+            return Exists(column, value)
         if op in ("in", "nin"):
             if not isinstance(value, list) or not value:
                 self.v.add(path, f"must be a non-empty list of values, each {_WHAT[ftype]}")
-                return "TRUE"
+                return MATCH_ALL
             if len(value) > MAX_LIST:
                 self.v.add(path, f"has {len(value)} values; at most {MAX_LIST}")
-                return "TRUE"
+                return MATCH_ALL
             values = [self._value(ftype, item, f"{path}[{i}]") for i, item in enumerate(value)]
-            if any(v is None for v in values):
-                return "TRUE"
-            ref = self._bind(values, f"{sql_type}[]")
-            if op == "in":
-                return f"({expr} = ANY({ref}))"
-            return f"({expr} IS NULL OR {expr} <> ALL({ref}))"
+            typed = tuple(v for v in values if v is not None)
+            if len(typed) != len(values):
+                return MATCH_ALL
+            return AnyOf(column, ftype, typed, negated=op == "nin")
         converted = self._value(ftype, value, path)
         if converted is None:
-            return "TRUE"
-        ref = self._bind(converted, sql_type)
-        if op == "ne":
-            return f"({expr} IS DISTINCT FROM {ref})"
-        return f"({expr} {_COMPARE[op]} {ref})"
+            return MATCH_ALL
+        return Compare(column, ftype, op, converted)
 
-    def _bind(self, value: object, sql_type: str) -> str:
-        self.params.append(value)
-        return f"${self._first + len(self.params) - 1}::{sql_type}"
-
-    def _value(self, ftype: str, value: object, path: str) -> object | None:
-        """The value as the driver binds it, or None after recording why it does not fit."""
+    def _value(self, ftype: str, value: object, path: str) -> Scalar | None:
+        """The value typed for the column, or None after recording why it does not fit."""
         bad = f"must be {_WHAT[ftype]}"
         if value is None:
             self.v.add(path, 'null is not a value; use {"exists": false} to match rows without one')
@@ -265,20 +290,14 @@ def parse_datetime(value: str) -> dt.datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
-def compile_filters(
-    filters: Mapping[str, Any] | None,
-    columns: Sequence[ColumnSpec],
-    typed: TypedExpression,
-    *,
-    first_param: int = 1,
-    field_name: str = "filters",
-) -> CompiledFilter:
-    """The filter as SQL over `metadata` (the vector table's jsonb column), or a
-    `validation_error` listing every problem. `columns` are the table's mapped columns;
-    `typed` gives a column's indexed expression (`sinks.pgvector.metadata_expression`)."""
+def parse_filters(
+    filters: Mapping[str, Any] | None, columns: Sequence[ColumnSpec], *, field_name: str = "filters"
+) -> Node:
+    """The filter as a typed tree (`MATCH_ALL` for none), or a `validation_error` listing every
+    problem. `columns` are the vector table's mapped columns."""
     if not filters:
-        return CompiledFilter("TRUE")
-    compiler = _Compiler(columns, typed, first_param)
-    sql = compiler.filter(filters, field_name, 0)
-    compiler.v.raise_if_any()
-    return CompiledFilter(sql, compiler.params)
+        return MATCH_ALL
+    parser = _Parser(columns)
+    node = parser.filter(filters, field_name, 0)
+    parser.v.raise_if_any()
+    return node

@@ -28,12 +28,13 @@ import structlog
 
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.errors import ApiError, Kind
-from embedd_server.domain.filters import CompiledFilter, compile_filters
+from embedd_server.domain.filters import parse_filters
 from embedd_server.domain.models import EmbeddingProvider, VectorTable
 from embedd_server.providers.base import InputType, ProviderError
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
-from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, metadata_expression
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
+from embedd_server.sinks.pgvector_filters import CompiledFilter, to_sql
 from embedd_server.sinks.pgvector_search import (
     FILTER_FIRST_PARAM,
     Conn,
@@ -268,9 +269,7 @@ class QueryEngine:
                 "'synced', then query."
             )
         spec = vt.spec  # the live table's; a re-backfill's pending spec is not served until the swap
-        where = compile_filters(
-            request.filters, spec.columns, metadata_expression, first_param=FILTER_FIRST_PARAM
-        )
+        where = to_sql(parse_filters(request.filters, spec.columns), first_param=FILTER_FIRST_PARAM)
         source = await self._resolve(vt)
         vector = await self._embed(
             source.provider, spec.embedding_model, spec.embedding_dimensions, request.text

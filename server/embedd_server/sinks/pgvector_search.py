@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from embedd_server.domain.filters import CompiledFilter
 from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS, HNSW_MAX_VECTOR_DIMS
 from embedd_server.sinks.pgvector import PgVectorTable, register_vector_codec
+from embedd_server.sinks.pgvector_filters import CompiledFilter
 
 # Filter parameters are numbered from here: $1 is the query vector (or the probe's limit).
 FILTER_FIRST_PARAM = 2
