@@ -17,7 +17,7 @@ from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
 from embedd_server.logs import configure_logging
 
-from tests.harness import ROOT, Org, random_secret_key
+from tests.harness import ROOT, UNTHROTTLED, Org, random_secret_key
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +83,7 @@ async def rest(envoy: EnvoyProcess) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def org(service: app.Service, rest: httpx.AsyncClient) -> Org:
     """A new organisation per test: tests never see each other's resources."""
-    org_id = await service.orgs.create_org(f"test-{secrets.token_hex(4)}")
+    org_id = await service.orgs.create_org(f"test-{secrets.token_hex(4)}", requests_per_minute=UNTHROTTLED)
     _, key = await service.orgs.create_api_key(org_id, "full", "full")
     _, read_key = await service.orgs.create_api_key(org_id, "reader", "read_only")
     return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)

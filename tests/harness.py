@@ -20,6 +20,8 @@ from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
 
 ROOT = Path(__file__).resolve().parent.parent
+# The request limit of test organisations: tests measure the service, not a free tier's 25 rpm.
+UNTHROTTLED = 10_000_000
 
 
 @dataclass

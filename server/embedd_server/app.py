@@ -41,6 +41,7 @@ from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.ratelimit import RateLimiter
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
 from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
 from embedd_server.services.connections import Checker, ConnectionServicer
@@ -52,6 +53,7 @@ from embedd_server.sources.pg_check import check_postgres
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.db import Listener, create_pool
 from embedd_server.store.orgs import AUTH_CHANNEL, OrgStore
+from embedd_server.store.ratelimits import RateLimitStore
 from embedd_server.store.vector_tables import TaskStore, VectorTableStore
 
 log = structlog.get_logger(__name__)
@@ -118,6 +120,7 @@ class Service:
     auth_listener: Listener
     authenticator: Authenticator
     query_engine: QueryEngine | None = None
+    limiter: RateLimiter | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
@@ -131,6 +134,8 @@ class Service:
         if self.query_engine is not None:
             await self.query_engine.aclose()
         await self.auth_listener.stop()
+        if self.limiter is not None:
+            await self.limiter.stop()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -161,8 +166,13 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         on_ready=authenticator.enable_cache,
         on_lost=authenticator.disable_cache,
     )
+    limiter = (
+        RateLimiter(RateLimitStore(pool))
+        if settings.rate_limits_enabled
+        else None
+    )
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(authenticator)],
+        interceptors=[ServiceInterceptor(authenticator, limiter)],
         options=[("grpc.so_reuseport", 0)],
     )
     connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
@@ -221,6 +231,8 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         server,
     )
     await auth_listener.start()
+    if limiter is not None:
+        limiter.start()
     port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await server.start()
     for name in ("", *SERVICE_NAMES):
@@ -242,4 +254,5 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         auth_listener=auth_listener,
         authenticator=authenticator,
         query_engine=query_engine,
+        limiter=limiter,
     )

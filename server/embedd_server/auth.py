@@ -47,16 +47,17 @@ class Authenticator:
     def __init__(self, orgs: OrgStore, ttl_s: float = 30.0) -> None:
         self._orgs = orgs
         self._ttl = ttl_s
-        self._cache: dict[tuple[str, str], tuple[float, ApiKey, str]] = {}
+        # (key hash, environment reference) -> (expiry, key, environment id, request limit)
+        self._cache: dict[tuple[str, str], tuple[float, ApiKey, str, int | None]] = {}
         self.caching = False
 
     def cached(self, key_id: str) -> bool:
-        return any(key.id == key_id for _, key, _ in self._cache.values())
+        return any(entry[1].id == key_id for entry in self._cache.values())
 
     def invalidate(self, ident: str) -> None:
-        """Forget what is cached about a key or an environment (by id)."""
-        for cache_key, (_, key, env_id) in list(self._cache.items()):
-            if ident in (key.id, env_id):
+        """Forget what is cached about a key, an environment or an organisation (by id)."""
+        for cache_key, (_, key, env_id, _) in list(self._cache.items()):
+            if ident in (key.id, env_id, key.org_id):
                 self._cache.pop(cache_key, None)
 
     def enable_cache(self) -> None:
@@ -67,17 +68,17 @@ class Authenticator:
         self.caching = False
         self._cache.clear()
 
-    async def _lookup(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None] | None:
+    async def _lookup(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None, int | None] | None:
         cache_key = (hash_key(secret).hex(), env_ref)  # the secret itself is never kept
         now = time.monotonic()
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now and self.caching:
-            return hit[1], hit[2]
+            return hit[1], hit[2], hit[3]
         found = await self._orgs.find_key_and_environment(secret, env_ref)
         if found is not None and found[0].revoked_at is None and found[1] is not None and self.caching:
             if len(self._cache) > 100_000:
                 self._cache.clear()
-            self._cache[cache_key] = (now + self._ttl, found[0], found[1])
+            self._cache[cache_key] = (now + self._ttl, found[0], found[1], found[2])
         return found
 
     async def authenticate(self, metadata: Mapping[str, str], full_method: str) -> Principal:
@@ -95,7 +96,7 @@ class Authenticator:
         found = await self._lookup(secret, env_ref)
         if found is None:
             raise _unauthorized("This API key is not valid. Check it, or create a new one.")
-        key, env_id = found
+        key, env_id, limit = found
         if key.revoked_at is not None:
             raise ApiError(
                 Kind.UNAUTHENTICATED,
@@ -111,4 +112,10 @@ class Authenticator:
             )
         if env_id is None:
             raise not_found("environment_not_found", "Environment", env_ref)
-        return Principal(org_id=key.org_id, key_id=key.id, permission=key.permission, env_id=env_id)
+        return Principal(
+            org_id=key.org_id,
+            key_id=key.id,
+            permission=key.permission,
+            env_id=env_id,
+            requests_per_minute=limit,
+        )

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
 
+    # Request rate limits per organisation (its tier's, or its own override; docs/limits.md).
+    rate_limits_enabled: bool = True
+
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 

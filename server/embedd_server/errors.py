@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from embedd_server.domain.errors import ApiError, Kind
@@ -91,6 +91,11 @@ def to_status(err: ApiError, request_id: str) -> status_pb2.Status:
         packed_bad = any_pb2.Any()
         packed_bad.Pack(bad)
         details.append(packed_bad)
+    if err.retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=err.retry_after_s))
+        packed_retry = any_pb2.Any()
+        packed_retry.Pack(retry)
+        details.append(packed_retry)
     return status_pb2.Status(code=_grpc_code_number(code), message=err.message, details=details)
 
 
@@ -101,6 +106,7 @@ def trailing_metadata(err: ApiError, request_id: str) -> Sequence[tuple[str, str
         ("grpc-status-details-bin", status.SerializeToString()),
         (ERROR_BODY_HEADER, json.dumps(rest_body(err, request_id), ensure_ascii=True)),
         (HTTP_STATUS_HEADER, str(http_status(err.kind))),
+        *err.headers,
     )
 
 

@@ -1,8 +1,13 @@
-"""One interceptor for every RPC: request id, auth, error mapping and an access log.
+"""One interceptor for every RPC: request id, auth, rate limit, error mapping, access log.
 
 Handlers are wrapped rather than intercepted so that the principal lives in a contextvar of
 the task that runs the servicer, and so that every exception - domain or not - is mapped
-here, in one place. Health checking and reflection are left unauthenticated.
+here, in one place. Health checking and reflection are left unauthenticated and unlimited.
+
+Every authenticated call counts once against its organisation's request limit (a stream too,
+however long it lasts), and its response carries the X-RateLimit-* headers as initial
+metadata (Envoy passes them on as HTTP headers); a refused call answers RESOURCE_EXHAUSTED /
+429 with RetryInfo and Retry-After.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import structlog
 from embedd_server import errors
 from embedd_server.auth import Authenticator, set_principal
 from embedd_server.domain.errors import ApiError
+from embedd_server.ratelimit import RateLimiter, exceeded
 from embedd_server.services.base import Context, Handler
 
 log = structlog.get_logger("embedd.access")
@@ -31,8 +37,9 @@ Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates, scopes and maps errors for every `embedd.v1` RPC."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter | None = None) -> None:
         self._auth = authenticator
+        self._limiter = limiter
 
     async def intercept_service(
         self,
@@ -65,6 +72,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         principal = await self._auth.authenticate(metadata, method)
         set_principal(principal)
         structlog.contextvars.bind_contextvars(org_id=principal.org_id, env_id=principal.env_id)
+        if self._limiter is not None and principal.requests_per_minute is not None:
+            decision = await self._limiter.admit(principal.org_id, principal.requests_per_minute)
+            if not decision.allowed:
+                raise exceeded(decision)
+            await context.send_initial_metadata(decision.headers())
         return request_id
 
     def _wrap_unary(self, behavior: Unary, method: str) -> Unary:

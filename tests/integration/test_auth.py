@@ -11,7 +11,7 @@ from embedd_client import EmbeddClient
 from embedd_server import app
 from embedd_server.config import load_settings
 
-from tests.harness import Org, grpc_error, random_secret_key, rest_error
+from tests.harness import UNTHROTTLED, Org, grpc_error, random_secret_key, rest_error
 
 
 async def test_missing_key(org: Org) -> None:
@@ -83,7 +83,7 @@ async def test_other_organisation_sees_404_never_403(org: Org, service: app.Serv
     )
     assert r.status_code == 200, r.text
     mine = r.json()["id"]
-    other_id = await service.orgs.create_org("intruder")
+    other_id = await service.orgs.create_org("intruder", requests_per_minute=UNTHROTTLED)
     _, other_key = await service.orgs.create_api_key(other_id, "k", "full")
     for method, path in (
         ("GET", f"/v1/embedding-providers/{mine}"),

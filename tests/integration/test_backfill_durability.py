@@ -24,7 +24,7 @@ from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 
 from tests.conftest import UserDb
-from tests.harness import Counting
+from tests.harness import UNTHROTTLED, Counting
 
 BIG_ROWS = 20_000
 
@@ -164,7 +164,7 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
         counts.append(Counting(svc, delay_s=0.002).__enter__())  # slowed: let the other process in
         services.append(svc)
     try:
-        org_id = await services[0].orgs.create_org("two")
+        org_id = await services[0].orgs.create_org("two", requests_per_minute=UNTHROTTLED)
         _, api_key = await services[0].orgs.create_api_key(org_id, "k", "full")
         async with EmbeddClient(f"127.0.0.1:{services[0].port}", api_key) as c:
             vt_ids = [await make_table(c, user_db, "public.products", f"t{i}") for i in range(6)]
@@ -292,7 +292,7 @@ async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: Use
         )
 
     first = await app.start(settings())
-    org_id = await first.orgs.create_org("deploy")
+    org_id = await first.orgs.create_org("deploy", requests_per_minute=UNTHROTTLED)
     _, api_key = await first.orgs.create_api_key(org_id, "k", "full")
     async with EmbeddClient(f"127.0.0.1:{first.port}", api_key) as c:
         vt_id = await make_table(c, user_db, big_table, "deploy")

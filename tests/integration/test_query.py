@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import UserDb
 from tests.filter_strategies import PROP_COLUMNS, PROP_TYPES, ROW, random_filters
-from tests.harness import Org, grpc_error, rest_error
+from tests.harness import UNTHROTTLED, Org, grpc_error, rest_error
 from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt, wait_synced
 from tests.oracle import evaluate, matches
 
@@ -85,7 +85,7 @@ def assert_matches(got: list[dict[str, Any]], expected: list[tuple[str, float]],
 
 
 async def _org(service: app.Service, rest: httpx.AsyncClient) -> Org:
-    org_id = await service.orgs.create_org(f"query-{secrets.token_hex(4)}")
+    org_id = await service.orgs.create_org(f"query-{secrets.token_hex(4)}", requests_per_minute=UNTHROTTLED)
     _, key = await service.orgs.create_api_key(org_id, "full", "full")
     _, read_key = await service.orgs.create_api_key(org_id, "reader", "read_only")
     return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)

@@ -16,7 +16,7 @@ from embedd_server.store.db import migrate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.harness import Org, grpc_error, random_secret_key, rest_error
+from tests.harness import UNTHROTTLED, Org, grpc_error, random_secret_key, rest_error
 
 
 async def test_health_needs_no_key(service: app.Service) -> None:
@@ -63,7 +63,7 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(control_dsn: str) -
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(8)  # the kernel completes handshakes; nobody ever answers
-    org_id = await svc.orgs.create_org("drain")
+    org_id = await svc.orgs.create_org("drain", requests_per_minute=UNTHROTTLED)
     _, key = await svc.orgs.create_api_key(org_id, "k", "full")
     try:
         async with EmbeddClient(f"127.0.0.1:{svc.port}", key) as c:

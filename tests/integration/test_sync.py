@@ -206,6 +206,7 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
     literal = "[" + ",".join(f"{x:.5f}" for x in probe) + "]"
     stop = asyncio.Event()
     stats = {"queries": 0, "failed": 0, "empty": 0}
+    errors: list[str] = []
 
     async def query_loop() -> None:
         # No statement cache: the swap renames tables under running queries.
@@ -218,8 +219,9 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
                     )
                     stats["queries"] += 1
                     stats["empty"] += not rows
-                except asyncpg.PostgresError:
+                except asyncpg.PostgresError as exc:
                     stats["failed"] += 1
+                    errors.append(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(0)
         finally:
             await conn.close()
@@ -238,7 +240,7 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
     await asyncio.sleep(0.3)
     stop.set()
     await loop
-    assert stats["queries"] > 20 and stats["failed"] == 0 and stats["empty"] == 0, stats
+    assert stats["queries"] > 20 and stats["failed"] == 0 and stats["empty"] == 0, (stats, errors[:3])
     now = await vectors(owner, ref)
     assert len(now) == ROWS and now["1"]["embedded_text"] == "Item: item 1\nbody of item 1"
     leftovers = await owner.fetchval(

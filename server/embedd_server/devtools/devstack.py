@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CONTROL_DB = "embedd"
 DEMO_DB = "demo"
 DEMO_USER = "embedd_user"
+DEV_REQUESTS_PER_MINUTE = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ async def _demo_database(pg: LocalPostgres, password: str) -> None:
 async def _dev_key(orgs: OrgStore, previous: str | None) -> str:
     if previous and (key := await orgs.find_key(previous)) and key.revoked_at is None:
         return previous
-    org_id = await orgs.create_org("dev")
+    # Pro (managed mode's table limits), with a request limit that demos, benches and scripted
+    # walkthroughs never reach.
+    org_id = await orgs.create_org("dev", "pro", DEV_REQUESTS_PER_MINUTE)
     _, secret = await orgs.create_api_key(org_id, "dev", "full")
     return secret
 

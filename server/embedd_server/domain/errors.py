@@ -46,6 +46,10 @@ class ApiError(Exception):
     message: str
     violations: Sequence[FieldViolation] = field(default_factory=tuple)
     metadata: dict[str, str] = field(default_factory=dict)
+    # When to retry (a rate limit): google.rpc.RetryInfo over gRPC, Retry-After over REST.
+    retry_after_s: int | None = None
+    # Response headers (gRPC metadata) sent with the error, e.g. X-RateLimit-*.
+    headers: Sequence[tuple[str, str]] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

@@ -19,6 +19,8 @@ class Principal:
     key_id: str
     permission: str  # "full" | "read_only"
     env_id: str
+    # The organisation's request limit (its override, else its tier's); None: unlimited.
+    requests_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

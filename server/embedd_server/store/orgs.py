@@ -9,11 +9,13 @@ import asyncpg
 from embedd_server.domain.errors import ApiError, Kind
 from embedd_server.domain.ids import new_api_key, new_id
 from embedd_server.domain.models import ApiKey, Environment, Page
+from embedd_server.domain.tiers import DEFAULT_TIER, requests_per_minute
 from embedd_server.domain.validation import PageRequest
 from embedd_server.store.paging import fetch_page
 
 DEFAULT_ENVIRONMENT = "prod"
-# NOTIFY channel: the payload is the id of a revoked key or a deleted environment.
+# NOTIFY channel: the payload is the id of a revoked key, a deleted environment, or an
+# organisation whose tier or request limit changed.
 AUTH_CHANNEL = "embedd_auth"
 
 
@@ -44,11 +46,20 @@ class OrgStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create_org(self, name: str, tier: str = "free") -> str:
-        """A new organisation with its default `prod` environment."""
+    async def create_org(
+        self, name: str, tier: str = DEFAULT_TIER, requests_per_minute: int | None = None
+    ) -> str:
+        """A new organisation with its default `prod` environment. `requests_per_minute`
+        overrides the tier's request limit."""
         org_id = new_id("org")
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("INSERT INTO orgs (id, name, tier) VALUES ($1, $2, $3)", org_id, name, tier)
+            await conn.execute(
+                "INSERT INTO orgs (id, name, tier, requests_per_minute) VALUES ($1, $2, $3, $4)",
+                org_id,
+                name,
+                tier,
+                requests_per_minute,
+            )
             await conn.execute(
                 "INSERT INTO environments (id, org_id, name, is_default) VALUES ($1, $2, $3, true)",
                 new_id("environment"),
@@ -56,6 +67,29 @@ class OrgStore:
                 DEFAULT_ENVIRONMENT,
             )
         return org_id
+
+    async def set_tier(self, org_id: str, tier: str) -> bool:
+        """Moves an organisation to `tier`; every replica's auth cache hears of it (NOTIFY)."""
+        return await self._update_org(org_id, "tier = $2", tier)
+
+    async def set_request_limit(self, org_id: str, requests_per_minute: int | None) -> bool:
+        """Gives an organisation its own request limit (None: its tier's again)."""
+        return await self._update_org(org_id, "requests_per_minute = $2", requests_per_minute)
+
+    async def _update_org(self, org_id: str, assignment: str, value: object) -> bool:
+        row = await self._pool.fetchrow(
+            f"WITH u AS (UPDATE orgs SET {assignment} WHERE id = $1 RETURNING id)"  # noqa: S608 - fixed text
+            " SELECT pg_notify($3, u.id) FROM u",
+            org_id,
+            value,
+            AUTH_CHANNEL,
+        )
+        return row is not None
+
+    async def org_limits(self, org_id: str) -> tuple[str, int | None] | None:
+        """(tier, request limit override) of an organisation."""
+        row = await self._pool.fetchrow("SELECT tier, requests_per_minute FROM orgs WHERE id = $1", org_id)
+        return (row["tier"], row["requests_per_minute"]) if row else None
 
     # --- API keys ---------------------------------------------------------------------
 
@@ -75,11 +109,15 @@ class OrgStore:
         assert row is not None
         return _key(row), secret
 
-    async def find_key_and_environment(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None] | None:
-        """The key and the id of the environment the call is scoped to (`env_ref`, by id or
-        name, or the default when empty) in one round trip - every request pays for it."""
+    async def find_key_and_environment(
+        self, secret: str, env_ref: str
+    ) -> tuple[ApiKey, str | None, int | None] | None:
+        """The key, the id of the environment the call is scoped to (`env_ref`, by id or
+        name, or the default when empty) and the organisation's request limit per minute
+        (None: unlimited), in one round trip - every request pays for it."""
         row = await self._pool.fetchrow(
-            "SELECT k.*, e.id AS scoped_env_id FROM api_keys k"
+            "SELECT k.*, e.id AS scoped_env_id, o.tier AS org_tier, o.requests_per_minute AS org_rpm"
+            " FROM api_keys k JOIN orgs o ON o.id = k.org_id"
             " LEFT JOIN LATERAL (SELECT id FROM environments e WHERE e.org_id = k.org_id"
             "   AND CASE WHEN $2 = '' THEN e.is_default ELSE (e.id = $2 OR e.name = $2) END"
             "   ORDER BY (e.id = $2) DESC LIMIT 1) e ON true"
@@ -87,7 +125,9 @@ class OrgStore:
             hash_key(secret),
             env_ref,
         )
-        return (_key(row), row["scoped_env_id"]) if row else None
+        if row is None:
+            return None
+        return _key(row), row["scoped_env_id"], requests_per_minute(row["org_tier"], row["org_rpm"])
 
     async def find_key(self, secret: str) -> ApiKey | None:
         row = await self._pool.fetchrow("SELECT * FROM api_keys WHERE key_hash = $1", hash_key(secret))
