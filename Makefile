@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync clean
+.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index clean
 
 # Installs the project and its dev tools into .venv; redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -61,6 +61,10 @@ bench-query: install
 
 bench-sync: install
 	$(PY) -m bench.bench_sync
+
+# ANN index kinds (vector, halfvec, binary + re-rank) x dimensions: build time and recall.
+bench-index: install
+	$(PY) -m bench.bench_index
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
