@@ -1,38 +1,75 @@
-"""One interceptor for every RPC: request id, auth, error mapping and an access log.
+"""One interceptor for every RPC: request id, auth, generic request checks, cursors, error
+mapping and an access log.
 
 Handlers are wrapped rather than intercepted so that the principal lives in a contextvar of
 the task that runs the servicer, and so that every exception - domain or not - is mapped
 here, in one place. Health checking and reflection are left unauthenticated.
+
+Before a servicer runs, in this order: the request id is fixed (so every answer, a 401
+included, carries the one in `x-request-id`), the caller is authenticated, a body the
+protobuf decoder refused becomes a 400 (the request deserializer is wrapped: grpc would
+otherwise answer UNKNOWN with the decoder's text), `request_checks` run, and a list's
+`cursor` is unsealed (`cursors`); a list's `next_cursor` is sealed on the way out.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError, Message
 
 from embedd_server import errors
 from embedd_server.auth import Authenticator, set_principal
+from embedd_server.cursors import CursorSealer
 from embedd_server.domain.errors import ApiError
+from embedd_server.domain.models import Principal
+from embedd_server.request_checks import check_request, decode_error
 from embedd_server.services.base import Context, Handler
 
 log = structlog.get_logger("embedd.access")
 
 _PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# A caller's own x-request-id (gRPC clients; Envoy always sets its own) is kept when it is a
+# plain token, else replaced: it is echoed in logs and error bodies.
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Authenticates, scopes and maps errors for every `embedd.v1` RPC."""
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """What the wrapped deserializer hands the handler for bytes protobuf refused."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    error: DecodeError
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError as exc:
+            return _Undecodable(exc)
+
+    return decode
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates, scopes, checks and maps errors for every `embedd.v1` RPC."""
+
+    def __init__(self, authenticator: Authenticator, cursors: CursorSealer) -> None:
         self._auth = authenticator
+        self._cursors = cursors
 
     async def intercept_service(
         self,
@@ -43,37 +80,47 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method: str = handler_call_details.method
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(cast(Unary, handler.unary_unary), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(cast(Streaming, handler.unary_stream), method),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # the API has no client-streaming RPCs
 
-    async def _enter(self, context: Context, method: str) -> str:
-        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    async def _enter(self, context: Context, method: str, request: Any) -> Principal:
+        """Authenticates the caller and checks the request; raises an ApiError to answer."""
+        metadata = _metadata(context)
         principal = await self._auth.authenticate(metadata, method)
         set_principal(principal)
         structlog.contextvars.bind_contextvars(org_id=principal.org_id, env_id=principal.env_id)
-        return request_id
+        if isinstance(request, _Undecodable):
+            raise decode_error(request.error)
+        check_request(request)
+        if "cursor" in request.DESCRIPTOR.fields_by_name:
+            request.cursor = self._cursors.open(request.cursor, _scope(method, principal))
+        return principal
+
+    def _leave(self, response: Any, method: str, principal: Principal) -> Any:
+        if isinstance(response, Message) and "next_cursor" in response.DESCRIPTOR.fields_by_name:
+            sealed = self._cursors.seal(getattr(response, "next_cursor"), _scope(method, principal))  # noqa: B009
+            setattr(response, "next_cursor", sealed)  # noqa: B010
+        return response
 
     def _wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def wrapper(request: Any, context: Context) -> Any:
             started = time.perf_counter()
-            request_id = ""
+            request_id = _begin(context, method)
             try:
-                request_id = await self._enter(context, method)
-                response = await behavior(request, context)
+                principal = await self._enter(context, method, request)
+                response = self._leave(await behavior(request, context), method, principal)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -87,9 +134,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_stream(self, behavior: Streaming, method: str) -> Streaming:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            request_id = ""
+            request_id = _begin(context, method)
             try:
-                request_id = await self._enter(context, method)
+                await self._enter(context, method, request)
                 async for message in behavior(request, context):
                     yield message
             except grpc.aio.AbortError:
@@ -102,8 +149,26 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapper
 
 
+def _metadata(context: Context) -> dict[str, str]:
+    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+
+
+def _begin(context: Context, method: str) -> str:
+    """The call's request id, bound to every log line of the call: Envoy's x-request-id (or a
+    gRPC client's own), else a new one. Fixed first, so that any answer carries it."""
+    given = _metadata(context).get("x-request-id", "")
+    request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    return request_id
+
+
+def _scope(method: str, principal: Principal) -> str:
+    """What a cursor is bound to: one list of one organisation."""
+    return f"{method}|{principal.org_id}"
+
+
 async def _abort(context: Context, exc: Exception, request_id: str, started: float) -> None:
-    request_id = request_id or uuid.uuid4().hex
     if isinstance(exc, ApiError):
         err = exc
     else:
