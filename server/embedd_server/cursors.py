@@ -7,7 +7,7 @@ or made by another list, organisation or environment is a 400 `validation_error`
 decoded - so no crafted position ever reaches a query.
 
 The interceptor applies this to every request's `cursor` field and every response's
-`next_cursor`, so the servicers and stores only ever see their own cursors.
+`next_cursor`, so the servicers and stores only ever see their own cursors (docs/security.md).
 """
 
 from __future__ import annotations

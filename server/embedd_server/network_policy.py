@@ -21,6 +21,8 @@ lookup a rebinding DNS server could answer differently):
 
 A refusal is `NetworkPolicyDenied` (an `OSError`, so callers that handle an unreachable
 address handle it too); its message says what to do and never shows the resolved address.
+The facts this relies on (aiohttp skips the resolver for IP literals, asyncio's TLS uses the
+address as server name): docs/security.md.
 """
 
 from __future__ import annotations

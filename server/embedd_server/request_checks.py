@@ -12,6 +12,7 @@ It walks nested messages, repeated fields, maps and `google.protobuf.Struct` val
 filters), naming each offending field by its JSON path (`columns[1].role`,
 `filters.$or[0].category`). Invalid UTF-8 never gets this far: the protobuf decoder refuses
 it (see `decode_error`), as it refuses messages nested deeper than its recursion limit.
+Every limit and why it is what it is: docs/limits.md.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def decode_error(exc: DecodeError) -> ApiError:
     text = str(exc)
     if "Depth" in text or "depth" in text:
         why = (
-            "The request nests too deeply: the decoder allows about 25 levels of $or/$and or "
-            "of nested lists in a filter (and filters themselves allow 8 levels of $or/$and). "
-            "Flatten the filter."
+            "The request nests too deeply for the decoder (about 20 levels of $or/$and, or 50 of "
+            "nested lists, in a filter; filters themselves allow 8 levels of $or/$and). Flatten "
+            "the filter."
         )
     elif "UTF-8" in text:
         why = (

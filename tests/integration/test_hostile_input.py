@@ -406,3 +406,36 @@ async def test_embedding_provider_base_url_with_credentials_is_400(org: Org) -> 
             base_url="https://user:secret@proxy.example/v1",
         )
         await assert_grpc_400(c.embedding_providers.CreateEmbeddingProvider(request), "base_url")
+
+
+# -- size limits -------------------------------------------------------------------------------
+
+
+async def test_size_limits_are_envoys_first_with_embedd_bodies(org: Org) -> None:
+    """docs/limits.md: REST meets Envoy's 1 MiB body and 16 KiB header limits (413/431, Embedd
+    bodies); just under them the server answers as usual (no raw 429 from the gRPC server's own
+    limits); a gRPC client meets the server's 8 MiB message limit."""
+    big = await org.rest.post(
+        "/v1/api-keys",
+        content=b'{"name": "' + b"a" * (2 * 1024 * 1024) + b'"}',
+        headers={**org.headers(), "content-type": "application/json"},
+    )
+    status, code, err = rest_error(big)
+    assert (status, code) == (413, "payload_too_large") and err["request_id"] == big.headers["x-request-id"]
+    for headers, path in (
+        ({"Authorization": "Bearer sk_" + "a" * 20_000}, "/v1/connections"),
+        ({**org.headers(), "X-Environment-Id": "e" * 20_000}, "/v1/connections"),
+        (org.headers(), "/v1/connections/conn_" + "a" * 20_000),
+    ):
+        r = await org.rest.get(path, headers=headers)
+        status, code, err = rest_error(r)
+        assert (status, code) == (431, "request_headers_too_large"), err
+        assert err["request_id"] == r.headers["x-request-id"]
+    just_under = await org.rest.get("/v1/connections", headers={"Authorization": "Bearer sk_" + "a" * 15_000})
+    assert rest_error(just_under)[:2] == (401, "unauthorized")
+    path_under = await org.rest.get("/v1/connections/conn_" + "a" * 15_000, headers=org.headers())
+    assert rest_error(path_under)[:2] == (400, "validation_error")
+    async with org.client() as c:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.api_keys.CreateApiKey(api_key_pb2.CreateApiKeyRequest(name="a" * (9 * 1024 * 1024)))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

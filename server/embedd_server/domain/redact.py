@@ -5,7 +5,7 @@ sk-proj-..."), a proxy's error page may quote the Authorization header, a URL ma
 `?key=...` or `user:password@`. Such text is stored (task failures, `last_error`) and returned
 (provider tests, query errors), readable with a read_only key, so it is scrubbed where it enters
 (`providers.remote.RemoteEmbedder.embed`): of the secrets the caller knows (the record's own
-key), and of anything shaped like a credential.
+key), and of anything shaped like a credential (docs/security.md).
 """
 
 from __future__ import annotations
