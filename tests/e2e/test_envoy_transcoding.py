@@ -381,6 +381,16 @@ async def test_headers_over_16_kib_are_431_with_a_request_id(client: httpx.Async
         assert str(error["request_id"]).startswith("envoy-")
 
 
+async def test_codec_refusals_have_a_request_id(client: httpx.AsyncClient) -> None:
+    """A header value with a control character is refused by Envoy's HTTP codec, before any
+    request id exists: the 400 still carries one, in the body and the header."""
+    resp = await client.get(
+        "/v1/connections", headers=[(b"authorization", b"Bearer sk_x"), (b"x-environment-id", b"a\x7f")]
+    )
+    error = assert_error(resp, 400, "validation_error")
+    assert str(error["request_id"]).startswith("envoy-")
+
+
 async def test_unknown_body_fields_are_dropped(client: httpx.AsyncClient, stack: Stack) -> None:
     """Envoy's transcoder ignores JSON fields the request message does not have, and has no
     option to refuse them: the README's API conventions say so (this test keeps it true)."""

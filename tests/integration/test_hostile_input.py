@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -439,3 +440,15 @@ async def test_size_limits_are_envoys_first_with_embedd_bodies(org: Org) -> None
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await c.api_keys.CreateApiKey(api_key_pb2.CreateApiKeyRequest(name="a" * (9 * 1024 * 1024)))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_header_values_that_are_not_utf8_are_answered_cleanly(org: Org, log_path: Path) -> None:
+    """Envoy passes such bytes on; grpc decodes them as latin-1 after logging a traceback that
+    is the client's doing, not the server's (logs.py turns it into a warning line)."""
+    before = len(log_path.read_bytes())  # noqa: ASYNC240 - a small file
+    for name, value in ((b"x-environment-id", b"\xff\xfe"), (b"authorization", b"Bearer sk_\xff\xfe")):
+        headers = [(b"authorization", f"Bearer {org.key}".encode())] if name != b"authorization" else []
+        r = await org.rest.get("/v1/connections", headers=[*headers, (name, value)])
+        assert rest_error(r)[:2] in ((404, "environment_not_found"), (401, "unauthorized")), r.text
+    logged = log_path.read_bytes()[before:].decode()  # noqa: ASYNC240 - a small file
+    assert "Invalid encoding" in logged and "Traceback" not in logged

@@ -358,6 +358,10 @@ HOSTILE = st.one_of(
 )
 # Path parameters: also raw percent-encodings that decode to invalid UTF-8.
 _RAW = st.sampled_from(["%ED%A0%80", "%FF%FE", "conn_%C0%AF", "vt_%00x", "task_%00"])
+# X-Environment-Id as bytes: not UTF-8, a control character, long, unknown, a real name.
+_ENV_HEADER = st.none() | st.sampled_from(
+    [b"\xff\xfe", "é".encode(), b"e" * 3000, b"a\x7f", b"env_nope", b"staging"]
+)
 
 
 @dataclass
@@ -365,6 +369,7 @@ class Attack:
     endpoint: Endpoint
     path_id: str | None  # None: the valid id
     raw_path_id: bool
+    env_header: bytes | None
     changes: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -387,7 +392,7 @@ def attacks(draw: st.DrawFn) -> Attack:
     base_fields = [p for p in _leaves(endpoint.body(_PLACEHOLDER)) if p]
     candidates = [*base_fields, *endpoint.extra_fields, "unknown_field", "credentials.nope"]
     changes = draw(st.lists(st.tuples(st.sampled_from(candidates), HOSTILE), max_size=3))
-    return Attack(endpoint, path_id, raw, changes)
+    return Attack(endpoint, path_id, raw, draw(_ENV_HEADER), changes)
 
 
 _PLACEHOLDER = Target(
@@ -440,7 +445,9 @@ def _allowed(status: int, code: str) -> bool:
 async def _rest(t: Target, attack: Attack, body: dict[str, Any], path_id: str) -> None:
     ep = attack.endpoint
     url = ep.path.replace("{id}", path_id if attack.raw_path_id else _quote(path_id))
-    headers = t.org.headers()
+    headers: dict[str, str | bytes] = dict(t.org.headers())
+    if attack.env_header is not None:
+        headers["x-environment-id"] = attack.env_header
     params: dict[str, str] = {}
     content: bytes | None = None
     if ep.http == "GET":
