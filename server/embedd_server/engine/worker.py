@@ -89,7 +89,7 @@ class Worker:
         except asyncio.CancelledError:
             await self._release(task)
             raise
-        except PermanentError as exc:
+        except (PermanentError, NetworkPolicyDenied) as exc:
             await self._fail(task, str(exc), retry=False)
         except ProviderError as exc:
             await self._fail(task, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))

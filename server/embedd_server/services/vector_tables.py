@@ -42,10 +42,10 @@ _FILTER = values_pb2.FilterType
 _MODE = values_pb2.Mode
 _SYNC_MODE = values_pb2.SyncMode
 _MAX_INTERVAL_S = 86_400
-MAX_COLUMNS = 100
+_MAX_COLUMNS = 100
 # Ordinals only order the embedding columns; a bound keeps every stored ordinal (and those
 # assigned after the largest given one) far inside the API's int32.
-MAX_ORDINAL = 1000
+_MAX_ORDINAL = 1000
 
 
 def column_to_proto(c: ColumnSpec) -> vector_table_pb2.Column:
@@ -89,13 +89,13 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
     out: list[ColumnSpec] = []
     seen: set[str] = set()
     ordinals: set[int] = set()
-    if len(columns) > MAX_COLUMNS:
-        v.add("columns", f"has {len(columns)} columns; at most {MAX_COLUMNS}")
+    if len(columns) > _MAX_COLUMNS:
+        v.add("columns", f"has {len(columns)} columns; at most {_MAX_COLUMNS}")
         return []
     for i, col in enumerate(columns):
         field = f"columns[{i}]"
         check_identifier(v, col.name, f"{field}.name")
-        if col.name in seen:
+        if col.name and col.name in seen:
             v.add(f"{field}.name", f"column {col.name!r} is mapped twice")
         seen.add(col.name)
         if col.role == _ROLE.unspecified:
@@ -109,8 +109,8 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
         if role == "embedding":
             if filter_type is not None:
                 v.add(f"{field}.filter_type", "applies to metadata columns only")
-            if ordinal is not None and not 1 <= ordinal <= MAX_ORDINAL:
-                v.add(f"{field}.ordinal", f"must be between 1 and {MAX_ORDINAL}")
+            if ordinal is not None and not 1 <= ordinal <= _MAX_ORDINAL:
+                v.add(f"{field}.ordinal", f"must be between 1 and {_MAX_ORDINAL}")
             elif ordinal is not None and ordinal in ordinals:
                 v.add(f"{field}.ordinal", f"ordinal {ordinal} is used twice")
             if ordinal is not None:
