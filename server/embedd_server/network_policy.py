@@ -113,10 +113,10 @@ class NetworkPolicy:
         else:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addresses = [a for a in (_address(str(i[4][0])) for i in infos) if a is not None]
-        self._check(host, addresses)
+        self.check_addresses(host, addresses)
         return list(dict.fromkeys(str(a) for a in addresses))
 
-    def _check(self, target: str, addresses: Iterable[Address]) -> None:
+    def check_addresses(self, target: str, addresses: Iterable[Address]) -> None:
         # Every address must pass: a name answering with one public and one private address
         # is how DNS rebinding slips through.
         if not all(self.allows_address(a) for a in addresses):
@@ -131,7 +131,7 @@ class _PolicyResolver(AbstractResolver):
     so that the socket factory lets their (possibly private) addresses through."""
 
     def __init__(self, policy: NetworkPolicy, vouched: set[Address]) -> None:
-        self._inner = aiohttp.DefaultResolver()
+        self._inner = aiohttp.ThreadedResolver()  # getaddrinfo; nothing to close
         self._policy = policy
         self._vouched = vouched
 
@@ -143,7 +143,7 @@ class _PolicyResolver(AbstractResolver):
         if self._policy.allows_host_name(host):
             self._vouched.update(addresses)
         else:
-            self._policy._check(host, addresses)
+            self._policy.check_addresses(host, addresses)
         return results
 
     async def close(self) -> None:

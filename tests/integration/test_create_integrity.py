@@ -63,7 +63,8 @@ async def test_huge_ordinal_is_400_and_creates_nothing(
         request = vector_table_pb2.CreateVectorTableRequest(
             **seed_body(conn_id, emb_id, name=name, columns=[])
         )
-        request.columns.add(name="name", role=values_pb2.ColumnRole.embedding, ordinal=-5)
+        request.columns.add(name="name", role=values_pb2.ColumnRole.embedding, ordinal=2147483647)
+        request.columns.add(name="description", role=values_pb2.ColumnRole.embedding)
         gcode, reason, violations, _ = await grpc_error(c.vector_tables.CreateVectorTable(request))
     assert (gcode, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "validation_error")
     assert violations[0][0] == "columns[0].ordinal"

@@ -5,6 +5,7 @@ loopback (127.0.0.1 and 127.0.0.2, both on `lo`), no network."""
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +18,7 @@ from embedd_server.network_policy import (
     denied,
     http_connector,
 )
+from embedd_server.sources.pg_check import ssl_argument
 
 PUBLIC_ONLY = NetworkPolicy.from_settings("public_only", "")
 
@@ -128,3 +130,15 @@ async def test_http_ip_literals_names_and_redirects(servers: tuple[str, str]) ->
     assert (
         await _get(NetworkPolicy.from_settings("public_only", "localhost"), f"http://{a_by_name}/ok") == "a"
     )
+
+
+def test_tls_verifies_the_host_name_when_connecting_to_its_address() -> None:
+    """Connections go to the resolved (checked) address; verify-full must still check the
+    certificate against the connection's host name, not against that address."""
+    context = ssl_argument("verify-full", server_name="db.example.com")
+    assert isinstance(context, ssl.SSLContext) and context.check_hostname
+    tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="203.0.113.7")
+    assert tls.server_hostname == "db.example.com"
+    plain = ssl_argument("verify-full")
+    assert isinstance(plain, ssl.SSLContext)
+    assert plain.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="h").server_hostname == "h"
