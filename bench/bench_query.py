@@ -55,6 +55,7 @@ from embedd_server.devtools.serverproc import ServerProcess, create_org, new_sec
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.filters import parse_filters
 from embedd_server.engine.query import EXACT_THRESHOLD
+from embedd_server.network_policy import PERMISSIVE
 from embedd_server.providers.local import lexical_vector
 from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
 from embedd_server.sinks.pgvector_filters import CompiledFilter, to_sql
@@ -179,7 +180,7 @@ class Exact:
 
 
 async def load_exact(creds: PgCredentials, ref: str) -> Exact:
-    conn = await connect(creds, vector=True)
+    conn = await connect(creds, policy=PERMISSIVE, vector=True)
     try:
         rows = await conn.fetch(
             f"SELECT pk_value, embedding AS e, (metadata->>'price')::float8 AS price FROM {ref}"
@@ -362,7 +363,7 @@ async def measure(
     statements: list[SearchStatement] = [search.hnsw(v, compiled(None), LIMIT, False) for v in vectors]
 
     async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
-        return await connect(creds)
+        return await connect(creds, policy=PERMISSIVE)
 
     async def no_reset(conn: asyncpg.Connection[Any]) -> None:
         return None

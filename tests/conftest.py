@@ -17,7 +17,7 @@ from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
 from embedd_server.logs import configure_logging
 
-from tests.harness import ROOT, UNTHROTTLED, Org, random_secret_key
+from tests.harness import ROOT, UNTHROTTLED, Org, random_secret_key, unexpected_tracebacks
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +57,9 @@ async def service(control_dsn: str, log_path: Path) -> AsyncIterator[app.Service
     yield svc
     await svc.stop(1.0)
     log_file.close()
+    # No request of the session - hostile ones included - made the server fail on its side.
+    leftovers = unexpected_tracebacks(log_path.read_text())  # noqa: ASYNC240 - once, at the end
+    assert not leftovers, "tracebacks in the server log:\n" + "\n".join(leftovers[:20])
 
 
 @pytest.fixture(scope="session")

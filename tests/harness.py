@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import secrets
 from collections.abc import Sequence
@@ -73,6 +74,31 @@ def rest_error(response: httpx.Response) -> tuple[int, str, dict[str, Any]]:
     body = response.json()
     assert set(body) == {"error"}, body
     return response.status_code, body["error"]["code"], body["error"]
+
+
+# A test that makes the server fail on purpose puts this in the exception's text; the session's
+# log check (tests/conftest.py) accepts those tracebacks, and no other.
+INJECTED = "failure injected by a test"
+
+
+def unexpected_tracebacks(log_text: str) -> list[str]:
+    """Tracebacks in a server log that no test asked for: each is a request (or a task) that
+    made the server fail on its own side - hostile input must never get that far."""
+    found = []
+    for line in log_text.splitlines():
+        if not line.startswith("{"):
+            if "Traceback (most recent call last)" in line:  # a stdlib logger's traceback
+                found.append(line)
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        text = record.get("exception") if isinstance(record, dict) else None
+        if text and INJECTED not in text:
+            last = text.strip().splitlines()[-1]
+            found.append(f"{record.get('event')} [{record.get('method') or record.get('task_id')}]: {last}")
+    return found
 
 
 def random_secret_key() -> str:

@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
+from embedd_server.cursors import CursorSealer
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.engine.context import EngineDeps, EngineSettings
 from embedd_server.engine.query import QueryEmbeddingCache, QueryEngine, UserPools
@@ -40,6 +41,7 @@ from embedd_server.engine.scheduler import SyncScheduler
 from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
+from embedd_server.network_policy import NetworkPolicy, http_connector
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.ratelimit import RateLimiter
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
@@ -83,15 +85,35 @@ def secret_box(settings: Settings) -> SecretBox:
     )
 
 
+def network_policy(settings: Settings) -> NetworkPolicy:
+    return NetworkPolicy.from_settings(settings.network_policy, settings.network_allow)
+
+
 def default_checker(settings: Settings) -> Checker:
+    policy = network_policy(settings)
+
     async def check(creds: PgCredentials, platform_mode: bool) -> ConnectionTestResult:
-        return await check_postgres(creds, platform_mode=platform_mode, timeout_s=settings.connect_timeout_s)
+        return await check_postgres(
+            creds, platform_mode=platform_mode, timeout_s=settings.connect_timeout_s, policy=policy
+        )
 
     return check
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC server's limits on a request (config.py says how they relate to Envoy's). The
+    soft metadata limit equals the hard one: between the two grpc refuses at random."""
+    return [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+        ("grpc.max_metadata_size", settings.grpc_max_metadata_bytes),
+        ("grpc.absolute_max_metadata_size", settings.grpc_max_metadata_bytes),
+    ]
+
+
 def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(
+        network=network_policy(settings),
         chunk_rows=settings.engine_chunk_rows,
         inflight_chunks=settings.engine_inflight_chunks,
         max_tasks=settings.engine_max_tasks,
@@ -150,12 +172,13 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         max_size=settings.db_pool_max,
     )
     box = secret_box(settings)
+    policy = network_policy(settings)
     orgs = OrgStore(pool)
     # No global connection cap: each provider's limiter bounds its own requests in flight, and
     # a shared cap would let one hung provider starve the others.
     http = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+        connector=http_connector(policy, limit=0, ttl_dns_cache=300),
     )
     embedders = EmbedderRegistry(http, box)
     authenticator = Authenticator(orgs)
@@ -172,8 +195,10 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         else None
     )
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(authenticator, limiter)],
-        options=[("grpc.so_reuseport", 0)],
+        interceptors=[
+            ServiceInterceptor(authenticator, CursorSealer(box.derive_key("list cursors")), limiter)
+        ],
+        options=server_options(settings),
     )
     connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
     connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
@@ -206,7 +231,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
             connections=connections,
             providers=providers,
             tasks=tasks,
-            tables=TableManager(settings.connect_timeout_s),
+            tables=TableManager(settings.connect_timeout_s, policy),
             secrets=box,
             wake=worker.wake if worker is not None else None,
         ),
@@ -218,7 +243,7 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         providers=providers,
         embedders=embedders,
         secrets=box,
-        pools=UserPools(connect_timeout_s=settings.connect_timeout_s),
+        pools=UserPools(policy=policy, connect_timeout_s=settings.connect_timeout_s),
         cache=QueryEmbeddingCache(),
     )
     query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)

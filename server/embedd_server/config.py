@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     # Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
     shutdown_grace_s: float = 10.0
+    # The gRPC server's own limits on one request. Envoy's are smaller (envoy/envoy.yaml:
+    # 1 MiB of JSON body, 16 KiB of request headers), so a REST request over them gets
+    # Envoy's 413/431 first; these bound gRPC clients and what a maximal REST request becomes
+    # after transcoding (up to ~5.5x the JSON size, and the path twice). docs/limits.md.
+    grpc_max_message_bytes: int = 8 * 1024 * 1024
+    grpc_max_metadata_bytes: int = 64 * 1024
 
     # AES-256-GCM key for secrets at rest, base64 (32 bytes). Without it, `secret_key_file`
     # is read (the dev stack generates one under .embedd/).
@@ -39,6 +45,15 @@ class Settings(BaseSettings):
 
     # Connection tests and user-database calls.
     connect_timeout_s: float = 10.0
+    # Where users' connections (their PostgreSQL) and embedding providers (`base_url`) may
+    # point, checked on every resolved address and every redirect (network_policy.py).
+    # `permissive` allows everything (self-hosted, and the dev stack's loopback databases);
+    # `public_only` refuses private, loopback, link-local and other non-public addresses
+    # (the cloud metadata service, the control plane, internal services) except those in
+    # `network_allow`: comma-separated CIDRs, IP addresses and host names. A hosted,
+    # multi-tenant deployment should run `public_only`.
+    network_policy: Literal["permissive", "public_only"] = "permissive"
+    network_allow: str = ""
     # Total time of one HTTP request to an embedding provider.
     provider_timeout_s: float = 60.0
 

@@ -29,3 +29,15 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
     logging.basicConfig(
         level=level.upper(), stream=out, format="%(levelname)s %(name)s %(message)s", force=True
     )
+    logging.getLogger("grpc._cython.cygrpc").addFilter(_client_bytes_are_no_fault)
+
+
+def _client_bytes_are_no_fault(record: logging.LogRecord) -> bool:
+    """grpc logs an ERROR with a traceback for every metadata value that is not UTF-8 (a
+    client's `X-Environment-Id: \xff`), then decodes it as latin-1 and serves the call, which
+    answers it properly (a 404 here). The client's bytes are no fault of the server: one
+    warning line, without the traceback."""
+    if record.getMessage().startswith("Invalid encoding on"):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+    return True

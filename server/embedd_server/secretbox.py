@@ -13,7 +13,9 @@ import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from embedd_server.domain.credentials import PgCredentials, decode_credentials, encode_credentials
 from embedd_server.domain.models import Connection
@@ -33,6 +35,13 @@ class SecretBox:
         if len(key) != 32:
             raise ValueError("the secret key must be 32 bytes (AES-256)")
         self._aead = AESGCM(key)
+        self._key = key
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for another use (e.g. signing cursors), derived with HKDF-SHA256 so
+        that the encryption key itself is never used for anything else."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"embedd:{purpose}".encode())
+        return hkdf.derive(self._key)
 
     def encrypt(self, plaintext: str, *, bound_to: str) -> bytes:
         nonce = os.urandom(_NONCE)

@@ -25,6 +25,8 @@ import pytest
 import pytest_asyncio
 from embedd.v1 import connection_pb2, connection_pb2_grpc, task_pb2, task_pb2_grpc, values_pb2
 from embedd_server import errors
+from embedd_server.app import server_options
+from embedd_server.config import Settings
 from embedd_server.devtools.envoy import (
     ENVOY_YAML,
     REPO_ROOT,
@@ -221,7 +223,8 @@ def mark_lua_runs(http_filters: list[dict[str, object]]) -> None:
 @pytest_asyncio.fixture(scope="module")
 async def stack(descriptor: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     seen = Seen()
-    server = grpc.aio.server()
+    # The real server's transport limits, so that Envoy's are tested against them.
+    server = grpc.aio.server(options=server_options(Settings(database_url="postgresql://unused")))
     connection_pb2_grpc.add_ConnectionServiceServicer_to_server(ConnectionStub(seen), server)
     task_pb2_grpc.add_TaskServiceServicer_to_server(TaskStub(seen), server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
@@ -368,13 +371,59 @@ async def test_error_in_real_trailers_is_reshaped_too(client: httpx.AsyncClient)
     assert int(resp.headers["content-length"]) == len(resp.content)
 
 
-async def test_bodies_over_one_mib_pass(client: httpx.AsyncClient) -> None:
-    name = "n" * (3 * 1024 * 1024)
+async def test_bodies_up_to_one_mib_pass_larger_ones_are_413(client: httpx.AsyncClient) -> None:
+    """Envoy's body limit (1 MiB, docs/limits.md) is the one a REST client meets: a raw gRPC
+    RESOURCE_EXHAUSTED from the server's own limit must never show through."""
+    name = "n" * (1024 * 1024 - 200)
     resp = await client.post(
         "/v1/providers/postgresql/connections", json={**CREATE_BODY, "name": name}, headers=AUTH
     )
     assert resp.status_code == 200, resp.text[:300]
     assert resp.json()["name"] == name
+    for size in (1024 * 1024 + 1, 3 * 1024 * 1024):
+        body = {**CREATE_BODY, "name": "n" * size}
+        resp = await client.post("/v1/providers/postgresql/connections", json=body, headers=AUTH)
+        error = assert_error(resp, 413, "payload_too_large")
+        assert "1 MiB" in str(error["message"])
+
+
+@pytest.mark.parametrize("where", ["authorization", "x-environment-id", "path"])
+async def test_headers_over_16_kib_are_431_with_a_request_id(client: httpx.AsyncClient, where: str) -> None:
+    """Request headers (the path included) over Envoy's 16 KiB: an Embedd 431 whose request_id
+    is the x-request-id header (Envoy refuses them before it has made a request id)."""
+    for size, expected in ((15 * 1024, 200), (17 * 1024, 431)):
+        headers = dict(AUTH)
+        path = "/v1/connections/conn_x"
+        if where == "path":
+            path += "a" * size
+        else:
+            headers[where] = ("Bearer sk_" if where == "authorization" else "") + "a" * size
+        resp = await client.get(path, headers=headers)
+        if expected == 200:
+            assert resp.status_code == 200, resp.text[:300]
+            continue
+        error = assert_error(resp, 431, "request_headers_too_large")
+        assert "16 KiB" in str(error["message"])
+        assert str(error["request_id"]).startswith("envoy-")
+
+
+async def test_codec_refusals_have_a_request_id(client: httpx.AsyncClient) -> None:
+    """A header value with a control character is refused by Envoy's HTTP codec, before any
+    request id exists: the 400 still carries one, in the body and the header."""
+    resp = await client.get(
+        "/v1/connections", headers=[(b"authorization", b"Bearer sk_x"), (b"x-environment-id", b"a\x7f")]
+    )
+    error = assert_error(resp, 400, "validation_error")
+    assert str(error["request_id"]).startswith("envoy-")
+
+
+async def test_unknown_body_fields_are_dropped(client: httpx.AsyncClient, stack: Stack) -> None:
+    """Envoy's transcoder ignores JSON fields the request message does not have, and has no
+    option to refuse them: the README's API conventions say so (this test keeps it true)."""
+    body = {**CREATE_BODY, "nmae": "typo", "credentials": {**CREATE_BODY["credentials"], "prot": 1}}
+    resp = await client.post("/v1/providers/postgresql/connections", json=body, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["name"] == "prod-db"
 
 
 async def test_validation_error_keeps_details(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,9 @@ an empty input, a wrong key, an unknown model or unsupported dimensions. On top:
 - scripted faults for the next requests: an HTTP status (5xx...), a hang, a malformed body, a
   429; and a poison marker: a request containing an input with it is rejected with a 400
   (the whole request, as the real APIs do);
-- counters: requests, tokens accepted, 429s, inputs, batch sizes, input types, dimensions.
+- counters: requests, tokens accepted, 429s, inputs, batch sizes, input types, dimensions;
+- `leak_key`: error texts quote the key the request presented, as real providers and proxies
+  do (OpenAI's 401 quotes it, partly masked), to prove the service scrubs what it relays.
 
 Vectors are deterministic: the local lexical model (shared words -> higher cosine) of the text,
 prefixed with "query " for query input types, so a test can tell which input type was sent
@@ -108,8 +110,11 @@ class FakeProvider:
         hang_s: float = 30.0,
         flaky_share: float = 0.0,
         seed: int = 7,
+        leak_key: bool = False,
     ) -> None:
         self.api_key = api_key
+        self.leak_key = leak_key
+        self.presented = ""  # the key of the request being answered
         # A share of requests answered 429 (Retry-After 0.2 s) or 500, at random (seeded).
         self.flaky_share = flaky_share
         self._rng = random.Random(seed)
@@ -188,6 +193,7 @@ class FakeProvider:
         c = self.counters
         c.requests += 1
         c.request_times.append(time.monotonic())
+        self.presented = key or ""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         if self.faults:
@@ -229,6 +235,9 @@ class FakeProvider:
 
     def bad_key(self) -> web.Response:
         return self.error(401, "Incorrect API key provided.")
+
+    def leaked(self, message: str) -> str:
+        return f"{message} (rejected for key {self.presented})" if self.leak_key else message
 
     def accept(self, texts: list[str], input_type: str | None, dims: int) -> int:
         c = self.counters
@@ -286,9 +295,10 @@ class FakeOpenAI(FakeProvider):
         return response
 
     def bad_key(self) -> web.Response:
+        shown = self.presented if self.leak_key else "sk-***"
         return self.error(
             401,
-            "Incorrect API key provided: sk-***. You can find your API key in your account.",
+            f"Incorrect API key provided: {shown}. You can find your API key in your account.",
             code="invalid_api_key",
         )
 
@@ -388,9 +398,8 @@ class FakeOpenAI(FakeProvider):
                 )
             )
         if self.poison and any(self.poison in t for t in texts):
-            return self.count(
-                self.error(400, "'$.input' is invalid. Please check the API reference.", param="input")
-            )
+            message = self.leaked("'$.input' is invalid. Please check the API reference.")
+            return self.count(self.error(400, message, param="input"))
         size = dims or info.dimensions
         tokens = self.accept(texts, None, size)
         vectors = self.vectors(texts, None, size)

@@ -16,7 +16,7 @@ from embedd_server.store.db import migrate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.harness import UNTHROTTLED, Org, grpc_error, random_secret_key, rest_error
+from tests.harness import INJECTED, UNTHROTTLED, Org, grpc_error, random_secret_key, rest_error
 
 
 async def test_health_needs_no_key(service: app.Service) -> None:
@@ -102,7 +102,7 @@ async def test_internal_errors_never_show_python_text(org: Org, service: app.Ser
     original = service.orgs.list_environments
 
     async def boom(*args: object, **kwargs: object) -> object:
-        raise RuntimeError("secret internals: password=hunter2 at /srv/x.py line 3")
+        raise RuntimeError(f"secret internals: password=hunter2 at /srv/x.py line 3 ({INJECTED})")
 
     service.orgs.list_environments = boom  # type: ignore[method-assign]
     try:

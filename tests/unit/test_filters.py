@@ -164,7 +164,12 @@ ERRORS: list[tuple[Any, str, str]] = [
     ({"price": {"gt": True}}, "filters.price.gt", "must be a number"),
     ({"price": {"gt": float("nan")}}, "filters.price.gt", "finite"),
     ({"qty": {"eq": 1.5}}, "filters.qty.eq", "must be an integer"),
-    ({"qty": 1e30}, "filters.qty", "between -2^63"),
+    ({"qty": 1e30}, "filters.qty", "2^53-1"),
+    ({"qty": {"gt": 9007199254740994}}, "filters.qty.gt", "lose precision"),
+    ({"qty": {"in": [1, -(2**53)]}}, "filters.qty.in[1]", "2^53-1"),
+    ({"updated_at": {"gt": "0001-01-01T00:00:00+14:00"}}, "filters.updated_at.gt", "in UTC"),
+    ({"updated_at": {"lt": "9999-12-31T23:59:59-14:00"}}, "filters.updated_at.lt", "in UTC"),
+    ({"updated_at": {"in": ["9999-12-31T23:00:00-01:00"]}}, "filters.updated_at.in[0]", "in UTC"),
     ({"category": 5}, "filters.category", "must be a string"),
     ({"in_stock": "true"}, "filters.in_stock", "must be true or false"),
     ({"updated_at": {"gt": "yesterday"}}, "filters.updated_at.gt", "RFC 3339"),
@@ -214,6 +219,21 @@ def test_every_problem_is_reported_at_once() -> None:
         "filters.in_stock.lt",
         "filters.price",
     ]
+
+
+def test_edge_values_that_fit_are_bound_in_utc() -> None:
+    """The largest safe integers and the extreme timestamps that stay in range after the UTC
+    conversion compile; datetimes are bound as UTC (what PostgreSQL's timestamptz stores)."""
+    _, params = compile_({"qty": {"gte": -(2**53 - 1), "lte": 2**53 - 1}})
+    assert params == [-(2**53 - 1), 2**53 - 1]
+    _, params = compile_(
+        {"updated_at": {"gt": "0001-01-01T00:00:00-14:00", "lt": "9999-12-31T23:59:59+14:00"}}
+    )
+    assert params == [
+        dt.datetime(1, 1, 1, 14, 0, tzinfo=dt.UTC),
+        dt.datetime(9999, 12, 31, 9, 59, 59, tzinfo=dt.UTC),
+    ]
+    assert all(p.utcoffset() == dt.timedelta(0) for p in params)  # type: ignore[attr-defined]
 
 
 def test_nesting_and_size_are_bounded() -> None:

@@ -5,8 +5,11 @@ from embedd_server.domain import catalog
 from embedd_server.domain.errors import ApiError, Kind
 from embedd_server.domain.validation import (
     Violations,
+    check_base_url,
     check_env_name,
+    check_host,
     check_id,
+    check_identifier,
     check_name,
     check_ssl_mode,
     encode_cursor,
@@ -104,3 +107,58 @@ def test_dimensions() -> None:
     assert catalog.check_dimensions(info, 512, "d") == 512
     with pytest.raises(ApiError, match="1536"):
         catalog.check_dimensions(info, 100, "d")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("products", True),
+        ("x" * 63, True),
+        ("é" * 31, True),
+        ("é" * 32, False),
+        ("x" * 64, False),
+        ("", False),
+    ],
+)
+def test_identifiers_are_at_most_63_bytes(value: str, ok: bool) -> None:
+    v = Violations()
+    check_identifier(v, value, "source_table")
+    assert not v if ok else v
+
+
+@pytest.mark.parametrize(
+    ("host", "ok"),
+    [
+        ("db.example.com", True),
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("db_1.internal.", True),
+        ("h1,h2", False),  # asyncpg would read a list of hosts
+        ("/var/run/postgresql", False),  # a socket directory
+        ("db.example.com:5432", False),
+        ("a" * 254, False),
+        ("-x", False),
+    ],
+)
+def test_hosts(host: str, ok: bool) -> None:
+    v = Violations()
+    check_host(v, host, "credentials.host")
+    assert not v if ok else v
+
+
+def test_base_url_rules() -> None:
+    for good in ("https://api.openai.com/v1", "http://vllm.internal:8000/v1"):
+        v = Violations()
+        check_base_url(v, good, "base_url")
+        assert not v
+    for bad in ("ftp://x", "https://user:pw@host/v1", "http://host:99999999/", "https://" + "a" * 3000):
+        v = Violations()
+        check_base_url(v, bad, "base_url")
+        assert v, bad
+
+
+def test_ids_are_strict() -> None:
+    for bad in ("conn_", "conn_ABC", "conn_a b", "conn_" + "a" * 61):
+        with pytest.raises(ApiError, match="connection_id"):
+            check_id(bad, "conn_", "connection_id")

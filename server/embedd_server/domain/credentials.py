@@ -42,6 +42,7 @@ class TestFailure(enum.Enum):
     VECTOR_EXTENSION_MISSING = "vector_extension_missing"
     CREATE_PRIVILEGE_MISSING = "create_privilege_missing"
     SCHEMA_NOT_FOUND = "schema_not_found"
+    NETWORK_POLICY_DENIED = "network_policy_denied"
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,7 +55,9 @@ OPERATORS: dict[str, tuple[str, ...]] = {
 }
 COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte")
 _ALIASES = {"neq": "ne"}
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# Filter values arrive as JSON numbers, i.e. doubles: past 2^53 an integer is silently rounded
+# to a neighbour (9007199254740993 reads as ...992), so larger ones are refused, not guessed.
+MAX_SAFE_INTEGER = 2**53 - 1
 _WHAT = {
     "keyword": "a string",
     "integer": "an integer",
@@ -268,15 +270,24 @@ class _Parser:
                     return number
                 if isinstance(value, int) or number.is_integer():
                     integer = int(value)
-                    if _INT_MIN <= integer <= _INT_MAX:
+                    if -MAX_SAFE_INTEGER <= integer <= MAX_SAFE_INTEGER:
                         return integer
-                    self.v.add(path, "must be an integer between -2^63 and 2^63-1")
+                    self.v.add(
+                        path,
+                        f"must be an integer between -{MAX_SAFE_INTEGER} and {MAX_SAFE_INTEGER} (2^53-1): "
+                        "larger JSON numbers lose precision",
+                    )
                     return None
                 bad = f"must be an integer (got {value!r}): the column's filter type is integer"
         elif ftype == "datetime" and isinstance(value, str):
             parsed = parse_datetime(value)
             if parsed is not None:
-                return parsed
+                try:
+                    # Typed as UTC: an offset can push year 1 or 9999 out of range
+                    # (0001-01-01T00:00:00+14:00), which no store could compare.
+                    return parsed.astimezone(dt.UTC)
+                except OverflowError:
+                    bad = "must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z in UTC"
         self.v.add(path, bad)
         return None
 

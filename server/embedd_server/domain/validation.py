@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -16,6 +17,13 @@ from embedd_server.domain.errors import FieldViolation, invalid_field, validatio
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 _ENV_NAME = re.compile(r"^[a-z0-9_-]{1,50}$")
+# PostgreSQL truncates identifiers (table, column, schema, role, database names) to 63 bytes:
+# a longer one can never name what the user meant.
+MAX_IDENTIFIER_BYTES = 63
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_ID = re.compile(r"^[a-z]+_[a-z0-9]{1,60}$")
+MAX_URL_CHARS = 2048
 
 
 class Violations:
@@ -47,12 +55,41 @@ def check_env_name(v: Violations, value: str) -> None:
         v.add("name", "must be 1-50 characters of lowercase letters, digits, '-' and '_'")
 
 
+def check_identifier(v: Violations, value: str, field: str) -> None:
+    """A PostgreSQL identifier as the user spells it (no quotes): present, at most 63 bytes."""
+    if not value:
+        v.add(field, "is required")
+    elif len(value.encode()) > MAX_IDENTIFIER_BYTES:
+        v.add(
+            field,
+            f"is {len(value.encode())} bytes long; PostgreSQL names are at most {MAX_IDENTIFIER_BYTES} bytes",
+        )
+
+
+def check_host(v: Violations, value: str, field: str) -> None:
+    """A host name or an IP address (no port, no socket path, no list of hosts)."""
+    if not value:
+        return  # "is required" is the caller's
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.match(value):
+            v.add(field, "must be a host name (db.example.com) or an IP address, without a port")
+
+
+def add_id_violation(v: Violations, value: str, prefix: str, field: str) -> None:
+    """Records why `value` is not an id with `prefix` (`conn_...`), if it is not."""
+    if not value:
+        v.add(field, "is required")
+    elif not value.startswith(prefix) or not _ID.match(value):
+        v.add(field, f"must be an id starting with {prefix!r}")
+
+
 def check_id(value: str, prefix: str, field: str) -> str:
     """A resource id with the right prefix; a 400 for an empty or malformed one."""
-    if not value:
-        raise invalid_field(field, "is required")
-    if not value.startswith(prefix) or len(value) > 64:
-        raise invalid_field(field, f"must be an id starting with {prefix!r}")
+    v = Violations()
+    add_id_violation(v, value, prefix, field)
+    v.raise_if_any()
     return value
 
 
@@ -74,9 +111,18 @@ def check_ssl_mode(v: Violations, value: str, field: str) -> str:
 
 
 def check_base_url(v: Violations, value: str, field: str) -> None:
-    parsed = urlparse(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+    if len(value) > MAX_URL_CHARS:
+        v.add(field, f"must be at most {MAX_URL_CHARS} characters")
+        return
+    try:
+        parsed = urlparse(value)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parsed = urlparse("")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
         v.add(field, "must be an absolute http:// or https:// URL")
+    elif parsed.username or parsed.password:
+        v.add(field, "must not carry credentials (user:password@): put the key in api_key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +139,25 @@ def page_request(limit: int, cursor: str) -> PageRequest:
         raise invalid_field("limit", f"must be between 1 and {MAX_PAGE}")
     if not cursor:
         return PageRequest(limit, None)
+    after = _decode_cursor(cursor)
+    if after is None:
+        raise invalid_field("cursor", "is not a cursor this API returned; omit it to start over")
+    return PageRequest(limit, after)
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, str] | None:
+    """Strictly what `encode_cursor` writes: [an aware timestamp in range, an id]."""
     try:
         created, ident = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return PageRequest(limit, (dt.datetime.fromisoformat(created), str(ident)))
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        raise invalid_field("cursor", "is not a cursor this API returned; omit it to start over") from exc
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            return None
+        when = when.astimezone(dt.UTC)  # OverflowError past year 1 or 9999
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        return None
+    if not isinstance(ident, str) or not _ID.match(ident):
+        return None
+    return when, ident
 
 
 def encode_cursor(created_at: dt.datetime, ident: str) -> str:

@@ -13,6 +13,7 @@ import asyncpg
 
 from embedd_server.domain.models import VectorTable
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.network_policy import PERMISSIVE, NetworkPolicy
 from embedd_server.providers.base import Embedder
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
@@ -38,6 +39,8 @@ class EngineSettings:
     max_sync_backoff_s: float = 600.0
     # cdc mode: a full comparison (deletes, late commits) every this many seconds.
     cdc_sweep_s: float = 600.0
+    # Where the users' databases may be (the server's network policy).
+    network: NetworkPolicy = PERMISSIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +73,10 @@ class EngineDeps:
         creds = open_credentials(self.secrets, connection)
         embedder = self.embedders.get(provider, spec.embedding_model, spec.embedding_dimensions)
         timeout = self.settings.connect_timeout_s
-        reader = await connect(creds, timeout_s=timeout)
+        policy = self.settings.network
+        reader = await connect(creds, policy=policy, timeout_s=timeout)
         try:
-            writer = await connect(creds, timeout_s=timeout)
+            writer = await connect(creds, policy=policy, timeout_s=timeout)
         except BaseException:
             await reader.close()
             raise

@@ -7,6 +7,7 @@ the task, and survives that replica's crash and the takeover.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from embedd_server.domain.models import Task
 
 _RATE_WINDOW_S = 10.0
+GONE = "the task was deleted with its vector table"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +34,20 @@ async def watch(
     keepalive_s: float = 5.0,
 ) -> AsyncIterator[ProgressEvent]:
     """Yields on every change of the task (and at least every `keepalive_s`), and a last
-    event with `done` once it completed or failed. Ends quietly if the task disappears."""
+    event with `done` once it completed or failed. A task that disappears (its vector table
+    was deleted, and its tasks with it) ends the same way: a last `done` event, the task as
+    last seen marked failed with `GONE` as its error."""
     samples: deque[tuple[float, int]] = deque()
     last_key: tuple[object, ...] | None = None
     last_sent = 0.0
+    seen: Task | None = None
     while True:
         task = await load()
         if task is None:
+            if seen is not None:
+                yield ProgressEvent(_gone(seen), 0.0, 0.0, True)
             return
+        seen = task
         now = time.monotonic()
         samples.append((now, task.rows_processed))
         while len(samples) > 2 and now - samples[0][0] > _RATE_WINDOW_S:
@@ -54,6 +62,10 @@ async def watch(
             if task.done:
                 return
         await asyncio.sleep(interval_s)
+
+
+def _gone(task: Task) -> Task:
+    return dataclasses.replace(task, status="failed", last_error=GONE)
 
 
 def _rate(samples: deque[tuple[float, int]]) -> float:

@@ -30,6 +30,7 @@ from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.errors import ApiError, Kind
 from embedd_server.domain.filters import parse_filters
 from embedd_server.domain.models import EmbeddingProvider, VectorTable
+from embedd_server.network_policy import NetworkPolicy
 from embedd_server.providers.base import InputType, ProviderError
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
@@ -139,7 +140,15 @@ class UserPools:
     (no statement cache: re-backfill renames tables under live queries) with the vector codec
     and the hnsw session settings."""
 
-    def __init__(self, *, max_size: int = 4, max_pools: int = 32, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        policy: NetworkPolicy,
+        max_size: int = 4,
+        max_pools: int = 32,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._policy = policy
         self._max_size = max_size
         self._max_pools = max_pools
         self._timeout = connect_timeout_s
@@ -161,10 +170,10 @@ class UserPools:
             return pool
 
     async def _create(self, creds: PgCredentials) -> asyncpg.Pool[Any]:
-        timeout = self._timeout
+        timeout, policy = self._timeout, self._policy
 
         async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
-            return await connect(creds, timeout_s=timeout)
+            return await connect(creds, policy=policy, timeout_s=timeout)
 
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
             connect=make,

@@ -17,6 +17,7 @@ from embedd_server.domain.vector_tables import (
     allowed_filter_types,
     default_filter_type,
 )
+from embedd_server.network_policy import REASON, NetworkPolicy, NetworkPolicyDenied
 from embedd_server.sinks.pgvector import PgVectorTable
 from embedd_server.sources.postgres import SourceTable, connect, inspect_table
 from embedd_server.sources.sql import qualified, quote_ident
@@ -29,10 +30,14 @@ def _not_ready(message: str) -> ApiError:
 
 
 @asynccontextmanager
-async def user_database(creds: PgCredentials, timeout_s: float) -> AsyncIterator[asyncpg.Connection[Any]]:
+async def user_database(
+    creds: PgCredentials, timeout_s: float, policy: NetworkPolicy
+) -> AsyncIterator[asyncpg.Connection[Any]]:
     """A connection to the user's database, or `connection_not_ready` saying to test it."""
     try:
-        conn = await connect(creds, timeout_s=timeout_s)
+        conn = await connect(creds, policy=policy, timeout_s=timeout_s)
+    except NetworkPolicyDenied as exc:
+        raise ApiError(Kind.PERMISSION_DENIED, REASON, str(exc)) from exc
     except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
         raise _not_ready(
             f"Cannot connect to the source database ({exc.__class__.__name__}). Run "
@@ -49,18 +54,26 @@ def _source_denied(message: str) -> ApiError:
 
 
 def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user: str) -> VectorTableSpec:
-    """The spec completed from the catalog (pk type, default filter types), or an error."""
+    """The spec completed from the catalog (pk type, default filter types), or an error.
+
+    Every row must be able to reach the vectors: the key is unique and NOT NULL (a row with a
+    NULL key could never be read in key order, nor stored), and the user may read every column
+    the mapping needs - through SELECT on the table or column-level grants - in a schema it may
+    use."""
     where = f"{spec.source_schema}.{spec.source_table}"
-    grant = (
-        f"GRANT SELECT ON TABLE {qualified(spec.source_schema, spec.source_table)} TO {quote_ident(user)};"
-    )
+    table_sql = qualified(spec.source_schema, spec.source_table)
+    grant = f"GRANT SELECT ON TABLE {table_sql} TO {quote_ident(user)};"
+    usage = f"GRANT USAGE ON SCHEMA {quote_ident(spec.source_schema)} TO {quote_ident(user)};"
     if table is None:
         raise _source_denied(
             f"Table {where} does not exist or is not visible to user {user!r}. Check source_table, "
-            f"and that the user may use the schema; then: {grant}"
+            f"and that the user may use the schema; then: {usage} {grant}"
         )
-    if not table.readable:
-        raise _source_denied(f"User {user!r} may not read {where}. Run: {grant}")
+    if not table.schema_usage:
+        raise _source_denied(
+            f"User {user!r} may not use schema {spec.source_schema!r}, so it cannot read {where}. "
+            f"Run: {usage}"
+        )
     v: list[FieldViolation] = []
     pk = table.columns.get(spec.primary_key_column)
     if pk is None:
@@ -73,16 +86,26 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
                 "unique index of its own",
             )
         )
+    elif not pk.not_null:
+        v.append(
+            FieldViolation(
+                "primary_key_column",
+                f"{spec.primary_key_column!r} allows NULL, and a row whose key is NULL cannot be "
+                "synced. Use the primary key, or make the column NOT NULL: ALTER TABLE "
+                f"{table_sql} ALTER COLUMN {quote_ident(spec.primary_key_column)} SET NOT NULL;",
+            )
+        )
     columns: list[ColumnSpec] = []
-    unreadable: list[str] = []
+    needed = [spec.primary_key_column, *(c.name for c in spec.columns)]
+    if spec.cursor_column is not None:
+        needed.append(spec.cursor_column)
+    unreadable = [n for n in dict.fromkeys(needed) if n in table.columns and not table.columns[n].readable]
     for i, col in enumerate(spec.columns):
         source = table.columns.get(col.name)
         if source is None:
             v.append(FieldViolation(f"columns[{i}].name", f"{where} has no column {col.name!r}"))
             columns.append(col)
             continue
-        if not source.readable:
-            unreadable.append(col.name)
         if col.role == "metadata":
             allowed = allowed_filter_types(source.sql_type, source.is_enum)
             chosen = col.filter_type or default_filter_type(source.sql_type, source.is_enum)
@@ -109,8 +132,12 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
     if v:
         raise validation_error(v)
     if unreadable:
-        cols = ", ".join(unreadable)
-        raise _source_denied(f"User {user!r} may not read column(s) {cols} of {where}. Run: {grant}")
+        cols = ", ".join(quote_ident(c) for c in unreadable)
+        raise _source_denied(
+            f"User {user!r} may not read column(s) {cols} of {where}. Run: {grant} "
+            f"(or grant just the mapped columns: GRANT SELECT ({cols}) ON TABLE {table_sql} TO "
+            f"{quote_ident(user)};)"
+        )
     assert pk is not None
     extra = dict(spec.extra)
     if spec.cursor_column is not None:
@@ -123,17 +150,19 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
 class TableManager:
     """Physical vector tables (platform mode)."""
 
-    def __init__(self, connect_timeout_s: float) -> None:
+    def __init__(self, connect_timeout_s: float, policy: NetworkPolicy) -> None:
         self._timeout = connect_timeout_s
+        self._policy = policy
 
     async def prepare(self, creds: PgCredentials, spec: VectorTableSpec, ref: str) -> VectorTableSpec:
         """Validates the mapping and creates `ref` with its HNSW index. Returns the completed spec."""
-        async with user_database(creds, self._timeout) as conn:
+        async with user_database(creds, self._timeout, self._policy) as conn:
             table = await inspect_table(conn, spec.source_schema, spec.source_table)
             completed = check_against_catalog(spec, table, creds.user)
             target = PgVectorTable(completed.target_schema, ref, completed.embedding_dimensions)
             try:
-                await target.create(conn, with_index=True)
+                async with conn.transaction():  # the table and its index, or nothing
+                    await target.create(conn, with_index=True)
             except asyncpg.InsufficientPrivilegeError as exc:
                 schema = quote_ident(completed.target_schema)
                 raise ApiError(
@@ -142,6 +171,14 @@ class TableManager:
                     f"User {creds.user!r} may not create the vector table in schema "
                     f"{completed.target_schema!r}. Run: "
                     f"GRANT CREATE ON SCHEMA {schema} TO {quote_ident(creds.user)};",
+                ) from exc
+            except asyncpg.InvalidSchemaNameError as exc:
+                schema = quote_ident(completed.target_schema)
+                raise _not_ready(
+                    f"Schema {completed.target_schema!r} (the connection's credentials.schema, where "
+                    "vector tables go) does not exist in this database. Create it (CREATE SCHEMA "
+                    f"{schema} AUTHORIZATION {quote_ident(creds.user)};) or use a connection whose "
+                    "schema exists; POST /v1/connections/{id}/test checks it."
                 ) from exc
             except asyncpg.UndefinedObjectError as exc:
                 raise _not_ready(
@@ -152,12 +189,12 @@ class TableManager:
 
     async def validate(self, creds: PgCredentials, spec: VectorTableSpec) -> VectorTableSpec:
         """The mapping checked against the live catalog (for an update), completed."""
-        async with user_database(creds, self._timeout) as conn:
+        async with user_database(creds, self._timeout, self._policy) as conn:
             table = await inspect_table(conn, spec.source_schema, spec.source_table)
             return check_against_catalog(spec, table, creds.user)
 
     async def drop(self, creds: PgCredentials, schema: str, ref: str) -> None:
         """Drops the live table and any leftovers of a re-backfill."""
-        async with user_database(creds, self._timeout) as conn:
+        async with user_database(creds, self._timeout, self._policy) as conn:
             for name in (ref, f"{ref}_swap", f"{ref}_old"):
                 await PgVectorTable(schema, name, 1).drop(conn)

@@ -22,6 +22,7 @@ from embedd_server.domain.models import Task, VectorTable
 from embedd_server.engine.backfill import BackfillJob, LeaseLost, Progress
 from embedd_server.engine.context import EngineDeps, PermanentError, cancel_and_wait
 from embedd_server.engine.rebackfill import RebackfillJob
+from embedd_server.network_policy import NetworkPolicyDenied
 from embedd_server.providers.base import ProviderError
 from embedd_server.store.db import Executor
 
@@ -88,10 +89,10 @@ class Worker:
         except asyncio.CancelledError:
             await self._release(task)
             raise
-        except PermanentError as exc:
+        except (PermanentError, NetworkPolicyDenied) as exc:
             await self._fail(task, str(exc), retry=False)
         except ProviderError as exc:
-            await self._fail(task, exc.message, retry=exc.code != "bad_key")
+            await self._fail(task, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))
         except Exception as exc:
             log.exception("task attempt failed")
             await self._fail(task, describe_error(exc), retry=True)
@@ -189,13 +190,23 @@ class Worker:
 
 
 async def _guard(work: Awaitable[T]) -> T:
-    """Database errors that retrying cannot fix become permanent failures."""
+    """Database errors that retrying cannot fix become permanent failures. A job's stages run
+    in an anyio task group, which wraps the failure of a stage in an ExceptionGroup: the
+    failure itself is what is classified (a ProviderError stays one, not "internal error")."""
     try:
-        return await work
+        try:
+            return await work
+        except ExceptionGroup as group:
+            raise _first_failure(group) from group
     except asyncpg.InsufficientPrivilegeError as exc:
         raise PermanentError(f"permission denied in the source database: {exc}") from exc
     except asyncpg.UndefinedTableError as exc:
         raise PermanentError(f"the source table is gone: {exc}") from exc
+
+
+def _first_failure(group: ExceptionGroup[Exception]) -> Exception:
+    first = group.exceptions[0]
+    return _first_failure(first) if isinstance(first, ExceptionGroup) else first
 
 
 def describe_error(exc: BaseException) -> str:
@@ -203,6 +214,8 @@ def describe_error(exc: BaseException) -> str:
     never a traceback."""
     if isinstance(exc, asyncpg.PostgresError):
         return f"database error {exc.sqlstate}: {exc}"
+    if isinstance(exc, NetworkPolicyDenied):
+        return str(exc)
     if isinstance(exc, OSError | TimeoutError):
         return f"could not reach the database: {exc.__class__.__name__}"
-    return f"internal error ({exc.__class__.__name__}); it is retried"
+    return f"internal error ({exc.__class__.__name__}); the server's log has the details"

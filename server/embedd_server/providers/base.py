@@ -44,7 +44,8 @@ class ProviderError(Exception):
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.code = code  # "bad_key" | "unreachable" | "provider_error" | "quota"
+        # "bad_key" | "unreachable" | "provider_error" | "quota" | "network_policy_denied"
+        self.code = code
         self.message = message
 
 

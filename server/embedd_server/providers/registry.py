@@ -50,7 +50,7 @@ def default_limits(provider: str, model: str) -> RateLimits:
 @dataclass(frozen=True, slots=True)
 class ProviderTestResult:
     latency_ms: int
-    failure: str | None = None  # "bad_key" | "unreachable" | "provider_error"
+    failure: str | None = None  # "bad_key" | "unreachable" | "provider_error" | "network_policy_denied"
     message: str | None = None
 
 
@@ -128,7 +128,8 @@ class EmbedderRegistry:
             )
             result = await embedder.embed(["embedd connection test"], InputType.QUERY)
         except ProviderError as err:
-            code = err.code if err.code in ("bad_key", "unreachable") else "provider_error"
+            known = ("bad_key", "unreachable", "network_policy_denied")
+            code = err.code if err.code in known else "provider_error"
             return ProviderTestResult(_ms(started), code, err.message)
         if result.failed:
             return ProviderTestResult(_ms(started), "provider_error", result.failed[0])

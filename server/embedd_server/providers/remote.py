@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 import aiohttp
 import numpy as np
 
+from embedd_server import network_policy
+from embedd_server.domain.redact import scrub
 from embedd_server.providers.base import EmbedResult, InputType, ProviderError, Vectors, normalise
 from embedd_server.providers.batching import estimate_tokens, plan_batches, truncate_to_tokens
 from embedd_server.providers.http import DEFAULT_POLICY, RetryPolicy, backoff_delay, parse_retry_after
@@ -153,6 +155,19 @@ class RemoteEmbedder:
         return n if self.max_input_tokens is None else min(n, self.max_input_tokens)
 
     async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
+        """See the module doc. Every provider message is scrubbed of the key (and of anything
+        that looks like a credential) here, where it enters the service."""
+        try:
+            result = await self._embed(texts, input_type)
+        except ProviderError as err:
+            raise ProviderError(err.code, self._scrub(err.message)) from None
+        result.failed = {i: self._scrub(m) for i, m in result.failed.items()}
+        return result
+
+    def _scrub(self, message: str) -> str:
+        return scrub(message, (self._api_key,))
+
+    async def _embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
         call = _Call(np.zeros((len(texts), self._dimensions), dtype=np.float32), input_type)
         indices: list[int] = []
         prepared: list[str] = []
@@ -213,6 +228,11 @@ class RemoteEmbedder:
             finally:
                 self.limiter.release()
             if isinstance(sent, BaseException):
+                if network_policy.denied(sent):
+                    raise ProviderError(
+                        network_policy.REASON,
+                        f"{self.provider}: {network_policy.NetworkPolicyDenied(self._base_url)}",
+                    )
                 last = f"{self.provider} at {self._base_url} is unreachable: {_describe(sent)}"
                 self.limiter.on_failure()
             else:

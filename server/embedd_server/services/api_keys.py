@@ -17,7 +17,7 @@ from embedd_server.domain.validation import (
     page_request,
 )
 from embedd_server.services.base import Context
-from embedd_server.services.convert import timestamp
+from embedd_server.services.convert import render_all, timestamp
 from embedd_server.store.orgs import OrgStore
 
 _PERMISSION = values_pb2.Permission
@@ -64,7 +64,7 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
         p = current_principal()
         page = await self._orgs.list_api_keys(p.org_id, page_request(request.limit, request.cursor))
         return api_key_pb2.ListApiKeysResponse(
-            api_keys=[key_to_proto(k) for k in page.items], next_cursor=page.next_cursor
+            api_keys=render_all(page.items, key_to_proto), next_cursor=page.next_cursor
         )
 
     async def DeleteApiKey(
@@ -119,7 +119,7 @@ class EnvironmentServicer(environment_pb2_grpc.EnvironmentServiceServicer):
         p = current_principal()
         page = await self._orgs.list_environments(p.org_id, page_request(request.limit, request.cursor))
         return environment_pb2.ListEnvironmentsResponse(
-            environments=[env_to_proto(e) for e in page.items], next_cursor=page.next_cursor
+            environments=render_all(page.items, env_to_proto), next_cursor=page.next_cursor
         )
 
     async def DeleteEnvironment(

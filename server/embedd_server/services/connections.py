@@ -17,7 +17,9 @@ from embedd_server.domain.errors import not_found, unimplemented
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
+    check_host,
     check_id,
+    check_identifier,
     check_name,
     check_port,
     check_ssl_mode,
@@ -25,7 +27,7 @@ from embedd_server.domain.validation import (
 )
 from embedd_server.secretbox import SecretBox, open_credentials, seal_credentials
 from embedd_server.services.base import Context
-from embedd_server.services.convert import timestamp
+from embedd_server.services.convert import render_all, timestamp
 from embedd_server.store.connections import ConnectionStore
 
 Checker = Callable[[PgCredentials, bool], Awaitable[ConnectionTestResult]]
@@ -53,9 +55,12 @@ def credentials_from_request(creds: connection_pb2.PostgresCredentials, has: boo
     if not has:
         v.add("credentials", "is required: host, port, database, user, password")
         v.raise_if_any()
-    for field in ("host", "database", "user", "password"):
+    for field in ("host", "password"):
         if not getattr(creds, field):
             v.add(f"credentials.{field}", "is required")
+    check_host(v, creds.host, "credentials.host")
+    check_identifier(v, creds.database, "credentials.database")
+    check_identifier(v, creds.user, "credentials.user")
     port = check_port(v, creds.port if creds.HasField("port") else None, "credentials.port")
     ssl_mode = check_ssl_mode(v, creds.ssl_mode, "credentials.ssl_mode")
     schema = creds.schema or "public"
@@ -124,7 +129,7 @@ class ConnectionServicer(connection_pb2_grpc.ConnectionServiceServicer):
         p = current_principal()
         page = await self._store.list(p.org_id, p.env_id, page_request(request.limit, request.cursor))
         return connection_pb2.ListConnectionsResponse(
-            connections=[to_proto(c) for c in page.items], next_cursor=page.next_cursor
+            connections=render_all(page.items, to_proto), next_cursor=page.next_cursor
         )
 
     async def DeleteConnection(

@@ -19,7 +19,7 @@ from embedd_server.domain.validation import (
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.base import Context
-from embedd_server.services.convert import timestamp
+from embedd_server.services.convert import render_all, timestamp
 from embedd_server.store.connections import EmbeddingProviderStore
 
 _TYPE = values_pb2.EmbeddingProviderType
@@ -96,7 +96,7 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
         p = current_principal()
         page = await self._store.list(p.org_id, p.env_id, page_request(request.limit, request.cursor))
         return pb.ListEmbeddingProvidersResponse(
-            embedding_providers=[to_proto(e) for e in page.items], next_cursor=page.next_cursor
+            embedding_providers=render_all(page.items, to_proto), next_cursor=page.next_cursor
         )
 
     async def DeleteEmbeddingProvider(

@@ -12,7 +12,7 @@ from embedd_server.domain.errors import not_found
 from embedd_server.domain.validation import check_id, page_request
 from embedd_server.engine.progress import watch
 from embedd_server.services.base import Context
-from embedd_server.services.convert import timestamp
+from embedd_server.services.convert import render_all, timestamp
 from embedd_server.store.vector_tables import TaskStore
 
 _STATUS = values_pb2.TaskStatus
@@ -70,7 +70,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             status=status,
         )
         return task_pb2.ListTasksResponse(
-            tasks=[task_to_proto(t) for t in page.items], next_cursor=page.next_cursor
+            tasks=render_all(page.items, task_to_proto), next_cursor=page.next_cursor
         )
 
     async def WatchTask(

@@ -12,7 +12,14 @@ from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
 from embedd_server.domain.errors import ApiError, Kind, not_found, unimplemented
 from embedd_server.domain.ids import new_id
-from embedd_server.domain.validation import Violations, check_id, check_name, page_request
+from embedd_server.domain.validation import (
+    Violations,
+    add_id_violation,
+    check_id,
+    check_identifier,
+    check_name,
+    page_request,
+)
 from embedd_server.domain.vector_tables import (
     DEFAULT_SYNC_INTERVAL_S,
     FILTER_TYPES,
@@ -26,7 +33,7 @@ from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
-from embedd_server.services.convert import timestamp
+from embedd_server.services.convert import render_all, timestamp
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.vector_tables import TaskStore, VectorTableStore
 
@@ -35,6 +42,10 @@ _FILTER = values_pb2.FilterType
 _MODE = values_pb2.Mode
 _SYNC_MODE = values_pb2.SyncMode
 _MAX_INTERVAL_S = 86_400
+_MAX_COLUMNS = 100
+# Ordinals only order the embedding columns; a bound keeps every stored ordinal (and those
+# assigned after the largest given one) far inside the API's int32.
+_MAX_ORDINAL = 1000
 
 
 def column_to_proto(c: ColumnSpec) -> vector_table_pb2.Column:
@@ -78,11 +89,13 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
     out: list[ColumnSpec] = []
     seen: set[str] = set()
     ordinals: set[int] = set()
+    if len(columns) > _MAX_COLUMNS:
+        v.add("columns", f"has {len(columns)} columns; at most {_MAX_COLUMNS}")
+        return []
     for i, col in enumerate(columns):
         field = f"columns[{i}]"
-        if not col.name:
-            v.add(f"{field}.name", "is required")
-        elif col.name in seen:
+        check_identifier(v, col.name, f"{field}.name")
+        if col.name and col.name in seen:
             v.add(f"{field}.name", f"column {col.name!r} is mapped twice")
         seen.add(col.name)
         if col.role == _ROLE.unspecified:
@@ -96,8 +109,8 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
         if role == "embedding":
             if filter_type is not None:
                 v.add(f"{field}.filter_type", "applies to metadata columns only")
-            if ordinal is not None and ordinal < 1:
-                v.add(f"{field}.ordinal", "must be 1 or more")
+            if ordinal is not None and not 1 <= ordinal <= _MAX_ORDINAL:
+                v.add(f"{field}.ordinal", f"must be between 1 and {_MAX_ORDINAL}")
             elif ordinal is not None and ordinal in ordinals:
                 v.add(f"{field}.ordinal", f"ordinal {ordinal} is used twice")
             if ordinal is not None:
@@ -195,17 +208,15 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         new = request.vector_table  # output-only fields (id, status, ref, created_at) are ignored
         v = Violations()
         check_name(v, new.name)
-        for field, prefix in (("connection_id", "conn_"), ("embedding_provider_id", "emb_")):
-            value = getattr(new, field)
-            if not value:
-                v.add(field, "is required")
-            elif not value.startswith(prefix):
-                v.add(field, f"must be an id starting with {prefix!r}")
+        add_id_violation(v, new.connection_id, "conn_", "connection_id")
+        add_id_violation(v, new.embedding_provider_id, "emb_", "embedding_provider_id")
         source = split_table_name(new.source_table)
         if source is None:
             v.add("source_table", "must be 'schema.table' or 'table' (schema public)")
-        if not new.primary_key_column:
-            v.add("primary_key_column", "is required")
+        else:
+            for part in source:
+                check_identifier(v, part, "source_table")
+        check_identifier(v, new.primary_key_column, "primary_key_column")
         columns = columns_from_request(v, list(new.columns))
         interval = new.sync_interval_seconds or DEFAULT_SYNC_INTERVAL_S
         if not 1 <= interval <= _MAX_INTERVAL_S:
@@ -216,6 +227,8 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         )
         if sync_mode == "cdc" and cursor is None:
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
+        elif cursor is not None:
+            check_identifier(v, cursor, "cursor_column")
         v.raise_if_any()
         assert source is not None
 
@@ -283,7 +296,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         p = current_principal()
         page = await self._store.list_page(p.org_id, p.env_id, page_request(request.limit, request.cursor))
         return vector_table_pb2.ListVectorTablesResponse(
-            vector_tables=[to_proto(t) for t in page.items], next_cursor=page.next_cursor
+            vector_tables=render_all(page.items, to_proto), next_cursor=page.next_cursor
         )
 
     async def UpdateVectorTable(
@@ -307,6 +320,10 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         cursor = (new.cursor_column or None) if "cursor_column" in fields else current.cursor_column
         if sync_mode == "cdc" and cursor is None:
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
+        elif cursor is not None:
+            check_identifier(v, cursor, "cursor_column")
+        if "sync_mode" in fields and new.sync_mode == _SYNC_MODE.unspecified:
+            v.add("sync_mode", "is required: 'batch' or 'cdc'")
         v.raise_if_any()
 
         provider_id = (

@@ -26,6 +26,7 @@ from embedd_server.domain.credentials import (
     PgCredentials,
     TestFailure,
 )
+from embedd_server.network_policy import PERMISSIVE, NetworkPolicy, NetworkPolicyDenied
 from embedd_server.sources.sql import quote_ident
 
 __all__ = ["check_postgres", "ssl_argument"]
@@ -58,13 +59,31 @@ class _Failure(Exception):
         self.message = message
 
 
-def ssl_argument(ssl_mode: str, *, root_cert: Path | None = None) -> _SslArg:
+class _NamedContext(ssl.SSLContext):
+    """Verifies the certificate against `server_name` (the connection's host name) while the
+    socket goes to an address the network policy resolved and checked."""
+
+    server_name: str | None = None
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name or server_hostname, session)
+
+
+def ssl_argument(ssl_mode: str, *, root_cert: Path | None = None, server_name: str | None = None) -> _SslArg:
     """Map a connection's `ssl_mode` to asyncpg's `ssl=` argument.
 
     `prefer` keeps asyncpg's own logic (try SSL, fall back to plain without verifying).
     `require` encrypts without verifying the certificate. `verify-ca` / `verify-full` verify it
     against `root_cert` or, by default, the system's trusted CAs (the credentials carry no CA);
-    `verify-full` also checks that the certificate matches the host name.
+    `verify-full` also checks that the certificate matches the host name - `server_name` when
+    asyncpg is given resolved addresses instead of the name (`NetworkPolicy.pg_hosts`).
     """
     if ssl_mode not in SSL_MODES:
         raise ValueError(f"ssl_mode must be one of {', '.join(SSL_MODES)}, not {ssl_mode!r}")
@@ -77,7 +96,12 @@ def ssl_argument(ssl_mode: str, *, root_cert: Path | None = None) -> _SslArg:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    context = ssl.create_default_context(cafile=str(root_cert) if root_cert else None)
+    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)  # what create_default_context builds
+    if root_cert:
+        context.load_verify_locations(cafile=str(root_cert))
+    else:
+        context.load_default_certs()
+    context.server_name = server_name
     context.check_hostname = ssl_mode == "verify-full"
     context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -89,19 +113,22 @@ async def check_postgres(
     platform_mode: bool,
     timeout_s: float = 10.0,
     root_cert: Path | None = None,
+    policy: NetworkPolicy = PERMISSIVE,
 ) -> ConnectionTestResult:
     """Connect with `creds` and run every documented check; never raises for a failed check.
 
     `latency_ms` is the wall time of the whole check. `root_cert` (optional) is the CA used by
-    ssl_mode verify-ca / verify-full instead of the system's trusted CAs.
+    ssl_mode verify-ca / verify-full instead of the system's trusted CAs. `policy` is the
+    server's network policy (the server passes its own; a refusal is `network_policy_denied`).
     """
     started = time.perf_counter()
-    ssl_arg = ssl_argument(creds.ssl_mode, root_cert=root_cert)
     failure: TestFailure | None = None
     message: str | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            await _run_checks(creds, ssl_arg, platform_mode=platform_mode, timeout_s=timeout_s)
+            hosts = await _hosts(creds, policy)
+            ssl_arg = ssl_argument(creds.ssl_mode, root_cert=root_cert, server_name=creds.host)
+            await _run_checks(creds, hosts, ssl_arg, platform_mode=platform_mode, timeout_s=timeout_s)
     except _Failure as exc:
         failure, message = exc.failure, exc.message
     except TimeoutError:
@@ -116,8 +143,19 @@ async def check_postgres(
 # The checks
 
 
+async def _hosts(creds: PgCredentials, policy: NetworkPolicy) -> list[str]:
+    """Where to connect, as the network policy allows."""
+    try:
+        return await policy.pg_hosts(creds.host, creds.port)
+    except NetworkPolicyDenied as exc:
+        raise _Failure(TestFailure.NETWORK_POLICY_DENIED, _mask(str(exc), creds.password)) from exc
+    except OSError as exc:  # the name does not resolve
+        raise _classify_connect_error(exc, _shown(creds)) from exc
+
+
 async def _run_checks(
     creds: PgCredentials,
+    hosts: list[str],
     ssl_arg: _SslArg,
     *,
     platform_mode: bool,
@@ -125,7 +163,7 @@ async def _run_checks(
 ) -> None:
     try:
         conn = await asyncpg.connect(
-            host=creds.host,
+            host=hosts,
             port=creds.port,
             user=creds.user,
             password=creds.password,

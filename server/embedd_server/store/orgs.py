@@ -11,7 +11,7 @@ from embedd_server.domain.ids import new_api_key, new_id
 from embedd_server.domain.models import ApiKey, Environment, Page
 from embedd_server.domain.tiers import DEFAULT_TIER, requests_per_minute
 from embedd_server.domain.validation import PageRequest
-from embedd_server.store.paging import fetch_page
+from embedd_server.store.paging import OLDEST_FIRST, fetch_page
 
 DEFAULT_ENVIRONMENT = "prod"
 # NOTIFY channel: the payload is the id of a revoked key, a deleted environment, or an
@@ -173,7 +173,12 @@ class OrgStore:
 
     async def list_environments(self, org_id: str, page: PageRequest) -> Page[Environment]:
         return await fetch_page(
-            self._pool, "SELECT * FROM environments WHERE org_id = $1", [org_id], page, _env
+            self._pool,
+            "SELECT * FROM environments WHERE org_id = $1",
+            [org_id],
+            page,
+            _env,
+            keyset=OLDEST_FIRST,
         )
 
     async def delete_environment(self, org_id: str, env_id: str) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from embedd_server.domain.errors import ApiError, Kind
+from embedd_server.domain.errors import ApiError, Kind, not_found
 from embedd_server.domain.models import Page, Task, VectorTable
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
@@ -85,18 +85,29 @@ class VectorTableStore:
         spec: VectorTableSpec,
         platform_vector_ref: str,
     ) -> VectorTable:
-        row = await self._pool.fetchrow(
-            "INSERT INTO vector_tables (id, org_id, env_id, name, connection_id, embedding_provider_id,"
-            " spec, platform_vector_ref) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING *",
-            id,
-            org_id,
-            env_id,
-            name,
-            connection_id,
-            embedding_provider_id,
-            json.dumps(spec.to_json()),
-            platform_vector_ref,
-        )
+        """The new row; a 404 when its connection or provider was deleted meanwhile (the
+        foreign keys decide, so a concurrent delete cannot leave a dangling table)."""
+        try:
+            row = await self._pool.fetchrow(
+                "INSERT INTO vector_tables (id, org_id, env_id, name, connection_id, embedding_provider_id,"
+                " spec, platform_vector_ref) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING *",
+                id,
+                org_id,
+                env_id,
+                name,
+                connection_id,
+                embedding_provider_id,
+                json.dumps(spec.to_json()),
+                platform_vector_ref,
+            )
+        except asyncpg.ForeignKeyViolationError as exc:
+            if exc.constraint_name == "vector_tables_embedding_provider_id_fkey":
+                raise not_found(
+                    "embedding_provider_not_found", "Embedding provider", embedding_provider_id
+                ) from exc
+            if exc.constraint_name == "vector_tables_connection_id_fkey":
+                raise not_found("connection_not_found", "Connection", connection_id) from exc
+            raise not_found("environment_not_found", "Environment", env_id) from exc
         assert row is not None
         return _vt(row)
 

@@ -223,6 +223,8 @@ class ConnectionTestFailure(_message.Message):
         """The user lacks CREATE on the target schema (platform mode)."""
         schema_not_found: ConnectionTestFailure._Value.ValueType  # 9
         """The target schema does not exist."""
+        network_policy_denied: ConnectionTestFailure._Value.ValueType  # 10
+        """The server's network policy does not allow the host (a non-public address)."""
 
     class Value(_Value, metaclass=_ValueEnumTypeWrapper):
         """The failed check."""
@@ -247,6 +249,8 @@ class ConnectionTestFailure(_message.Message):
     """The user lacks CREATE on the target schema (platform mode)."""
     schema_not_found: ConnectionTestFailure.Value.ValueType  # 9
     """The target schema does not exist."""
+    network_policy_denied: ConnectionTestFailure.Value.ValueType  # 10
+    """The server's network policy does not allow the host (a non-public address)."""
 
     def __init__(
         self,
@@ -279,6 +283,8 @@ class EmbeddingProviderTestFailure(_message.Message):
         """The provider could not be reached."""
         provider_error: EmbeddingProviderTestFailure._Value.ValueType  # 3
         """The provider answered with an error other than a key error."""
+        network_policy_denied: EmbeddingProviderTestFailure._Value.ValueType  # 4
+        """The server's network policy does not allow the provider's address (base_url)."""
 
     class Value(_Value, metaclass=_ValueEnumTypeWrapper):
         """The failed check."""
@@ -291,6 +297,8 @@ class EmbeddingProviderTestFailure(_message.Message):
     """The provider could not be reached."""
     provider_error: EmbeddingProviderTestFailure.Value.ValueType  # 3
     """The provider answered with an error other than a key error."""
+    network_policy_denied: EmbeddingProviderTestFailure.Value.ValueType  # 4
+    """The server's network policy does not allow the provider's address (base_url)."""
 
     def __init__(
         self,
