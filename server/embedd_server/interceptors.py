@@ -113,7 +113,7 @@ async def _abort(context: Context, exc: Exception, request_id: str, started: flo
     _access(started, err.code)
     await context.abort(
         errors.grpc_code(err.kind),
-        err.message,
+        errors.bounded(err).message,
         trailing_metadata=tuple(errors.trailing_metadata(err, request_id)),
     )
 

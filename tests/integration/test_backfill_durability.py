@@ -3,7 +3,7 @@ once, and two servers on one control plane never process the same task."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import secrets
 from typing import Any
 
@@ -24,7 +24,7 @@ from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 
 from tests.conftest import UserDb
-from tests.harness import Counting
+from tests.harness import Counter, CountingRegistry, counting, wait_for
 
 BIG_ROWS = 20_000
 
@@ -98,6 +98,10 @@ async def assert_exactly_once(user_db: UserDb, ref: str, source: str) -> None:
     assert (row["n"], row["distinct_n"], row["no_vector"], missing) == (total, total, 0, 0)
 
 
+async def _processed(ctl: asyncpg.Connection[Any], task_id: str, rows: int) -> bool:
+    return bool(await ctl.fetchval("SELECT rows_processed >= $2 FROM tasks WHERE id = $1", task_id, rows))
+
+
 async def test_killed_server_resumes_from_its_checkpoint(
     pg: LocalPostgres, user_db: UserDb, big_table: str, control_dsn: str
 ) -> None:
@@ -116,11 +120,7 @@ async def test_killed_server_resumes_from_its_checkpoint(
             )
         ctl = await asyncpg.connect(control)
         try:
-            for _ in range(600):
-                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id)
-                if done >= 2000:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: _processed(ctl, task.task_id, 2000), 10, what="2,000 rows")
             first.kill()  # SIGKILL: no goodbye, the lease just lapses
             at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
             ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
@@ -146,8 +146,9 @@ async def test_killed_server_resumes_from_its_checkpoint(
 async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_db: UserDb) -> None:
     control = await fresh_control(pg)
     key = new_secret_key()
-    counts: list[Counting] = []
+    counts: list[Counter] = []
     services: list[app.Service] = []
+    scope = contextlib.ExitStack()
     for _ in range(2):
         svc = await app.start(
             load_settings(
@@ -157,10 +158,11 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
                 secret_key=key,
                 engine_max_tasks=1,
                 engine_chunk_rows=50,
-            )
+            ),
+            embedders=CountingRegistry,
         )
-        counts.append(Counting(svc, delay_s=0.002).__enter__())  # slowed: let the other process in
         services.append(svc)
+        counts.append(scope.enter_context(counting(svc, delay_s=0.002)))  # slowed: let the other in
     try:
         org_id = await services[0].orgs.create_org("two")
         _, api_key = await services[0].orgs.create_api_key(org_id, "k", "full")
@@ -181,6 +183,7 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
         assert sum(done) == rows, done  # no row embedded twice
         assert done[0] > 0 and done[1] > 0, done  # both processes took work
     finally:
+        scope.close()
         for svc in services:
             await svc.stop(1.0)
 
@@ -231,11 +234,7 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
                     "SELECT id FROM tasks WHERE target_id = $1 AND task_type = 'rebackfill'", vt_id
                 )
             )
-            for _ in range(1000):
-                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task_id)
-                if done >= 2000:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: _processed(ctl, task_id, 2000), 10, what="2,000 rows")
             first.kill()
             at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
             ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
@@ -297,10 +296,7 @@ async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: Use
         task = await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id))
     ctl = await asyncpg.connect(control)
     try:
-        for _ in range(1000):
-            if await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id) >= 1000:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: _processed(ctl, task.task_id, 1000), 10, what="1,000 rows")
         await first.stop(1.0)
         released = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
     finally:
