@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import grpc
 import httpx
 from embedd.v1 import environment_pb2, vector_table_pb2
 from embedd_client import EmbeddClient, error_reason
 from embedd_server import app
+from embedd_server.devtools.pg import LocalPostgres
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
@@ -224,3 +226,30 @@ async def _delete(client: EmbeddClient, vt_id: str) -> None:
         # the test broke its source database's connection: the row at least goes
         request.drop_vectors = False
         await client.vector_tables.DeleteVectorTable(request)
+
+
+async def drop_control_plane(pg: LocalPostgres, name: str, owner_dsn: str) -> None:
+    """Drops a test's own control-plane database, and first the vector tables it made in the
+    user's database (`owner_dsn`: a connection that may drop them)."""
+    try:
+        ctl = await asyncpg.connect(pg.superuser_dsn(name))
+    except asyncpg.InvalidCatalogNameError:
+        return
+    try:
+        refs = [
+            r["platform_vector_ref"] for r in await ctl.fetch("SELECT platform_vector_ref FROM vector_tables")
+        ]
+    except asyncpg.UndefinedTableError:
+        refs = []  # no server ever migrated it
+    finally:
+        await ctl.close()
+    owner = await asyncpg.connect(owner_dsn)
+    admin = await asyncpg.connect(pg.superuser_dsn())
+    try:
+        for ref in refs:
+            for table in (ref, f"{ref}_swap", f"{ref}_old"):
+                await owner.execute(f'DROP TABLE IF EXISTS "{table}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await owner.close()
+        await admin.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -24,13 +25,13 @@ from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 
 from tests.conftest import UserDb
-from tests.harness import Counter, CountingRegistry, counting, wait_for
+from tests.harness import Counter, CountingRegistry, counting, drop_control_plane, wait_for
 
 BIG_ROWS = 20_000
 
 
 @pytest.fixture(scope="module")
-async def big_table(user_db: UserDb) -> str:
+async def big_table(user_db: UserDb) -> AsyncIterator[str]:
     conn = await asyncpg.connect(user_db.owner_dsn)
     try:
         await conn.execute(
@@ -40,15 +41,20 @@ async def big_table(user_db: UserDb) -> str:
             f" FROM generate_series(1, {BIG_ROWS}) g;"
             "GRANT SELECT ON big_products TO embedd_user;"
         )
+        yield "public.big_products"
+        await conn.execute("DROP TABLE big_products")
     finally:
         await conn.close()
-    return "public.big_products"
 
 
-async def fresh_control(pg: LocalPostgres) -> str:
+@pytest.fixture
+async def control(pg: LocalPostgres, user_db: UserDb) -> AsyncIterator[str]:
+    """A control plane of the test's own (its servers are the only ones to see its tasks).
+    Afterwards the vector tables it made are dropped from the user's database, and it goes."""
     name = f"control_{secrets.token_hex(4)}"
     await create_database(pg.superuser_dsn(), name, with_vector=False)
-    return pg.superuser_dsn(name)
+    yield pg.superuser_dsn(name)
+    await drop_control_plane(pg, name, user_db.owner_dsn)
 
 
 async def make_table(client: EmbeddClient, user_db: UserDb, source: str, name: str) -> str:
@@ -103,9 +109,8 @@ async def _processed(ctl: asyncpg.Connection[Any], task_id: str, rows: int) -> b
 
 
 async def test_killed_server_resumes_from_its_checkpoint(
-    pg: LocalPostgres, user_db: UserDb, big_table: str, control_dsn: str
+    user_db: UserDb, big_table: str, control: str
 ) -> None:
-    control = await fresh_control(pg)
     key = new_secret_key()
     # Small chunks and a short lease: many checkpoints to die between, a quick takeover.
     settings = {"engine_chunk_rows": "20", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
@@ -143,8 +148,7 @@ async def test_killed_server_resumes_from_its_checkpoint(
             second.stop()
 
 
-async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_db: UserDb) -> None:
-    control = await fresh_control(pg)
+async def test_two_servers_never_process_the_same_task(user_db: UserDb, control: str) -> None:
     key = new_secret_key()
     counts: list[Counter] = []
     services: list[app.Service] = []
@@ -189,9 +193,8 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
 
 
 async def test_crash_during_rebackfill_keeps_the_live_table_serving(
-    pg: LocalPostgres, user_db: UserDb, big_table: str
+    user_db: UserDb, big_table: str, control: str
 ) -> None:
-    control = await fresh_control(pg)
     key = new_secret_key()
     settings = {"engine_chunk_rows": "50", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
     first = ServerProcess(control, key, **settings).start()
@@ -277,10 +280,9 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
             second.stop()
 
 
-async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: UserDb, big_table: str) -> None:
+async def test_graceful_stop_hands_the_task_back(user_db: UserDb, big_table: str, control: str) -> None:
     """A server stopped mid-backfill (a deploy) releases its task at once: pending again, the
     interrupted attempt not counted, resumed from the checkpoint by the next server."""
-    control = await fresh_control(pg)
     key = new_secret_key()
 
     def settings() -> Any:

@@ -22,7 +22,15 @@ from embedd_server.config import load_settings
 from embedd_server.devtools.pg import LocalPostgres, create_database
 
 from tests.conftest import UserDb
-from tests.harness import CountingRegistry, Org, counting, random_secret_key, rest_error, wait_for
+from tests.harness import (
+    CountingRegistry,
+    Org,
+    counting,
+    drop_control_plane,
+    random_secret_key,
+    rest_error,
+    wait_for,
+)
 from tests.integration.test_vector_tables import create_vt, platform, wait_synced
 
 
@@ -30,14 +38,6 @@ async def fresh_control(pg: LocalPostgres) -> tuple[str, str]:
     name = f"control_{secrets.token_hex(4)}"
     await create_database(pg.superuser_dsn(), name, with_vector=False)
     return name, pg.superuser_dsn(name, direct=True)
-
-
-async def drop_control(pg: LocalPostgres, name: str) -> None:
-    admin = await asyncpg.connect(pg.superuser_dsn())
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @dataclass
@@ -99,7 +99,7 @@ async def plane(pg: LocalPostgres, user_db: UserDb) -> AsyncIterator[Plane]:
     finally:
         await ctl.close()
         await svc.stop(1.0)
-        await drop_control(pg, name)
+        await drop_control_plane(pg, name, user_db.owner_dsn)
 
 
 async def _blocked_on_lock(ctl: asyncpg.Connection[Any], statement: str) -> bool:
@@ -206,7 +206,7 @@ async def test_delete_ends_the_row_and_its_tasks_before_it_drops_the_vectors(
     assert not await _physical_exists(user_db, ref)
 
 
-async def test_a_failed_start_closes_what_it_made(pg: LocalPostgres) -> None:
+async def test_a_failed_start_closes_what_it_made(pg: LocalPostgres, user_db: UserDb) -> None:
     """The listener, the pool, the HTTP session: a start that fails at binding its port (a
     later step) leaves no connection to the control plane behind."""
     name, dsn = await fresh_control(pg)
@@ -231,7 +231,7 @@ async def test_a_failed_start_closes_what_it_made(pg: LocalPostgres) -> None:
     finally:
         taken.close()
         await watcher.close()
-        await drop_control(pg, name)
+        await drop_control_plane(pg, name, user_db.owner_dsn)
 
 
 async def _is(value: Any, expected: int) -> bool:
@@ -393,7 +393,7 @@ async def test_a_worker_whose_task_was_claimed_again_stops_at_once(
     finally:
         await ctl.close()
         await svc.stop(1.0)
-        await drop_control(pg, name)
+        await drop_control_plane(pg, name, user_db.owner_dsn)
         for table in (ref, f"{ref}_swap", source):
             if table:
                 await owner.execute(f'DROP TABLE IF EXISTS "{table}"')

@@ -11,7 +11,9 @@ afterwards is refused by a closed connection. A session whose process died relea
 by itself. The same role may terminate its own sessions, so no extra privilege is needed.
 
 Tasks (fills, re-backfills) and sync cycles use separate keys: the control plane never runs
-both on one table, and a fill queued while a cycle finishes must not kill it.
+both on one table, and a fill queued while a cycle finishes must not kill it. The lock is
+a session's, so the engine needs a real session to the user's database (a proxy in
+transaction-pooling mode would not keep it).
 """
 
 from __future__ import annotations
