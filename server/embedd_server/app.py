@@ -216,7 +216,6 @@ async def start(
                 store=vector_tables,
                 connections=connections,
                 providers=providers,
-                tasks=tasks,
                 tables=TableManager(settings.connect_timeout_s),
                 secrets=box,
                 wake=worker.wake if worker is not None else None,

@@ -192,7 +192,6 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         store: VectorTableStore,
         connections: ConnectionStore,
         providers: EmbeddingProviderStore,
-        tasks: TaskStore,
         tables: TableManager,
         secrets: SecretBox,
         wake: Callable[[], None] | None = None,
@@ -201,7 +200,6 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         self._store = store
         self._connections = connections
         self._providers = providers
-        self._tasks = tasks
         self._tables = tables
         self._secrets = secrets
 
