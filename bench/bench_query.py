@@ -66,6 +66,7 @@ from embedd_server.sinks.pgvector_search import (
     prepare_query_connection,
     run_count,
     run_search,
+    session_settings,
 )
 from embedd_server.sources.postgres import connect
 from google.protobuf import json_format
@@ -252,14 +253,15 @@ async def ef_sweep(pool: asyncpg.Pool[Any], search: PgVectorSearch, exact: Exact
     for ef in (40, 64, 100, 128, 200, 300, 400):
         times, recalls = [], []
         async with pool.acquire() as conn:
+            await conn.execute(session_settings(ef_search=ef))
             for text in texts:
                 vector = encode_vectors(lexical_vector(text)[None, :])[0]
                 stmt = search.hnsw(vector, compiled(None), LIMIT, False)
-                stmt = SearchStatement(stmt.sql, stmt.params, ef)
                 started = time.perf_counter()
                 hits = await run_search(conn, stmt)
                 times.append((time.perf_counter() - started) * 1000)
                 recalls.append(exact.recall(text, [h.id for h in hits], None))
+            await conn.execute(session_settings())  # the pool's connections serve on
         line = {
             "ef_search": ef,
             "p50_ms": round(statistics.median(times), 2),

@@ -11,13 +11,23 @@ import asyncpg
 import httpx
 import pytest
 from embedd_server import app
-from embedd_server.config import load_settings
+from embedd_server.config import Settings, load_settings
 from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role
 from embedd_server.logs import configure_logging
 
-from tests.harness import ROOT, UNTHROTTLED, Org, random_secret_key, unexpected_tracebacks
+from tests.harness import (
+    ROOT,
+    UNTHROTTLED,
+    CountingRegistry,
+    Org,
+    SwitchableChecker,
+    assert_no_lua_errors,
+    delete_vector_tables,
+    random_secret_key,
+    unexpected_tracebacks,
+)
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +51,8 @@ async def control_dsn(pg: LocalPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-async def service(control_dsn: str, log_path: Path) -> AsyncIterator[app.Service]:
-    log_file = log_path.open("a", buffering=1)
-    configure_logging("DEBUG", "json", stream=log_file)
-    settings = load_settings(
+def server_settings(control_dsn: str) -> Settings:
+    return load_settings(
         database_url=control_dsn,
         grpc_host="127.0.0.1",
         grpc_port=0,
@@ -53,7 +61,21 @@ async def service(control_dsn: str, log_path: Path) -> AsyncIterator[app.Service
         cdc_sweep_s=2.0,
         sync_max_backoff_s=4.0,
     )
-    svc = await app.start(settings)
+
+
+@pytest.fixture(scope="session")
+def checker(server_settings: Settings) -> SwitchableChecker:
+    """The session server's connection checker: the real one, replaceable for a block."""
+    return SwitchableChecker(app.default_checker(server_settings))
+
+
+@pytest.fixture(scope="session")
+async def service(
+    server_settings: Settings, checker: SwitchableChecker, log_path: Path
+) -> AsyncIterator[app.Service]:
+    log_file = log_path.open("a", buffering=1)
+    configure_logging("DEBUG", "json", stream=log_file)
+    svc = await app.start(server_settings, checker=checker, embedders=CountingRegistry)
     yield svc
     await svc.stop(1.0)
     log_file.close()
@@ -75,6 +97,7 @@ def envoy(service: app.Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     with EnvoyProcess(config, work_dir=tmp_path_factory.mktemp("envoy")) as proc:
         yield proc
+    assert_no_lua_errors(proc.log_path)  # a Lua runtime error shows nowhere else
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +107,16 @@ async def rest(envoy: EnvoyProcess) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-async def org(service: app.Service, rest: httpx.AsyncClient) -> Org:
-    """A new organisation per test: tests never see each other's resources."""
+async def org(service: app.Service, rest: httpx.AsyncClient) -> AsyncIterator[Org]:
+    """A new organisation per test: tests never see each other's resources. Its vector
+    tables are deleted afterwards, vectors and all, so the background sync does not keep
+    working for finished tests."""
     org_id = await service.orgs.create_org(f"test-{secrets.token_hex(4)}", requests_per_minute=UNTHROTTLED)
     _, key = await service.orgs.create_api_key(org_id, "full", "full")
     _, read_key = await service.orgs.create_api_key(org_id, "reader", "read_only")
-    return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)
+    made = Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)
+    yield made
+    await delete_vector_tables(made.grpc_target, key)
 
 
 PRODUCT_ROWS = 500

@@ -5,20 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import inspect
 import json
-import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import asyncpg
 import grpc
 import httpx
+from embedd.v1 import environment_pb2, vector_table_pb2
 from embedd_client import EmbeddClient, error_reason
 from embedd_server import app
+from embedd_server.devtools.pg import LocalPostgres
+from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
+from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.secretbox import SecretBox
+from embedd_server.services.connections import Checker
 
 ROOT = Path(__file__).resolve().parent.parent
 # The request limit of test organisations: tests measure the service, not a free tier's 25 rpm.
@@ -105,14 +114,43 @@ def random_secret_key() -> str:
     return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def database_url_from_env() -> str | None:
-    return os.environ.get("DATABASE_URL") or os.environ.get("EMBEDD_TEST_DATABASE_URL")
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    timeout: float = 15.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    *,
+    what: str = "the condition",
+) -> None:
+    """Waits until `predicate()` holds (it may be a coroutine function), polling every 20 ms;
+    fails the test when `timeout` seconds pass first. Tests wait for conditions, never sleep
+    for them."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert loop.time() < deadline, f"{what} did not happen within {timeout:g}s"
+        await asyncio.sleep(0.02)
+
+
+def lua_errors(log_text: str) -> list[str]:
+    """The lines of an Envoy log written by its Lua filter (at `warn` level and above, which
+    is what the tests run Envoy with: a Lua runtime error shows only there)."""
+    return [line for line in log_text.splitlines() if "[lua]" in line]
+
+
+def assert_no_lua_errors(log_path: Path) -> None:
+    """For an Envoy fixture's teardown: fails the session if Envoy's Lua filter logged."""
+    found = lua_errors(log_path.read_text()) if log_path.exists() else []
+    assert not found, "Envoy's Lua filter logged errors:\n" + "\n".join(found[-20:])
 
 
 class _CountedEmbedder:
-    def __init__(self, inner: Embedder, owner: Counting) -> None:
+    def __init__(self, inner: Embedder, counter: Counter) -> None:
         self._inner = inner
-        self._owner = owner
+        self._counter = counter
 
     @property
     def model(self) -> str:
@@ -123,33 +161,123 @@ class _CountedEmbedder:
         return self._inner.dimensions
 
     async def embed(self, texts: Sequence[str], input_type: InputType) -> EmbedResult:
-        self._owner.texts += len(texts)
-        if self._owner.delay_s:
-            await asyncio.sleep(self._owner.delay_s)
+        self._counter.texts += len(texts)
+        if self._counter.delay_s:
+            await asyncio.sleep(self._counter.delay_s)
         return await self._inner.embed(texts, input_type)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class Counting:
-    """Counts the texts a server embeds while installed on its embedder registry (provider
-    calls, as the fakes count them); `delay_s` slows each call to interleave processes."""
+@dataclass
+class Counter:
+    """Texts embedded while a `CountingRegistry.counting()` block is open (provider calls, as
+    the fakes count them); `delay_s` slows each call to interleave processes."""
 
-    def __init__(self, service: app.Service, delay_s: float = 0.0) -> None:
-        self.texts = 0
-        self.delay_s = delay_s
-        self._service = service
-        self._original = service.embedders.get
+    texts: int = 0
+    delay_s: float = 0.0
 
-    def __enter__(self) -> Counting:
-        original = self._original
 
-        def get(record: EmbeddingProvider, model: str, dims: int) -> Embedder:
-            return _CountedEmbedder(original(record, model, dims), self)
+class CountingRegistry(EmbedderRegistry):
+    """The embedder registry the test servers are started with (`app.start(embedders=...)`):
+    the real one, whose embedders count what they embed while `counting()` is open."""
 
-        self._service.embedders.get = get  # type: ignore[method-assign]
-        return self
+    def __init__(self, session: aiohttp.ClientSession, secrets: SecretBox) -> None:
+        super().__init__(session, secrets)
+        self._counter: Counter | None = None
 
-    def __exit__(self, *exc: object) -> None:
-        self._service.embedders.get = self._original  # type: ignore[method-assign]
+    def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:
+        embedder = super().get(record, model, dimensions)
+        return embedder if self._counter is None else _CountedEmbedder(embedder, self._counter)
+
+    @contextlib.contextmanager
+    def counting(self, delay_s: float = 0.0) -> Iterator[Counter]:
+        self._counter = Counter(delay_s=delay_s)
+        try:
+            yield self._counter
+        finally:
+            self._counter = None
+
+
+def counting(service: app.Service, delay_s: float = 0.0) -> contextlib.AbstractContextManager[Counter]:
+    """Counts the texts `service` embeds in the block (it must run a CountingRegistry)."""
+    registry = service.embedders
+    assert isinstance(registry, CountingRegistry), "start the server with embedders=CountingRegistry"
+    return registry.counting(delay_s)
+
+
+class SwitchableChecker:
+    """The connection checker the session server is started with (`app.start(checker=...)`):
+    the real one, unless a test puts another in its place for a block."""
+
+    def __init__(self, real: Checker) -> None:
+        self._real = real
+        self._override: Checker | None = None
+
+    async def __call__(self, creds: PgCredentials, platform_mode: bool) -> ConnectionTestResult:
+        return await (self._override or self._real)(creds, platform_mode)
+
+    @contextlib.contextmanager
+    def replaced(self, checker: Checker) -> Iterator[None]:
+        self._override = checker
+        try:
+            yield
+        finally:
+            self._override = None
+
+
+async def delete_vector_tables(target: str, key: str) -> None:
+    """Deletes every vector table of the key's organisation, in every environment, with its
+    vectors: what each test leaves behind would otherwise keep the background sync busy."""
+    async with EmbeddClient(target, key) as c:
+        envs = await c.environments.ListEnvironments(environment_pb2.ListEnvironmentsRequest(limit=100))
+        for env in envs.environments:
+            async with EmbeddClient(target, key, environment_id=env.id) as scoped:
+                while True:
+                    page = await scoped.vector_tables.ListVectorTables(
+                        vector_table_pb2.ListVectorTablesRequest(limit=100)
+                    )
+                    for vt in page.vector_tables:
+                        await _delete(scoped, vt.id)
+                    if not page.next_cursor:
+                        break
+
+
+async def _delete(client: EmbeddClient, vt_id: str) -> None:
+    request = vector_table_pb2.DeleteVectorTableRequest(vector_table_id=vt_id, drop_vectors=True)
+    try:
+        await client.vector_tables.DeleteVectorTable(request)
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        # the test broke its source database's connection: the row at least goes
+        request.drop_vectors = False
+        await client.vector_tables.DeleteVectorTable(request)
+
+
+async def drop_control_plane(pg: LocalPostgres, name: str, owner_dsn: str) -> None:
+    """Drops a test's own control-plane database, and first the vector tables it made in the
+    user's database (`owner_dsn`: a connection that may drop them)."""
+    try:
+        ctl = await asyncpg.connect(pg.superuser_dsn(name))
+    except asyncpg.InvalidCatalogNameError:
+        return
+    try:
+        refs = [
+            r["platform_vector_ref"] for r in await ctl.fetch("SELECT platform_vector_ref FROM vector_tables")
+        ]
+    except asyncpg.UndefinedTableError:
+        refs = []  # no server ever migrated it
+    finally:
+        await ctl.close()
+    owner = await asyncpg.connect(owner_dsn)
+    admin = await asyncpg.connect(pg.superuser_dsn())
+    try:
+        for ref in refs:
+            for table in (ref, f"{ref}_swap", f"{ref}_old"):
+                await owner.execute(f'DROP TABLE IF EXISTS "{table}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await owner.close()
+        await admin.close()

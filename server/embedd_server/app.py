@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -56,7 +58,8 @@ from embedd_server.store.connections import ConnectionStore, EmbeddingProviderSt
 from embedd_server.store.db import Listener, create_pool
 from embedd_server.store.orgs import AUTH_CHANNEL, OrgStore
 from embedd_server.store.ratelimits import RateLimitStore
-from embedd_server.store.vector_tables import TaskStore, VectorTableStore
+from embedd_server.store.tasks import TaskStore
+from embedd_server.store.vector_tables import VectorTableStore
 
 log = structlog.get_logger(__name__)
 
@@ -164,120 +167,145 @@ class Service:
             await self.pool.close()
 
 
-async def start(settings: Settings, *, checker: Checker | None = None) -> Service:
-    """Builds every dependency once and starts serving. `checker` is injectable for tests."""
-    pool = await create_pool(
-        settings.database_url.get_secret_value(),
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-    )
-    box = secret_box(settings)
-    policy = network_policy(settings)
-    orgs = OrgStore(pool)
-    # No global connection cap: each provider's limiter bounds its own requests in flight, and
-    # a shared cap would let one hung provider starve the others.
-    http = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
-        connector=http_connector(policy, limit=0, ttl_dns_cache=300),
-    )
-    embedders = EmbedderRegistry(http, box)
-    authenticator = Authenticator(orgs)
-    auth_listener = Listener(
-        settings.database_url.get_secret_value(),
-        AUTH_CHANNEL,
-        on_message=authenticator.invalidate,
-        on_ready=authenticator.enable_cache,
-        on_lost=authenticator.disable_cache,
-    )
-    limiter = (
-        RateLimiter(RateLimitStore(pool))
-        if settings.rate_limits_enabled
-        else None
-    )
-    server = grpc.aio.server(
-        interceptors=[
-            ServiceInterceptor(authenticator, CursorSealer(box.derive_key("list cursors")), limiter)
-        ],
-        options=server_options(settings),
-    )
-    connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
-    connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
-        ConnectionServicer(connections, box, checker or default_checker(settings)), server
-    )
-    embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
-        EmbeddingProviderServicer(providers, box, embedders), server
-    )
-    api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(
-        ApiKeyServicer(orgs, authenticator.invalidate), server
-    )
-    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(
-        EnvironmentServicer(orgs, authenticator.invalidate), server
-    )
-    vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
-    deps = EngineDeps(
-        tasks=tasks,
-        vector_tables=vector_tables,
-        connections=connections,
-        providers=providers,
-        embedders=embedders,
-        secrets=box,
-        settings=engine_settings(settings),
-    )
-    worker = Worker(deps) if settings.engine_enabled else None
-    scheduler = SyncScheduler(deps) if settings.engine_enabled else None
-    vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(
-        VectorTableServicer(
-            store=vector_tables,
+# Builds the embedder registry from the shared HTTP session and the secret box.
+EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox], EmbedderRegistry]
+
+
+async def start(
+    settings: Settings,
+    *,
+    checker: Checker | None = None,
+    embedders: EmbeddersFactory = EmbedderRegistry,
+    clock: Callable[[], float] = time.monotonic,
+) -> Service:
+    """Builds every dependency once and starts serving. What tests replace is injected here -
+    the connection checker, the embedder registry, the engine's clock - never patched into a
+    running service. If a step fails, everything the earlier steps made is closed again."""
+    async with contextlib.AsyncExitStack() as made:
+        pool = await create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+        )
+        made.push_async_callback(pool.close)
+        box = secret_box(settings)
+        policy = network_policy(settings)
+        orgs = OrgStore(pool)
+        # No global connection cap: each provider's limiter bounds its own requests in flight,
+        # and a shared cap would let one hung provider starve the others.
+        http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
+            connector=http_connector(policy, limit=0, ttl_dns_cache=300),
+        )
+        made.push_async_callback(http.close)
+        registry = embedders(http, box)
+        made.push_async_callback(registry.aclose)
+        authenticator = Authenticator(orgs)
+        auth_listener = Listener(
+            settings.database_url.get_secret_value(),
+            AUTH_CHANNEL,
+            on_message=authenticator.invalidate,
+            on_ready=authenticator.enable_cache,
+            on_lost=authenticator.disable_cache,
+        )
+        limiter = RateLimiter(RateLimitStore(pool)) if settings.rate_limits_enabled else None
+        server = grpc.aio.server(
+            interceptors=[
+                ServiceInterceptor(authenticator, CursorSealer(box.derive_key("list cursors")), limiter)
+            ],
+            options=server_options(settings),
+        )
+        made.push_async_callback(server.stop, None)
+        connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
+        connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
+            ConnectionServicer(connections, box, checker or default_checker(settings)), server
+        )
+        embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
+            EmbeddingProviderServicer(providers, box, registry), server
+        )
+        api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+            ApiKeyServicer(orgs, authenticator.invalidate), server
+        )
+        environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+            EnvironmentServicer(orgs, authenticator.invalidate), server
+        )
+        vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
+        deps = EngineDeps(
+            tasks=tasks,
+            vector_tables=vector_tables,
             connections=connections,
             providers=providers,
-            tasks=tasks,
-            tables=TableManager(settings.connect_timeout_s, policy),
+            embedders=registry,
             secrets=box,
-            wake=worker.wake if worker is not None else None,
-        ),
-        server,
-    )
-    sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
-    query_engine = QueryEngine(
-        connections=connections,
-        providers=providers,
-        embedders=embedders,
-        secrets=box,
-        pools=UserPools(policy=policy, connect_timeout_s=settings.connect_timeout_s),
-        cache=QueryEmbeddingCache(),
-    )
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)
-    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
+            settings=engine_settings(settings),
+            clock=clock,
+        )
+        worker = Worker(deps) if settings.engine_enabled else None
+        scheduler = SyncScheduler(deps) if settings.engine_enabled else None
+        vector_table_pb2_grpc.add_VectorTableServiceServicer_to_server(
+            VectorTableServicer(
+                store=vector_tables,
+                connections=connections,
+                providers=providers,
+                tables=TableManager(settings.connect_timeout_s, policy),
+                secrets=box,
+                wake=worker.wake if worker is not None else None,
+            ),
+            server,
+        )
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
+        query_engine = QueryEngine(
+            connections=connections,
+            providers=providers,
+            embedders=registry,
+            secrets=box,
+            pools=UserPools(policy=policy, connect_timeout_s=settings.connect_timeout_s),
+            cache=QueryEmbeddingCache(),
+            exact_threshold=settings.query_exact_threshold,
+        )
+        made.push_async_callback(query_engine.aclose)
+        query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)
+        task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
 
-    health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    await auth_listener.start()
-    if limiter is not None:
-        limiter.start()
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-    await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    if worker is not None and scheduler is not None:
-        worker.start()
-        scheduler.start()
+        health_servicer = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        await auth_listener.start()
+        made.push_async_callback(auth_listener.stop)
+        if limiter is not None:
+            limiter.start()
+            made.push_async_callback(limiter.stop)
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if worker is not None and scheduler is not None:
+            worker.start()
+            made.push_async_callback(worker.stop)
+            scheduler.start()
+            made.push_async_callback(scheduler.stop)
+        service = Service(
+            server=server,
+            pool=pool,
+            port=port,
+            orgs=orgs,
+            health=health_servicer,
+            http=http,
+            embedders=registry,
+            worker=worker,
+            scheduler=scheduler,
+            auth_listener=auth_listener,
+            authenticator=authenticator,
+            query_engine=query_engine,
+            limiter=limiter,
+        )
+        made.pop_all()  # started: the service owns all of it now (Service.stop)
     log.info("serving", grpc_port=port, engine=worker is not None)
-    return Service(
-        server=server,
-        pool=pool,
-        port=port,
-        orgs=orgs,
-        health=health_servicer,
-        http=http,
-        embedders=embedders,
-        worker=worker,
-        scheduler=scheduler,
-        auth_listener=auth_listener,
-        authenticator=authenticator,
-        query_engine=query_engine,
-        limiter=limiter,
-    )
+    return service

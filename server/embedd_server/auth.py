@@ -42,7 +42,8 @@ class Authenticator:
     Every call needs its key looked up, so valid lookups are cached for `ttl_s`. Revocation
     still takes effect at once: the revoking process drops the entry itself, and every other
     replica hears it through NOTIFY (`invalidate`); while that channel is down, nothing is
-    cached (`caching` off)."""
+    cached (`caching` off). A lookup still in flight when an invalidation lands may have read
+    the key before the revoke: it is answered but not cached (`_generation` moved on)."""
 
     def __init__(self, orgs: OrgStore, ttl_s: float = 30.0) -> None:
         self._orgs = orgs
@@ -50,12 +51,16 @@ class Authenticator:
         # (key hash, environment reference) -> (expiry, key, environment id, request limit)
         self._cache: dict[tuple[str, str], tuple[float, ApiKey, str, int | None]] = {}
         self.caching = False
+        # Bumped by every invalidation: a lookup caches its answer only if none landed while
+        # it ran.
+        self._generation = 0
 
     def cached(self, key_id: str) -> bool:
         return any(entry[1].id == key_id for entry in self._cache.values())
 
     def invalidate(self, ident: str) -> None:
         """Forget what is cached about a key, an environment or an organisation (by id)."""
+        self._generation += 1
         for cache_key, (_, key, env_id, _) in list(self._cache.items()):
             if ident in (key.id, env_id, key.org_id):
                 self._cache.pop(cache_key, None)
@@ -66,6 +71,7 @@ class Authenticator:
     def disable_cache(self) -> None:
         """Invalidations may be missed now: cache nothing until they can be heard again."""
         self.caching = False
+        self._generation += 1
         self._cache.clear()
 
     async def _lookup(self, secret: str, env_ref: str) -> tuple[ApiKey, str | None, int | None] | None:
@@ -74,8 +80,16 @@ class Authenticator:
         hit = self._cache.get(cache_key)
         if hit is not None and hit[0] > now and self.caching:
             return hit[1], hit[2], hit[3]
+        generation = self._generation
         found = await self._orgs.find_key_and_environment(secret, env_ref)
-        if found is not None and found[0].revoked_at is None and found[1] is not None and self.caching:
+        fresh = generation == self._generation
+        if (
+            found is not None
+            and found[0].revoked_at is None
+            and found[1] is not None
+            and self.caching
+            and fresh
+        ):
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[cache_key] = (now + self._ttl, found[0], found[1], found[2])

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     cdc_sweep_s: float = 600.0
     # maintenance_work_mem for HNSW builds in the user's database ("" keeps the server's).
     index_maintenance_work_mem: str = "1GB"
+    # A filtered query whose filter selects at most this many rows ranks them exactly;
+    # above, it searches the HNSW index (docs/facts.md, "Query paths").
+    query_exact_threshold: int = 5_000
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -13,6 +13,7 @@ parsing JSON in Lua, and lets statuses with no gRPC equivalent (422) through.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from embedd_server.domain.errors import ApiError, Kind
+from embedd_server.domain.errors import ApiError, FieldViolation, Kind
 
 ERROR_DOMAIN = "embedd.v1"
 ERROR_BODY_HEADER = "x-embedd-error"
@@ -58,6 +59,74 @@ def internal_error(request_id: str) -> ApiError:
         Kind.INTERNAL,
         "internal_error",
         f"Something went wrong on our side. Retry; if it persists, report request id {request_id}.",
+    )
+
+
+# Every rendering of an error is bounded, whatever the request held: the status travels in
+# trailing metadata three times (grpc-message, grpc-status-details-bin, the REST body), and
+# gRPC's default limit for all of it is 8 KiB (Envoy's is larger). At most these many
+# violations are listed, within a budget of JSON-encoded bytes (an upper bound of their
+# UTF-8 size), and one more says how many were left out.
+MAX_VIOLATIONS = 20
+VIOLATIONS_BUDGET = 1536
+MAX_FIELD = 120
+MAX_DESCRIPTION = 240
+MAX_MESSAGE_BYTES = 400
+METADATA_BUDGET = 512
+MAX_REQUEST_ID = 128
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip_bytes(text: str, limit: int) -> str:
+    """At most `limit` bytes of UTF-8 (grpc-message percent-encodes each non-ASCII byte)."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _bounded_violations(violations: Sequence[FieldViolation]) -> tuple[FieldViolation, ...]:
+    kept: list[FieldViolation] = []
+    used = 0
+    for v in violations[:MAX_VIOLATIONS]:
+        clipped = FieldViolation(_clip(v.field, MAX_FIELD), _clip(v.description, MAX_DESCRIPTION))
+        size = len(json.dumps([clipped.field, clipped.description]))
+        if used + size > VIOLATIONS_BUDGET:
+            break
+        kept.append(clipped)
+        used += size
+    omitted = len(violations) - len(kept)
+    if omitted:
+        kept.append(
+            FieldViolation(
+                "(omitted)", f"{omitted} more problem(s) not listed; fix the ones above and retry to see them"
+            )
+        )
+    return tuple(kept)
+
+
+def _bounded_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    used = 0
+    for key, value in metadata.items():
+        item = (_clip(key, 64), _clip(value, 256))
+        used += len(json.dumps(item))
+        if used > METADATA_BUDGET:
+            break
+        out[item[0]] = item[1]
+    return out
+
+
+def bounded(err: ApiError) -> ApiError:
+    """The error as it may travel: message, violations and metadata cut to their budgets."""
+    return dataclasses.replace(
+        err,
+        message=_clip_bytes(err.message, MAX_MESSAGE_BYTES),
+        violations=_bounded_violations(err.violations),
+        metadata=_bounded_metadata(err.metadata),
     )
 
 
@@ -100,7 +169,10 @@ def to_status(err: ApiError, request_id: str) -> status_pb2.Status:
 
 
 def trailing_metadata(err: ApiError, request_id: str) -> Sequence[tuple[str, str | bytes]]:
-    """Trailing metadata carrying the rich status and the REST rendering of the error."""
+    """Trailing metadata carrying the rich status and the REST rendering of the error, each
+    bounded (see `bounded`); the grpc-message to send with it is `bounded(err).message`."""
+    err = bounded(err)
+    request_id = _clip(request_id, MAX_REQUEST_ID)
     status = to_status(err, request_id)
     return (
         ("grpc-status-details-bin", status.SerializeToString()),

@@ -227,7 +227,7 @@ async def _abort(
     _access(started, err.code)
     await context.abort(
         errors.grpc_code(err.kind),
-        err.message,
+        errors.bounded(err).message,
         trailing_metadata=(*errors.trailing_metadata(err, request_id), *headers),
     )
 

@@ -38,6 +38,8 @@ from embedd_server.devtools.envoy import (
 from embedd_server.domain.errors import ApiError, FieldViolation, Kind, not_found, validation_error
 from google.protobuf import timestamp_pb2
 
+from tests.harness import assert_no_lua_errors
+
 CREATED_AT = datetime(2026, 3, 13, 10, 0, 0, tzinfo=UTC)
 STREAM_GAP_S = 0.4
 DEFAULT_ROUTE_TIMEOUT_S = 0.5  # < the 2 x STREAM_GAP_S the watch stream lasts
@@ -252,6 +254,7 @@ async def stack(descriptor: Path, tmp_path_factory: pytest.TempPathFactory) -> A
     finally:
         await asyncio.to_thread(envoy.stop)
         await server.stop(grace=None)
+    assert_no_lua_errors(envoy.log_path)  # a Lua runtime error shows nowhere else
 
 
 @pytest_asyncio.fixture
@@ -547,7 +550,3 @@ def test_bad_config_raises_with_log_tail(tmp_path: Path) -> None:
         EnvoyProcess(config, work_dir=tmp_path).start()
 
 
-def test_zz_envoy_logged_no_lua_errors(stack: Stack) -> None:
-    """Runs last in the module: a Lua runtime error is only visible in Envoy's log."""
-    log = stack.envoy.log_path.read_text()
-    assert "[lua]" not in log, log[-2000:]

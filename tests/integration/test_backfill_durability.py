@@ -3,8 +3,9 @@ once, and two servers on one control plane never process the same task."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -24,13 +25,13 @@ from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 
 from tests.conftest import UserDb
-from tests.harness import UNTHROTTLED, Counting
+from tests.harness import UNTHROTTLED, Counter, CountingRegistry, counting, drop_control_plane, wait_for
 
 BIG_ROWS = 20_000
 
 
 @pytest.fixture(scope="module")
-async def big_table(user_db: UserDb) -> str:
+async def big_table(user_db: UserDb) -> AsyncIterator[str]:
     conn = await asyncpg.connect(user_db.owner_dsn)
     try:
         await conn.execute(
@@ -40,15 +41,20 @@ async def big_table(user_db: UserDb) -> str:
             f" FROM generate_series(1, {BIG_ROWS}) g;"
             "GRANT SELECT ON big_products TO embedd_user;"
         )
+        yield "public.big_products"
+        await conn.execute("DROP TABLE big_products")
     finally:
         await conn.close()
-    return "public.big_products"
 
 
-async def fresh_control(pg: LocalPostgres) -> str:
+@pytest.fixture
+async def control(pg: LocalPostgres, user_db: UserDb) -> AsyncIterator[str]:
+    """A control plane of the test's own (its servers are the only ones to see its tasks).
+    Afterwards the vector tables it made are dropped from the user's database, and it goes."""
     name = f"control_{secrets.token_hex(4)}"
     await create_database(pg.superuser_dsn(), name, with_vector=False)
-    return pg.superuser_dsn(name)
+    yield pg.superuser_dsn(name)
+    await drop_control_plane(pg, name, user_db.owner_dsn)
 
 
 async def make_table(client: EmbeddClient, user_db: UserDb, source: str, name: str) -> str:
@@ -100,10 +106,13 @@ async def assert_exactly_once(user_db: UserDb, ref: str, source: str) -> None:
     assert (row["n"], row["distinct_n"], row["no_vector"], missing) == (total, total, 0, 0)
 
 
+async def _processed(ctl: asyncpg.Connection[Any], task_id: str, rows: int) -> bool:
+    return bool(await ctl.fetchval("SELECT rows_processed >= $2 FROM tasks WHERE id = $1", task_id, rows))
+
+
 async def test_killed_server_resumes_from_its_checkpoint(
-    pg: LocalPostgres, user_db: UserDb, big_table: str, control_dsn: str
+    user_db: UserDb, big_table: str, control: str
 ) -> None:
-    control = await fresh_control(pg)
     key = new_secret_key()
     # Small chunks and a short lease: many checkpoints to die between, a quick takeover.
     settings = {"engine_chunk_rows": "20", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
@@ -118,11 +127,7 @@ async def test_killed_server_resumes_from_its_checkpoint(
             )
         ctl = await asyncpg.connect(control)
         try:
-            for _ in range(600):
-                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id)
-                if done >= 2000:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: _processed(ctl, task.task_id, 2000), 10, what="2,000 rows")
             first.kill()  # SIGKILL: no goodbye, the lease just lapses
             at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
             ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
@@ -145,11 +150,11 @@ async def test_killed_server_resumes_from_its_checkpoint(
             second.stop()
 
 
-async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_db: UserDb) -> None:
-    control = await fresh_control(pg)
+async def test_two_servers_never_process_the_same_task(user_db: UserDb, control: str) -> None:
     key = new_secret_key()
-    counts: list[Counting] = []
+    counts: list[Counter] = []
     services: list[app.Service] = []
+    scope = contextlib.ExitStack()
     for _ in range(2):
         svc = await app.start(
             load_settings(
@@ -159,10 +164,11 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
                 secret_key=key,
                 engine_max_tasks=1,
                 engine_chunk_rows=50,
-            )
+            ),
+            embedders=CountingRegistry,
         )
-        counts.append(Counting(svc, delay_s=0.002).__enter__())  # slowed: let the other process in
         services.append(svc)
+        counts.append(scope.enter_context(counting(svc, delay_s=0.002)))  # slowed: let the other in
     try:
         org_id = await services[0].orgs.create_org("two", requests_per_minute=UNTHROTTLED)
         _, api_key = await services[0].orgs.create_api_key(org_id, "k", "full")
@@ -183,14 +189,14 @@ async def test_two_servers_never_process_the_same_task(pg: LocalPostgres, user_d
         assert sum(done) == rows, done  # no row embedded twice
         assert done[0] > 0 and done[1] > 0, done  # both processes took work
     finally:
+        scope.close()
         for svc in services:
             await svc.stop(1.0)
 
 
 async def test_crash_during_rebackfill_keeps_the_live_table_serving(
-    pg: LocalPostgres, user_db: UserDb, big_table: str
+    user_db: UserDb, big_table: str, control: str
 ) -> None:
-    control = await fresh_control(pg)
     key = new_secret_key()
     settings = {"engine_chunk_rows": "50", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
     first = ServerProcess(control, key, **settings).start()
@@ -233,11 +239,7 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
                     "SELECT id FROM tasks WHERE target_id = $1 AND task_type = 'rebackfill'", vt_id
                 )
             )
-            for _ in range(1000):
-                done = await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task_id)
-                if done >= 2000:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for(lambda: _processed(ctl, task_id, 2000), 10, what="2,000 rows")
             first.kill()
             at_kill = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
             ref = await ctl.fetchval("SELECT platform_vector_ref FROM vector_tables WHERE id = $1", vt_id)
@@ -280,10 +282,9 @@ async def test_crash_during_rebackfill_keeps_the_live_table_serving(
             second.stop()
 
 
-async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: UserDb, big_table: str) -> None:
+async def test_graceful_stop_hands_the_task_back(user_db: UserDb, big_table: str, control: str) -> None:
     """A server stopped mid-backfill (a deploy) releases its task at once: pending again, the
     interrupted attempt not counted, resumed from the checkpoint by the next server."""
-    control = await fresh_control(pg)
     key = new_secret_key()
 
     def settings() -> Any:
@@ -299,10 +300,7 @@ async def test_graceful_stop_hands_the_task_back(pg: LocalPostgres, user_db: Use
         task = await c.sync.BackfillVectorTable(sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id))
     ctl = await asyncpg.connect(control)
     try:
-        for _ in range(1000):
-            if await ctl.fetchval("SELECT rows_processed FROM tasks WHERE id = $1", task.task_id) >= 1000:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: _processed(ctl, task.task_id, 1000), 10, what="1,000 rows")
         await first.stop(1.0)
         released = await ctl.fetchrow("SELECT * FROM tasks WHERE id = $1", task.task_id)
     finally:

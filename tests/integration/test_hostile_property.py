@@ -460,11 +460,11 @@ async def _rest(t: Target, attack: Attack, body: dict[str, Any], path_id: str) -
         params["update_mask"] = ",".join(body) or "name"
     if params:  # encoded here: httpx refuses lone surrogates, which is the point of sending them
         url += "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in params.items())
-    request = t.org.rest.build_request(ep.http, url, content=content, headers=headers)
     try:
+        request = t.org.rest.build_request(ep.http, url, content=content, headers=headers)
         response = await t.org.rest.send(request, stream=ep.stream)
     except httpx.InvalidURL:
-        return  # the client itself refuses (control characters): nothing was sent
+        return  # the client itself refuses (control characters, over 64 KiB): nothing was sent
     try:
         text = (await response.aread()).decode(errors="replace") if ep.stream else response.text
     finally:

@@ -16,8 +16,8 @@ from embedd.v1 import embedding_provider_pb2, query_pb2, sync_pb2, task_pb2, val
 
 from tests.conftest import UserDb
 from tests.fakes.providers import FakeOpenAI
-from tests.harness import Org, grpc_error, rest_error
-from tests.integration.test_sync import status_is, until
+from tests.harness import Org, grpc_error, rest_error, wait_for
+from tests.integration.test_sync import status_is
 
 KEY = "sk-proj-" + secrets.token_hex(24)
 WRONG = "sk-proj-" + secrets.token_hex(24)
@@ -105,8 +105,8 @@ async def test_provider_messages_never_show_the_key(
     tasks = {}
     for vt in (rows, broken):
         tasks[vt["id"]] = (await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")).json()["task_id"]
-    await until(lambda: status_is(org, rows["id"], "synced"), within_s=30)
-    await until(lambda: status_is(org, broken["id"], "error"), within_s=30)
+    await wait_for(lambda: status_is(org, rows["id"], "synced"), 30)
+    await wait_for(lambda: status_is(org, broken["id"], "error"), 30)
 
     # 3. a query whose text the provider rejects, quoting the key
     status, code, err = rest_error(

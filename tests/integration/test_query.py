@@ -16,7 +16,9 @@ import httpx
 import numpy as np
 import pytest
 from embedd.v1 import query_pb2
+from embedd_client import EmbeddClient
 from embedd_server import app
+from embedd_server.config import Settings
 from embedd_server.domain.filters import parse_filters
 from embedd_server.providers.local import lexical_vector
 from embedd_server.services.query import struct_to_python
@@ -28,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import UserDb
 from tests.filter_strategies import PROP_COLUMNS, PROP_TYPES, ROW, random_filters
-from tests.harness import UNTHROTTLED, Org, grpc_error, rest_error
+from tests.harness import UNTHROTTLED, Org, delete_vector_tables, grpc_error, rest_error
 from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt, wait_synced
 from tests.oracle import evaluate, matches
 
@@ -127,6 +129,7 @@ async def shop(service: app.Service, rest: httpx.AsyncClient, user_db: UserDb) -
     seed = await _table(org, user_db, "products-search", SEED_COLUMNS)
     ext = await _table(org, user_db, "products-ext", [*SEED_COLUMNS, *EXTRA_COLUMNS])
     yield Shop(org, seed, ext)
+    await delete_vector_tables(org.grpc_target, org.key)
 
 
 async def query(org: Org, vt_id: str, body: dict[str, Any], key: str | None = None) -> list[dict[str, Any]]:
@@ -259,27 +262,33 @@ async def test_min_score_limit_and_embedded_text(shop: Shop) -> None:
     assert with_text[0]["embedded_text"].startswith("Product: ")
 
 
-async def test_hnsw_path_is_filtered_sorted_and_full(shop: Shop, service: app.Service) -> None:
-    """The index path (forced with threshold 0): relaxed-order iterative scan, re-sorted."""
-    engine = service.query_engine
-    assert engine is not None
-    saved = engine.exact_threshold
-    engine.exact_threshold = 0
+async def test_hnsw_path_is_filtered_sorted_and_full(shop: Shop, server_settings: Settings) -> None:
+    """The index path, forced on a server of its own (exact threshold 0, on the same control
+    plane and secret key): relaxed-order iterative scan, re-sorted."""
+    other = await app.start(
+        server_settings.model_copy(update={"engine_enabled": False, "query_exact_threshold": 0})
+    )
     try:
-        for filters in (None, {"category": "climbing", "price": {"lt": 60}}, {"in_stock": True}):
-            body: dict[str, Any] = {"query": "light tent for backpacking", "limit": 20}
-            if filters:
-                body["filters"] = filters
-            results = await query(shop.org, shop.ext.id, body)
-            expected = shop.ext.expected(body["query"], filters, 20)
-            assert len(results) == len(expected)  # a full page, or every matching row
-            scores = [r["score"] for r in results]
-            assert scores == sorted(scores, reverse=True)
-            assert all(evaluate(filters, r["metadata"], shop.ext.types) for r in results)
-            overlap = {r["id"] for r in results} & {i for i, _ in expected}
-            assert len(overlap) >= len(expected) - 2, (len(overlap), filters)
+        async with EmbeddClient(f"127.0.0.1:{other.port}", shop.org.key) as c:
+            for filters in (None, {"category": "climbing", "price": {"lt": 60}}, {"in_stock": True}):
+                text = "light tent for backpacking"
+                request = query_pb2.QueryVectorTableRequest(vector_table_id=shop.ext.id, query=text, limit=20)
+                if filters:
+                    request.filters.update(filters)
+                response = await c.query.QueryVectorTable(request)
+                results = [
+                    {"id": r.id, "score": r.score, "metadata": struct_to_python(r.metadata)}
+                    for r in response.results
+                ]
+                expected = shop.ext.expected(text, filters, 20)
+                assert len(results) == len(expected)  # a full page, or every matching row
+                scores = [r["score"] for r in results]
+                assert scores == sorted(scores, reverse=True)
+                assert all(evaluate(filters, r["metadata"], shop.ext.types) for r in results)
+                overlap = {r["id"] for r in results} & {i for i, _ in expected}
+                assert len(overlap) >= len(expected) - 2, (len(overlap), filters)
     finally:
-        engine.exact_threshold = saved
+        await other.stop(1.0)
 
 
 async def test_read_only_keys_may_query_and_paused_tables_answer(shop: Shop) -> None:
@@ -346,6 +355,30 @@ async def test_invalid_filter_over_grpc(shop: Shop) -> None:
     assert violations[0][0] == "filters.in_stock.lt" and "allowed for boolean: eq, ne, exists" in message
 
 
+async def test_a_thousand_bad_values_are_one_bounded_400(shop: Shop) -> None:
+    """Before the fix this filter produced a 41 KB grpc-message and ~196 KB of trailing
+    metadata, beyond gRPC's and Envoy's limits: the REST client got no Embedd error at all."""
+    filters = {"category": {"in": list(range(1000))}}  # numbers where keywords are strings
+    r = await shop.org.http(
+        "POST", f"/v1/vector-tables/{shop.ext.id}/query", {"query": "tent", "filters": filters}
+    )
+    status, code, err = rest_error(r)
+    assert (status, code) == (400, "validation_error"), err
+    assert err["details"][0]["field"] == "filters.category.in[0]" and err["request_id"]
+    assert err["details"][-1]["field"] == "(omitted)" and "more problem" in err["details"][-1]["description"]
+    assert len(err["details"]) <= 21 and "more (see details)" in err["message"] and len(r.content) < 8192
+    request = query_pb2.QueryVectorTableRequest(vector_table_id=shop.ext.id, query="tent")
+    request.filters.update(filters)
+    async with shop.org.client() as c:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.query.QueryVectorTable(request)
+    failure = info.value
+    assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailers = failure.trailing_metadata() or ()
+    size = sum(len(k) + len(v) + 32 for k, v in trailers) + len(failure.details() or "")
+    assert size < 8 * 1024, size
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -392,6 +425,7 @@ async def test_table_never_backfilled_is_422(org: Org, user_db: UserDb) -> None:
 
 
 # -- filters are never bypassed: random filters over random rows, PostgreSQL vs Python ---------------
+
 
 @pytest.fixture(scope="module")
 async def prop_db(user_db: UserDb) -> AsyncIterator[asyncpg.Connection[Any]]:

@@ -12,13 +12,13 @@ import grpc
 from embedd.v1 import api_key_pb2, connection_pb2, environment_pb2, task_pb2
 from embedd_client import EmbeddClient
 from embedd_server import app
-from embedd_server.devtools.pg import LocalPostgres
+from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import Org, rest_error
-from tests.integration.test_backfill_durability import fresh_control
+from tests.conftest import UserDb
+from tests.harness import Org, drop_control_plane, rest_error
 
 
 async def limited_org(service: app.Service, org: Org, rpm: int) -> Org:
@@ -117,8 +117,10 @@ async def test_own_limit_change_takes_effect_at_once(service: app.Service, org: 
     assert r.headers["x-ratelimit-limit"] == "1000"  # business: 1,000 per minute
 
 
-async def test_two_server_processes_share_one_budget(pg: LocalPostgres) -> None:
-    control = await fresh_control(pg)
+async def test_two_server_processes_share_one_budget(pg: LocalPostgres, user_db: UserDb) -> None:
+    name = f"control_{secrets.token_hex(4)}"
+    await create_database(pg.superuser_dsn(), name, with_vector=False)
+    control = pg.superuser_dsn(name)
     key = new_secret_key()
     servers = [ServerProcess(control, key).start(), ServerProcess(control, key).start()]
     try:
@@ -136,5 +138,6 @@ async def test_two_server_processes_share_one_budget(pg: LocalPostgres) -> None:
     finally:
         for s in servers:
             s.stop()
+        await drop_control_plane(pg, name, user_db.owner_dsn)
     assert outcomes.count("ok") == 10 and outcomes.count("RESOURCE_EXHAUSTED") == 6, outcomes
     assert set(outcomes[:10]) == {"ok"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 
 import asyncpg
@@ -12,11 +13,27 @@ from embedd.v1 import connection_pb2, environment_pb2, values_pb2
 from embedd_client import EmbeddClient
 from embedd_server import app
 from embedd_server.config import load_settings
+from embedd_server.domain.credentials import ConnectionTestResult
 from embedd_server.store.db import migrate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.harness import INJECTED, UNTHROTTLED, Org, grpc_error, random_secret_key, rest_error
+from tests.conftest import UserDb
+from tests.harness import (
+    INJECTED,
+    UNTHROTTLED,
+    Org,
+    SwitchableChecker,
+    grpc_error,
+    random_secret_key,
+    rest_error,
+    wait_for,
+)
+
+
+def _pending_connection(listener: socket.socket) -> bool:
+    """True once a client connection waits on the listening socket (nobody accepts it)."""
+    return bool(select.select([listener], [], [], 0)[0])
 
 
 async def test_health_needs_no_key(service: app.Service) -> None:
@@ -78,11 +95,10 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(control_dsn: str) -
                 )
             )
             call = asyncio.ensure_future(
-                c.connections.TestConnection(
-                    connection_pb2.TestConnectionRequest(connection_id=made.id)
-                )
+                c.connections.TestConnection(connection_pb2.TestConnectionRequest(connection_id=made.id))
             )
-            await asyncio.sleep(0.3)
+            # in flight: the server's check has connected to the silent port
+            await wait_for(lambda: _pending_connection(silent), what="the connection test to connect")
             assert not call.done()
             await svc.stop(5.0)
             result = await call
@@ -97,22 +113,26 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(control_dsn: str) -
         silent.close()
 
 
-async def test_internal_errors_never_show_python_text(org: Org, service: app.Service) -> None:
+async def test_internal_errors_never_show_python_text(
+    org: Org, user_db: UserDb, checker: SwitchableChecker
+) -> None:
     """An unexpected exception becomes internal_error with a request id, nothing else."""
-    original = service.orgs.list_environments
 
-    async def boom(*args: object, **kwargs: object) -> object:
+    async def boom(creds: object, platform_mode: bool) -> ConnectionTestResult:
         raise RuntimeError(f"secret internals: password=hunter2 at /srv/x.py line 3 ({INJECTED})")
 
-    service.orgs.list_environments = boom  # type: ignore[method-assign]
-    try:
-        status, code, err = rest_error(await org.http("GET", "/v1/environments"))
+    made = await org.http(
+        "POST",
+        "/v1/providers/postgresql/connections",
+        {"name": "boom", "mode": "platform", "credentials": user_db.credentials()},
+    )
+    conn_id = made.json()["id"]
+    with checker.replaced(boom):
+        status, code, err = rest_error(await org.http("POST", f"/v1/connections/{conn_id}/test"))
         async with org.client() as c:
             gcode, reason, _, message = await grpc_error(
-                c.environments.ListEnvironments(environment_pb2.ListEnvironmentsRequest())
+                c.connections.TestConnection(connection_pb2.TestConnectionRequest(connection_id=conn_id))
             )
-    finally:
-        service.orgs.list_environments = original  # type: ignore[method-assign]
     assert (status, code) == (500, "internal_error")
     assert (
         "hunter2" not in str(err) and "RuntimeError" not in str(err) and err["request_id"] in err["message"]

@@ -3,7 +3,6 @@ table, backfill to completion, tasks, progress streams, per-row failures, deleti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from embedd.v1 import sync_pb2, task_pb2, values_pb2, vector_table_pb2
 
 from tests.conftest import PRODUCT_ROWS, UserDb
-from tests.harness import Org, grpc_error, rest_error
+from tests.harness import Org, grpc_error, rest_error, wait_for
 
 SEED_COLUMNS = [
     {"name": "name", "role": "embedding", "ordinal": 1, "name_prefix": "Product: "},
@@ -64,13 +63,15 @@ async def create_vt(org: Org, user_db: UserDb, **changes: Any) -> dict[str, Any]
 
 
 async def wait_synced(org: Org, vt_id: str, within_s: float = 30.0) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        status = (await org.http("GET", f"/v1/vector-tables/{vt_id}/sync/status")).json()
-        if status["sync_status"] in ("synced", "error"):
-            return status  # type: ignore[no-any-return]
-        assert asyncio.get_running_loop().time() < deadline, status
-        await asyncio.sleep(0.1)
+    """The sync status once the fill ended (synced, or error)."""
+    status: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        status.update((await org.http("GET", f"/v1/vector-tables/{vt_id}/sync/status")).json())
+        return status["sync_status"] in ("synced", "error")
+
+    await wait_for(ended, within_s, what="the fill to end")
+    return status
 
 
 async def test_seed_step_4_shape_and_physical_table(org: Org, user_db: UserDb) -> None:
@@ -339,9 +340,9 @@ async def test_second_backfill_while_one_is_queued_is_409(
     conn = await asyncpg.connect(control_dsn)
     try:  # a task held by another (live) process
         await conn.execute(
-            "INSERT INTO tasks (id, org_id, task_type, target_id, status, lease_owner, lease_expires_at)"
-            " VALUES ('task_held' || $1, $2, 'backfill', $1, 'running', 'elsewhere',"
-            " now() + interval '1 hour')",
+            "INSERT INTO tasks (id, org_id, env_id, task_type, target_id, status, lease_owner,"
+            " lease_expires_at) SELECT 'task_held' || $1, $2, env_id, 'backfill', $1, 'running',"
+            " 'elsewhere', now() + interval '1 hour' FROM vector_tables WHERE id = $1",
             made["id"],
             org.org_id,
         )

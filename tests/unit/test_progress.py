@@ -13,6 +13,7 @@ def _task(status: str, rows: int) -> Task:
     return Task(
         id="task_a",
         org_id="org_a",
+        env_id="env_a",
         task_type="backfill",
         target_id="vt_a",
         status=status,

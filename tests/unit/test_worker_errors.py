@@ -36,40 +36,53 @@ async def test_a_stage_failure_is_classified_not_its_task_group() -> None:
         await _guard(pipeline())
 
 
-class _Stores:
-    """Stands in for the task and vector-table stores: records how the attempt ended."""
+class _Lease:
+    """Stands in for a TaskLease: records how the attempt ended."""
 
-    def __init__(self) -> None:
-        self.ended: list[tuple[str | None, bool]] = []
-        self.recorded: list[tuple[str, str | None]] = []
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.failed: list[tuple[str, bool]] = []
 
-    async def finish(
-        self, task_id: str, owner: str, *, error: str | None = None, retry: bool = False
-    ) -> None:
-        self.ended.append((error, retry))
+    async def renew(self) -> None:
+        return None
 
-    async def record_error(self, vt_id: str, error: str, sync_status: str | None) -> None:
-        self.recorded.append((error, sync_status))
+    async def release(self) -> None:
+        return None
 
-    async def heartbeat(self, task_id: str, owner: str, lease_s: float) -> bool:
-        return True
+    async def fail(self, error: str, *, retry: bool) -> None:
+        self.failed.append((error, retry))
 
 
 async def test_a_host_the_network_policy_refuses_fails_the_task_at_once() -> None:
     """Retrying cannot make the address public: no retry, the reason in last_error."""
-    stores = _Stores()
-    deps = EngineDeps(stores, stores, None, None, None, None, EngineSettings())  # type: ignore[arg-type]
+    deps = EngineDeps(None, None, None, None, None, None, EngineSettings())  # type: ignore[arg-type]
     worker = Worker(deps)
 
-    async def refused(task: Task) -> None:
+    async def refused(lease: object) -> None:
         raise NetworkPolicyDenied("db.internal")
 
     worker._execute = refused  # type: ignore[method-assign,assignment]
     now = dt.datetime(2026, 3, 13, tzinfo=dt.UTC)
     task = Task(
-        "task_a", "org_a", "backfill", "vt_a", "running", 1, 3, None, None, 0, 0, 0, "w", now, now, None
+        "task_a",
+        "org_a",
+        "env_a",
+        "backfill",
+        "vt_a",
+        "running",
+        1,
+        3,
+        None,
+        None,
+        0,
+        0,
+        0,
+        "w",
+        now,
+        now,
+        None,
     )
-    await worker._run(task)
-    [(error, retry)] = stores.ended
-    assert not retry and error is not None and "network policy" in error
-    assert stores.recorded == [(error, "error")]
+    lease = _Lease(task)
+    await worker._run(lease)  # type: ignore[arg-type]
+    [(error, retry)] = lease.failed
+    assert not retry and "network policy" in error

@@ -58,10 +58,18 @@ class ApiError(Exception):
         return f"{self.code}: {self.message}"
 
 
+# The message of a validation error summarises: the violations themselves travel as
+# details (BadRequest over gRPC, `details` over REST), never repeated in full here (and the
+# transport cuts any message to its size budget: embedd_server.errors).
+SUMMARY_VIOLATIONS = 3
+
+
 def validation_error(violations: Sequence[FieldViolation], message: str | None = None) -> ApiError:
-    """A 400 naming every offending field."""
+    """A 400 naming every offending field (the message names the first few)."""
     if message is None:
-        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations[:SUMMARY_VIOLATIONS])
+        if len(violations) > SUMMARY_VIOLATIONS:
+            message += f"; and {len(violations) - SUMMARY_VIOLATIONS} more (see details)"
     return ApiError(Kind.INVALID, "validation_error", message, violations=tuple(violations))
 
 

@@ -96,12 +96,15 @@ class VectorTable:
     last_error_at: dt.datetime | None
     # The spec a re-backfill is building; it replaces `spec` at the swap.
     pending_spec: VectorTableSpec | None = None
+    # Seconds since last_synced_at by the control plane's clock (never negative), when read.
+    staleness_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Task:
     id: str
     org_id: str
+    env_id: str
     task_type: str
     target_id: str
     status: str

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from embedd_server.domain.errors import FieldViolation
 
 # PostgreSQL cuts identifiers at 63 bytes; the live name must leave room for `_swap`.
 MAX_IDENT = 63
@@ -18,6 +21,7 @@ HNSW_MAX_HALFVEC_DIMS = 4000
 
 FILTER_TYPES = ("keyword", "integer", "float", "boolean", "datetime")
 DEFAULT_SYNC_INTERVAL_S = 60
+MAX_ORDINAL = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,14 @@ class VectorTableSpec:
         data = dict(data)
         data["columns"] = tuple(ColumnSpec(**c) for c in data["columns"])
         return cls(**data)
+
+
+def swap_marker(spec: VectorTableSpec) -> str:
+    """What a re-backfill's swap writes on the table it swaps in (a table comment, in the
+    swap's transaction): a resumed re-backfill that finds it knows the swap committed, even if
+    its holder died before the control plane recorded it."""
+    digest = hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+    return f"embedd swap {digest}"
 
 
 def slug(name: str, max_len: int) -> str:
@@ -134,15 +146,35 @@ def default_filter_type(sql_type: str, is_enum: bool = False) -> str | None:
     return allowed[0] if allowed else None
 
 
-def order_embedding_columns(columns: Sequence[ColumnSpec]) -> list[ColumnSpec]:
-    """Embedding columns get ordinals 1..n in their given order where ordinals are absent."""
+def order_embedding_columns(columns: Sequence[ColumnSpec]) -> tuple[list[ColumnSpec], list[FieldViolation]]:
+    """Gives every embedding column its ordinal (the order their texts are joined in), with
+    the problems found (paths `columns[i].ordinal`, in request order). The rule: explicit
+    ordinals are honoured as given; columns without one come after all of those, in the
+    order given (they take the next ordinals). Two columns with one ordinal are an error
+    naming both."""
+    problems: list[FieldViolation] = []
+    owner: dict[int, str] = {}
+    for i, col in enumerate(columns):
+        if col.role != "embedding" or col.ordinal is None:
+            continue
+        if not 1 <= col.ordinal <= MAX_ORDINAL:
+            problems.append(FieldViolation(f"columns[{i}].ordinal", f"must be between 1 and {MAX_ORDINAL}"))
+        elif col.ordinal in owner:
+            problems.append(
+                FieldViolation(
+                    f"columns[{i}].ordinal",
+                    f"columns {owner[col.ordinal]!r} and {col.name!r} both have ordinal {col.ordinal};"
+                    " give each embedding column its own (or leave it out to follow the others)",
+                )
+            )
+        else:
+            owner[col.ordinal] = col.name
+    next_ordinal = max(owner, default=0) + 1
     out: list[ColumnSpec] = []
-    next_ordinal = 1
-    for given in columns:
-        col = given
+    for col in columns:
         if col.role == "embedding" and col.ordinal is None:
-            col = ColumnSpec(col.name, col.role, next_ordinal, col.name_prefix, None)
-        if col.role == "embedding" and col.ordinal is not None:
-            next_ordinal = max(next_ordinal, col.ordinal + 1)
-        out.append(col)
-    return out
+            out.append(ColumnSpec(col.name, col.role, next_ordinal, col.name_prefix, None))
+            next_ordinal += 1
+        else:
+            out.append(col)
+    return out, problems

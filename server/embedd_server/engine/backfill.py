@@ -15,7 +15,7 @@ which makes the repeat harmless ("every source row exactly once").
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,10 +35,6 @@ from embedd_server.sources.sql import qualified, quote_ident
 log = structlog.get_logger(__name__)
 
 EMPTY_TEXT = "nothing to embed: every embedding column of this row is NULL or empty"
-
-
-class LeaseLost(Exception):
-    """Another process owns the task now (or it was deleted): stop without writing more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +61,8 @@ class Progress:
     failures: list[tuple[str, str]]
 
 
-# Persists a committed chunk's progress; returns False when the lease is gone.
-Checkpoint = Callable[[Progress], Any]
+# Persists a committed chunk's progress (fenced: raises LeaseLost when the task is not ours).
+Checkpoint = Callable[[Progress], Awaitable[None]]
 
 
 @dataclass
@@ -182,8 +178,7 @@ class BackfillJob:
                 upsert = upsert_all
                 self.rows_processed += len(pending.rows)
                 progress = Progress(pending.rows[-1].pk, self.rows_processed, self.rows_total, failures)
-                if not await self.checkpoint(progress):
-                    raise LeaseLost(self.task.id)
+                await self.checkpoint(progress)
 
 
 def _vector_rows(

@@ -1,10 +1,12 @@
 """What every engine job needs, resolved once per job: the table's source credentials, its
-embedder, and two connections to the user's database (one reads, one writes)."""
+embedder, and two connections to the user's database (one reads; one writes, holding the
+table's fence: sinks/fence.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +19,12 @@ from embedd_server.network_policy import PERMISSIVE, NetworkPolicy
 from embedd_server.providers.base import Embedder
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
+from embedd_server.sinks.fence import Holder, take_over
 from embedd_server.sinks.pgvector import register_vector_codec
 from embedd_server.sources.postgres import connect
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
-from embedd_server.store.vector_tables import TaskStore, VectorTableStore
+from embedd_server.store.tasks import TaskStore
+from embedd_server.store.vector_tables import VectorTableStore
 
 
 class PermanentError(Exception):
@@ -44,6 +48,15 @@ class EngineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Fence:
+    """Who the session writes for: the lease kind, and how to confirm the lease is still ours
+    (raises LeaseLost)."""
+
+    holder: Holder
+    confirm: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
 class TableSession:
     embedder: Embedder
     reader: asyncpg.Connection[Any]
@@ -59,12 +72,14 @@ class EngineDeps:
     embedders: EmbedderRegistry
     secrets: SecretBox
     settings: EngineSettings
+    clock: Callable[[], float] = time.monotonic
 
     @asynccontextmanager
     async def session(
-        self, vt: VectorTable, spec: VectorTableSpec | None = None
+        self, vt: VectorTable, fence: Fence, spec: VectorTableSpec | None = None
     ) -> AsyncIterator[TableSession]:
-        """Connections and the embedder for `spec` (the live one by default)."""
+        """Connections and the embedder for `spec` (the live one by default). The writer
+        holds the table's fence for the session: earlier, stale holders are cut off."""
         spec = spec or vt.spec
         connection = await self.connections.get_by_id(vt.connection_id)
         provider = await self.providers.get_by_id(vt.embedding_provider_id)
@@ -81,6 +96,7 @@ class EngineDeps:
             await reader.close()
             raise
         try:
+            await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
             await register_vector_codec(writer)
             yield TableSession(embedder, reader, writer)
         finally:

@@ -1,7 +1,7 @@
 """Semantic query orchestration: readiness, query embedding (cached), filter compilation, the
 choice of search path, and the pools of connections to users' databases.
 
-Path choice (measured, see bench/bench_query.py and notes/pgvector-costs.md): HNSW with a
+Path choice (measured: docs/facts.md, "Query paths", and bench/bench_query.py): HNSW with a
 selective filter either returns too few rows (no iterative scan) or is slow and misses
 (relaxed_order: recall 0.93 at 1 %, 0.68 at 0.1 %), while an exact ranking of the rows the
 filter selects, read through the btree metadata indexes, costs a few ms and has recall 1.0.
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,9 @@ def not_ready(message: str) -> ApiError:
 
 class QueryEmbeddingCache:
     """Query vectors (pgvector binary) by (provider id, model, dims, text): a bounded LRU whose
-    entries live `ttl_s`. Concurrent misses of one key share a single provider call."""
+    entries live `ttl_s`. Concurrent misses of one key share a single provider call, which runs
+    as a task of its own: a waiter that gives up (its client cancelled) cancels only its own
+    wait, never the call the other waiters are waiting for."""
 
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 300.0) -> None:
         self._max = max_entries
@@ -77,7 +80,7 @@ class QueryEmbeddingCache:
         self._entries: collections.OrderedDict[tuple[str, str, int, str], tuple[float, bytes]] = (
             collections.OrderedDict()
         )
-        self._inflight: dict[tuple[str, str, int, str], asyncio.Future[bytes]] = {}
+        self._inflight: dict[tuple[str, str, int, str], asyncio.Task[bytes]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -98,29 +101,29 @@ class QueryEmbeddingCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    async def get_or_compute(self, key: tuple[str, str, int, str], compute: Any) -> bytes:
+    async def get_or_compute(
+        self, key: tuple[str, str, int, str], compute: Callable[[], Coroutine[Any, Any, bytes]]
+    ) -> bytes:
         cached = self.get(key)
         if cached is not None:
             self.hits += 1
             return cached
-        waiting = self._inflight.get(key)
-        if waiting is not None:
+        task = self._inflight.get(key)
+        if task is not None:
             self.hits += 1
-            return await asyncio.shield(waiting)
-        self.misses += 1
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            value: bytes = await compute()
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        future.set_result(value)
-        self.put(key, value)
-        return value
+        else:
+            self.misses += 1
+            task = asyncio.ensure_future(compute())
+            self._inflight[key] = task
+            task.add_done_callback(functools.partial(self._done, key))
+        return await asyncio.shield(task)
+
+    def _done(self, key: tuple[str, str, int, str], task: asyncio.Task[bytes]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled():
+            return
+        if task.exception() is None:  # retrieved: the waiters re-raise it themselves
+            self.put(key, task.result())
 
     def clear(self) -> None:
         self._entries.clear()

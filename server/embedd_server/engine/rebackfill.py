@@ -4,18 +4,25 @@ transaction and drop the old one. Queries never see a gap.
 
 When only metadata columns changed, the live vectors are reused (joined in SQL by primary
 key and text hash) instead of paying the provider again.
+
+The swap is fenced and recoverable: inside the rename transaction, with both tables locked,
+the lease is confirmed (and renewed) in the control plane, so a holder that lost its lease
+never commits a swap; and the swapped-in table is marked with the spec it holds, so a holder
+that dies between the rename and the control-plane update is finished by the next one (it
+finds the mark and only records the swap) instead of building the table again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 
 from embedd_server.domain.models import Task, VectorTable
-from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.domain.vector_tables import VectorTableSpec, swap_marker
 from embedd_server.engine.backfill import BackfillJob, Checkpoint
 from embedd_server.engine.context import TableSession
 from embedd_server.engine.sync import SyncJob
@@ -45,6 +52,7 @@ class RebackfillJob:
     spec: VectorTableSpec  # the new one
     session: TableSession
     checkpoint: Checkpoint
+    confirm: Callable[[], Awaitable[None]]  # the lease is still ours (raises LeaseLost)
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
@@ -60,9 +68,20 @@ class RebackfillJob:
             self.spec.target_schema, f"{self.table.platform_vector_ref}_swap", self.spec.embedding_dimensions
         )
 
+    def old(self) -> PgVectorTable:
+        return PgVectorTable(
+            self.spec.target_schema,
+            f"{self.table.platform_vector_ref}_old",
+            self.table.spec.embedding_dimensions,
+        )
+
     async def run(self) -> tuple[int, int]:
         """Builds, swaps and cleans up; returns (vectors, source rows)."""
         writer = self.session.writer
+        if await self.live.marker(writer) == swap_marker(self.spec):
+            log.info("the swap committed before its holder stopped; recording it")
+            await self.old().drop(writer)
+            return await self._counts()
         swap = self.swap
         if same_vectors(self.table.spec, self.spec):
             await swap.create(writer, with_index=False)
@@ -85,8 +104,11 @@ class RebackfillJob:
         await swap.create_metadata_indexes(writer, self.spec.metadata_columns)
         await self._catch_up()  # the index build took a while too
         await self._swap_in()
+        return await self._counts()
+
+    async def _counts(self) -> tuple[int, int]:
         total = int(await self.session.reader.fetchval(count_rows(self.spec)))
-        return await self.live_after_swap().count(writer), total
+        return await self.live_after_swap().count(self.session.writer), total
 
     def live_after_swap(self) -> PgVectorTable:
         return PgVectorTable(
@@ -121,8 +143,7 @@ class RebackfillJob:
         a query in flight on the live table delays the swap, never the other way round."""
         writer = self.session.writer
         ref = self.table.platform_vector_ref
-        schema = self.spec.target_schema
-        old = PgVectorTable(schema, f"{ref}_old", self.table.spec.embedding_dimensions)
+        old = self.old()
         await old.drop(writer)  # a leftover of an interrupted earlier swap
         for attempt in range(1, SWAP_ATTEMPTS + 1):
             try:
@@ -132,6 +153,8 @@ class RebackfillJob:
                         f"ALTER TABLE {self.live.qualified} RENAME TO {quote_ident(old.name)}"
                     )
                     await writer.execute(f"ALTER TABLE {self.swap.qualified} RENAME TO {quote_ident(ref)}")
+                    await self.live_after_swap().set_marker(writer, swap_marker(self.spec))
+                    await self.confirm()  # last: a holder that lost its lease rolls back
                 break
             except asyncpg.LockNotAvailableError:
                 log.info("swap waiting for queries to finish", attempt=attempt)

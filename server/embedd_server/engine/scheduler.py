@@ -1,23 +1,28 @@
 """Continuous sync: polls each synced vector table at its own interval, under a lease on the
-table row so that exactly one process syncs a table at a time. A failing table goes to
-`error`, is retried with exponential backoff, and recovers by itself when the cause is gone."""
+table row so that exactly one process syncs a table at a time. The lease is renewed while the
+cycle runs (the cycle is cancelled the moment it is lost), the cycle's control-plane writes go
+through its `SyncLease` (fenced by owner and epoch), and its writer connection holds the
+table's fence (sinks/fence.py). A failing table goes to `error`, is retried with exponential
+backoff, and recovers by itself when the cause is gone."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 
 import asyncpg
 import structlog
 
-from embedd_server.domain.models import VectorTable
-from embedd_server.engine.context import EngineDeps, cancel_and_wait
+from embedd_server.domain.leases import LeaseLost
+from embedd_server.engine.context import EngineDeps, Fence, cancel_and_wait
+from embedd_server.engine.leases import while_leased
 from embedd_server.engine.sync import SyncJob, SyncOutcome, describe
 from embedd_server.engine.worker import describe_error, new_owner
 from embedd_server.providers.base import ProviderError
+from embedd_server.sinks.fence import Holder
 from embedd_server.sinks.pgvector import PgVectorTable
 from embedd_server.sources.queries import count_rows
+from embedd_server.store.vector_tables import SyncClaim
 
 log = structlog.get_logger(__name__)
 
@@ -42,65 +47,55 @@ class SyncScheduler:
             free = self._settings.max_tasks - len(self._running)
             if free > 0:
                 try:
-                    for vt in await self._vts.claim_due(self.owner, self._settings.lease_s, free):
-                        self._running[vt.id] = asyncio.create_task(self._cycle(vt), name=f"sync-{vt.id}")
-                except (OSError, asyncpg.PostgresError) as exc:
+                    for claim in await self._vts.claim_due(self.owner, self._settings.lease_s, free):
+                        vt_id = claim.table.id
+                        self._running[vt_id] = asyncio.create_task(self._cycle(claim), name=f"sync-{vt_id}")
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("claiming sync work failed; retrying", error=str(exc))
             await asyncio.sleep(self._settings.poll_s)
 
-    async def _cycle(self, vt: VectorTable) -> None:
-        structlog.contextvars.bind_contextvars(target_id=vt.id)
-        started = dt.datetime.now(dt.UTC)
-        keepalive = asyncio.create_task(self._keep_lease(vt.id))
+    async def _cycle(self, claim: SyncClaim) -> None:
+        structlog.contextvars.bind_contextvars(target_id=claim.table.id)
+        lease = claim.lease
         try:
-            outcome, full, counts = await self._sync(vt)
+            outcome, full, counts = await while_leased(
+                self._sync(claim), lease.renew, self._settings.lease_s, self._deps.clock
+            )
             note = None
             if outcome.failures:
                 pk, why = outcome.failures[0]
                 note = f"{len(outcome.failures)} row(s) could not be embedded (e.g. {pk}: {why})"
-            await self._vts.finish_sync(
-                vt.id,
-                self.owner,
-                started_at=started,
-                cursor=outcome.cursor,
-                swept=full,
-                counts=counts,
-                note=note,
-            )
+            await lease.finish(cursor=outcome.cursor, swept=full, counts=counts, note=note)
             if outcome.changed:
                 log.info("synced", changes=describe(outcome))
+        except LeaseLost as exc:
+            log.warning("sync lease lost; the cycle's results are dropped", reason=str(exc))
         except asyncio.CancelledError:
             raise
         except ProviderError as exc:
-            await self._fail(vt, exc.message)
+            await self._fail(claim, exc.message)
         except Exception as exc:
             log.warning("sync failed", error=str(exc))
-            await self._fail(vt, describe_error(exc))
+            await self._fail(claim, describe_error(exc))
         finally:
-            keepalive.cancel()
-            self._running.pop(vt.id, None)
+            self._running.pop(claim.table.id, None)
 
-    async def _fail(self, vt: VectorTable, error: str) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
-            await self._vts.fail_sync(
-                vt.id, self.owner, error, max_backoff_s=self._settings.max_sync_backoff_s
-            )
+    async def _fail(self, claim: SyncClaim, error: str) -> None:
+        with contextlib.suppress(LeaseLost, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await claim.lease.fail(error, max_backoff_s=self._settings.max_sync_backoff_s)
 
-    async def _keep_lease(self, vt_id: str) -> None:
-        while True:
-            await asyncio.sleep(self._settings.lease_s / 3)
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await self._vts.renew_sync_lease(vt_id, self.owner, self._settings.lease_s)
-
-    async def _sync(self, vt: VectorTable) -> tuple[SyncOutcome, bool, tuple[int, int] | None]:
+    async def _sync(self, claim: SyncClaim) -> tuple[SyncOutcome, bool, tuple[int, int] | None]:
+        vt = claim.table
         spec = vt.spec
-        state = await self._vts.sync_state(vt.id)
-        cursor = state["sync_cursor"] if state else None
-        last_sweep = state["last_delete_sweep_at"] if state else None
-        full = spec.sync_mode != "cdc" or cursor is None or last_sweep is None
-        if not full and last_sweep is not None:
-            full = (dt.datetime.now(dt.UTC) - last_sweep).total_seconds() >= self._settings.cdc_sweep_s
-        async with self._deps.session(vt) as session:
+        cursor = claim.cursor
+        since_sweep = claim.since_sweep_s  # by the control plane's clock, like the sweep's stamp
+        full = (
+            spec.sync_mode != "cdc"
+            or cursor is None
+            or since_sweep is None
+            or since_sweep >= self._settings.cdc_sweep_s
+        )
+        async with self._deps.session(vt, Fence(Holder.SYNC, claim.lease.renew)) as session:
             target = PgVectorTable(spec.target_schema, vt.platform_vector_ref, spec.embedding_dimensions)
             outcome = await SyncJob(
                 spec=spec,

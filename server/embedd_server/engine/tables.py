@@ -18,6 +18,7 @@ from embedd_server.domain.vector_tables import (
     default_filter_type,
 )
 from embedd_server.network_policy import REASON, NetworkPolicy, NetworkPolicyDenied
+from embedd_server.sinks.fence import evict_all
 from embedd_server.sinks.pgvector import PgVectorTable
 from embedd_server.sources.postgres import SourceTable, connect, inspect_table
 from embedd_server.sources.sql import qualified, quote_ident
@@ -194,7 +195,28 @@ class TableManager:
             return check_against_catalog(spec, table, creds.user)
 
     async def drop(self, creds: PgCredentials, schema: str, ref: str) -> None:
-        """Drops the live table and any leftovers of a re-backfill."""
+        """Drops what `prepare` made (for a creation that failed after it)."""
+        async with self.dropping(creds, schema, ref):
+            pass
+
+    @asynccontextmanager
+    async def dropping(self, creds: PgCredentials, schema: str, ref: str) -> AsyncIterator[None]:
+        """Drops the live table and any leftovers of a re-backfill once the block (deleting the
+        row) succeeds. Connected first, so an unreachable database fails before the block
+        runs; then the sessions of whoever still writes the table are ended (the row is gone,
+        every holder is stale: sinks/fence.py), so nothing re-creates it behind the drop."""
+        names = (ref, f"{ref}_swap", f"{ref}_old")
         async with user_database(creds, self._timeout, self._policy) as conn:
-            for name in (ref, f"{ref}_swap", f"{ref}_old"):
-                await PgVectorTable(schema, name, 1).drop(conn)
+            yield
+            try:
+                await evict_all(conn, ref)
+                for name in names:
+                    await PgVectorTable(schema, name, 1).drop(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                statements = " ".join(f"DROP TABLE IF EXISTS {qualified(schema, n)};" for n in names)
+                raise ApiError(
+                    Kind.UNAVAILABLE,
+                    "vectors_not_dropped",
+                    f"The vector table was deleted, but dropping its vectors failed "
+                    f"({exc.__class__.__name__}). Drop them yourself: {statements}",
+                ) from exc

@@ -1,14 +1,18 @@
 """Claims tasks from the control plane and runs them, several at a time, under leases.
 
 Any number of server processes can share one control plane: a task is claimed with
-`FOR UPDATE SKIP LOCKED`, its lease is renewed by a heartbeat, every checkpoint is fenced by
-the lease owner, and a task whose process died is taken over once its lease lapses.
+`FOR UPDATE SKIP LOCKED` under a new lease epoch, the lease is renewed while the task runs
+(engine/leases.py: the task is cancelled the moment it is lost), every control-plane write is
+made through the task's `TaskLease` (fenced by owner and epoch), and the writer connection to
+the user's database holds the table's fence (sinks/fence.py). A task whose process died or
+stalled is taken over once its lease lapses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import uuid
@@ -18,22 +22,21 @@ from typing import TypeVar
 import asyncpg
 import structlog
 
-from embedd_server.domain.models import Task, VectorTable
-from embedd_server.engine.backfill import BackfillJob, LeaseLost, Progress
-from embedd_server.engine.context import EngineDeps, PermanentError, cancel_and_wait
+from embedd_server.domain.leases import LeaseLost
+from embedd_server.domain.models import VectorTable
+from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
+from embedd_server.engine.context import EngineDeps, Fence, PermanentError, cancel_and_wait
+from embedd_server.engine.leases import while_leased
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.network_policy import NetworkPolicyDenied
 from embedd_server.providers.base import ProviderError
-from embedd_server.store.db import Executor
+from embedd_server.sinks.fence import Holder
+from embedd_server.store.tasks import TaskLease
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-# Records a finished task's result, given the connection of the completing transaction.
-Record = Callable[[Executor], Awaitable[None]]
-
-
-async def _nothing(conn: Executor) -> None:
-    return None
+# Records a finished task's result: one of the lease's `complete*` writes.
+Completion = Callable[[], Awaitable[None]]
 
 
 def new_owner() -> str:
@@ -54,6 +57,11 @@ class Worker:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="embedd-worker")
 
+    @property
+    def running_tasks(self) -> frozenset[str]:
+        """Ids of the tasks this process is working on now."""
+        return frozenset(self._running)
+
     def wake(self) -> None:
         """Look for work now (a task was just queued in this process)."""
         self._wake.set()
@@ -70,123 +78,107 @@ class Worker:
                     claimed = await self._tasks.claim(self.owner, self._settings.lease_s)
                     if claimed is None:
                         break
-                    self._running[claimed.id] = asyncio.create_task(self._run(claimed), name=claimed.id)
-            except (OSError, asyncpg.PostgresError) as exc:
+                    task_id = claimed.task.id
+                    self._running[task_id] = asyncio.create_task(self._run(claimed), name=task_id)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("claiming tasks failed; retrying", error=str(exc))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_s)
 
-    async def _run(self, task: Task) -> None:
+    async def _run(self, lease: TaskLease) -> None:
+        task = lease.task
         structlog.contextvars.bind_contextvars(task_id=task.id, target_id=task.target_id)
-        heartbeat = asyncio.create_task(self._heartbeat(task.id, asyncio.current_task()))
         try:
-            record = await self._execute(task)
-            await self._tasks.complete(task.id, self.owner, record)
+            complete = await while_leased(
+                self._execute(lease), lease.renew, self._settings.lease_s, self._deps.clock
+            )
+            await complete()
             log.info("task completed", task_type=task.task_type)
-        except LeaseLost:
-            log.warning("lease lost; another process has the task")
+        except LeaseLost as exc:
+            log.warning("lease lost; the task is not ours any more", reason=str(exc))
         except asyncio.CancelledError:
-            await self._release(task)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lease.release())
             raise
         except (PermanentError, NetworkPolicyDenied) as exc:
-            await self._fail(task, str(exc), retry=False)
+            await self._fail(lease, str(exc), retry=False)
         except ProviderError as exc:
-            await self._fail(task, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))
+            await self._fail(lease, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))
         except Exception as exc:
             log.exception("task attempt failed")
-            await self._fail(task, describe_error(exc), retry=True)
+            await self._fail(lease, describe_error(exc), retry=True)
         finally:
-            heartbeat.cancel()
             self._running.pop(task.id, None)
             self._wake.set()
 
-    async def _heartbeat(self, task_id: str, runner: asyncio.Task[None] | None) -> None:
-        while True:
-            await asyncio.sleep(self._settings.lease_s / 3)
-            try:
-                still_ours = await self._tasks.heartbeat(task_id, self.owner, self._settings.lease_s)
-            except (OSError, asyncpg.PostgresError):
-                continue  # the control plane blipped; the lease has slack for two misses
-            if not still_ours and runner is not None:
-                runner.cancel()
-                return
+    async def _fail(self, lease: TaskLease, error: str, *, retry: bool) -> None:
+        retry = retry and lease.task.attempts < lease.task.max_attempts
+        log.warning("task attempt failed", error=error, retry=retry, attempt=lease.task.attempts)
+        try:
+            await lease.fail(error, retry=retry)
+        except LeaseLost as exc:
+            log.warning("lease lost; the failure is not recorded", reason=str(exc))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The lease lapses and the next claim retries the task (or gives up on it).
+            log.warning("recording the failure failed", error=str(exc))
 
-    async def _release(self, task: Task) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._tasks.release(task.id, self.owner))
-
-    async def _fail(self, task: Task, error: str, *, retry: bool) -> None:
-        retry = retry and task.attempts < task.max_attempts
-        log.warning("task attempt failed", error=error, retry=retry, attempt=task.attempts)
-        await self._tasks.finish(task.id, self.owner, error=error, retry=retry)
-        await self._vts.record_error(task.target_id, error, sync_status=None if retry else "error")
-
-    def _checkpoint(
-        self, task: Task, vt: VectorTable, *, live: bool
-    ) -> Callable[[Progress], Awaitable[bool]]:
-        async def checkpoint(p: Progress) -> bool:
-            ok = await self._tasks.checkpoint(
-                task.id,
-                self.owner,
+    def _checkpoint(self, lease: TaskLease, vt: VectorTable, *, live: bool) -> Checkpoint:
+        async def checkpoint(p: Progress) -> None:
+            await lease.checkpoint(
                 last_pk=p.last_pk,
                 rows_processed=p.rows_processed,
                 rows_total=p.rows_total,
                 failures=p.failures,
+                # a re-backfill leaves the live table's numbers alone until the swap
+                live_table=vt.id if live else None,
             )
-            if ok and live:  # a re-backfill leaves the live table's numbers alone until the swap
-                await self._vts.record_progress(
-                    vt.id, synced_rows=p.rows_processed, total_rows=max(p.rows_total, p.rows_processed)
-                )
-            return ok
 
         return checkpoint
 
-    async def _execute(self, task: Task) -> Record:
+    async def _execute(self, lease: TaskLease) -> Completion:
         """Does the work; returns how to record its result (in the task's completing transaction)."""
+        task = lease.task
         vt = await self._vts.get_by_id(task.target_id)
         if vt is None:
             raise PermanentError("the vector table was deleted")
         if task.task_type == "rebackfill":
-            return await self._rebackfill(task, vt)
-        await self._vts.set_status(vt.id, "backfilling")
-        async with self._deps.session(vt) as session:
+            return await self._rebackfill(lease, vt)
+        await lease.start(vt.id)
+        async with self._deps.session(vt, Fence(Holder.TASK, lease.renew)) as session:
             job = BackfillJob(
                 task=task,
                 table=vt,
                 embedder=session.embedder,
                 reader=session.reader,
                 writer=session.writer,
-                checkpoint=self._checkpoint(task, vt, live=True),
+                checkpoint=self._checkpoint(lease, vt, live=True),
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
             )
             synced = await _guard(job.run())
-        return lambda conn: self._vts.record_synced(
-            vt.id, synced_rows=synced, total_rows=job.rows_total, conn=conn
-        )
+        return functools.partial(lease.complete_fill, vt.id, synced_rows=synced, total_rows=job.rows_total)
 
-    async def _rebackfill(self, task: Task, vt: VectorTable) -> Record:
+    async def _rebackfill(self, lease: TaskLease, vt: VectorTable) -> Completion:
         spec = vt.pending_spec
         if spec is None:
-            return _nothing  # swapped already (the control plane was updated before a crash)
-        await self._vts.set_status(vt.id, "backfilling")
-        async with self._deps.session(vt, spec) as session:
+            return lease.complete  # swapped already (the control plane was updated before a crash)
+        await lease.start(vt.id)
+        async with self._deps.session(vt, Fence(Holder.TASK, lease.renew), spec) as session:
             job = RebackfillJob(
-                task=task,
+                task=lease.task,
                 table=vt,
                 spec=spec,
                 session=session,
-                checkpoint=self._checkpoint(task, vt, live=False),
+                checkpoint=self._checkpoint(lease, vt, live=False),
+                confirm=lease.renew,
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
             )
             vectors, total = await _guard(job.run())
-        return lambda conn: self._vts.complete_swap(
-            vt.id, spec, synced_rows=vectors, total_rows=total, conn=conn
-        )
+        return functools.partial(lease.complete_swap, vt.id, spec, synced_rows=vectors, total_rows=total)
 
 
 async def _guard(work: Awaitable[T]) -> T:

@@ -65,24 +65,3 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
-
-
-def parse_duration(value: str) -> float | None:
-    """OpenAI's `x-ratelimit-reset-*` durations: "1s", "6m0s", "20ms", "1h2m3.5s"."""
-    total, number = 0.0, ""
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    i = 0
-    try:
-        while i < len(value):
-            ch = value[i]
-            if ch.isdigit() or ch == ".":
-                number += ch
-                i += 1
-                continue
-            unit = "ms" if value[i : i + 2] == "ms" else ch
-            total += float(number) * units[unit]
-            number = ""
-            i += len(unit)
-    except (KeyError, ValueError):
-        return None
-    return total if not number else None

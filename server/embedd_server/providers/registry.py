@@ -5,11 +5,20 @@ one concurrency window (per-provider, per-key isolation: a failing provider neve
 another). Embedders of the same record and model (different dimensions) share one limiter,
 because the provider's rate limit is per key and model. The HTTP session is the composition
 root's, shared by every remote client.
+
+A remote embedder holds its record's decrypted API key, so the cache forgets: a record's
+embedders when it is deleted here (`evict`) or changed (its sealed key or base URL differ),
+every entry after `ttl_s` (how long a provider deleted on another replica keeps its key in
+this one), and the least recently used beyond `max_embedders`. Forgotten embedders are
+dropped, not closed: a running job may still hold one, and closing frees nothing (the
+session is the root's). Limiters outlive them, so pacing survives a rebuild.
 """
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -34,7 +43,7 @@ _CLIENTS: dict[str, type[RemoteEmbedder]] = {
 
 
 def default_limits(provider: str, model: str) -> RateLimits:
-    """Published lowest-paid-tier limits (see notes/provider-limits.md): the starting point.
+    """Published lowest-paid-tier limits (docs/facts.md, "Embedding provider limits"): the starting point.
     A higher tier is learned from OpenAI's `x-ratelimit-limit-*` headers; 429s cut the pace."""
     if provider == "openai":
         return RateLimits(rpm=3_000, tpm=1_000_000)
@@ -56,19 +65,54 @@ class ProviderTestResult:
 
 class EmbedderRegistry:
     def __init__(
-        self, session: aiohttp.ClientSession, secrets: SecretBox, policy: RetryPolicy = DEFAULT_POLICY
+        self,
+        session: aiohttp.ClientSession,
+        secrets: SecretBox,
+        policy: RetryPolicy = DEFAULT_POLICY,
+        *,
+        ttl_s: float = 300.0,
+        max_embedders: int = 256,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._secrets = secrets
         self._policy = policy
-        self._cache: dict[tuple[str, str, int], Embedder] = {}
+        self._ttl = ttl_s
+        self._max = max_embedders
+        self._clock = clock
+        # (record id, model, dims) -> (expires at, the record's sealed key and URL, embedder)
+        self._cache: collections.OrderedDict[
+            tuple[str, str, int], tuple[float, tuple[bytes | None, str | None], Embedder]
+        ] = collections.OrderedDict()
         self._limiters: dict[tuple[str, str], AdaptiveLimiter] = {}
 
     def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:
         key = (record.id, model, dimensions)
-        if key not in self._cache:
-            self._cache[key] = self._build(record, model, dimensions)
-        return self._cache[key]
+        version = (record.api_key_enc, record.base_url)
+        now = self._clock()
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] > now and entry[1] == version:
+            self._cache.move_to_end(key)
+            return entry[2]
+        if entry is not None and entry[1] != version:
+            self.evict(record.id)  # the record changed: its old key goes
+        embedder = self._build(record, model, dimensions)
+        self._cache[key] = (now + self._ttl, version, embedder)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+        return embedder
+
+    def evict(self, provider_id: str) -> None:
+        """Forgets a provider record's embedders (and the decrypted key they hold) and limiters."""
+        for key in [k for k in self._cache if k[0] == provider_id]:
+            del self._cache[key]
+        for limiter_key in [k for k in self._limiters if k[0] == provider_id]:
+            del self._limiters[limiter_key]
+
+    def cached(self, provider_id: str) -> int:
+        """How many embedders of the record are cached (what tests of forgetting look at)."""
+        return sum(1 for k in self._cache if k[0] == provider_id)
 
     def _limiter(self, record: EmbeddingProvider, model: str) -> AdaptiveLimiter:
         key = (record.id, model)
@@ -136,7 +180,7 @@ class EmbedderRegistry:
         return ProviderTestResult(_ms(started))
 
     async def aclose(self) -> None:
-        for embedder in self._cache.values():
+        for _, _, embedder in self._cache.values():
             await embedder.aclose()
         self._cache.clear()
         self._limiters.clear()

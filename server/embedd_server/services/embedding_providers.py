@@ -106,6 +106,7 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
         row = await self._get(request.embedding_provider_id)
         if not await self._store.delete(p.org_id, p.env_id, row.id):
             raise not_found("embedding_provider_not_found", "Embedding provider", row.id)
+        self._embedders.evict(row.id)  # its decrypted key goes with it (other replicas: by TTL)
         return pb.DeleteEmbeddingProviderResponse(id=row.id, deleted=True)
 
     async def TestEmbeddingProvider(

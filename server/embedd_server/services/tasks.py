@@ -12,31 +12,31 @@ from embedd_server.domain.errors import not_found
 from embedd_server.domain.validation import check_id, page_request
 from embedd_server.engine.progress import watch
 from embedd_server.services.base import Context
-from embedd_server.services.convert import render_all, timestamp
-from embedd_server.store.vector_tables import TaskStore
+from embedd_server.services.convert import render_all, set_counters, timestamp
+from embedd_server.store.tasks import TaskStore
 
 _STATUS = values_pb2.TaskStatus
 
 
 def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None) -> task_pb2.Task:
+    progress = set_counters(
+        task_pb2.TaskProgress(last_processed_pk=t.last_processed_pk or ""),
+        rows_processed=t.rows_processed,
+        rows_total=t.rows_total,
+        rows_failed=t.rows_failed,
+    )
     msg = task_pb2.Task(
         id=t.id,
         task_type=values_pb2.TaskType.Value.Value(t.task_type),
         target_id=t.target_id,
         status=_STATUS.Value.Value(t.status),
         created_at=timestamp(t.created_at),
-        progress=task_pb2.TaskProgress(
-            last_processed_pk=t.last_processed_pk or "",
-            rows_processed=t.rows_processed,
-            rows_total=t.rows_total,
-            rows_failed=t.rows_failed,
-        ),
-        attempts=t.attempts,
-        max_attempts=t.max_attempts,
+        progress=progress,
         started_at=timestamp(t.started_at),
         finished_at=timestamp(t.finished_at),
         failures=[task_pb2.TaskFailure(pk_value=pk, error=err) for pk, err in failures or ()],
     )
+    set_counters(msg, attempts=t.attempts, max_attempts=t.max_attempts)
     if t.last_error:
         msg.last_error = t.last_error
     return msg
@@ -48,8 +48,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self._interval = watch_interval_s
 
     async def _get(self, task_id: str) -> models.Task:
+        """The caller's task, or 404 (other organisations' and environments' too)."""
         check_id(task_id, "task_", "task_id")
-        task = await self._tasks.get(current_principal().org_id, task_id)
+        p = current_principal()
+        task = await self._tasks.get(p.org_id, p.env_id, task_id)
         if task is None:
             raise not_found("task_not_found", "Task", task_id)
         return task
@@ -63,8 +65,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.ListTasksRequest, context: Context
     ) -> task_pb2.ListTasksResponse:
         status = None if request.status == _STATUS.unspecified else _STATUS.Value.Name(request.status)
+        p = current_principal()
         page = await self._tasks.list_page(
-            current_principal().org_id,
+            p.org_id,
+            p.env_id,
             page_request(request.limit, request.cursor),
             target_id=request.target_id or None,
             status=status,
@@ -77,10 +81,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.WatchTaskRequest, context: Context
     ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         task = await self._get(request.task_id)
-        org_id = current_principal().org_id
+        p = current_principal()
 
         async def load() -> models.Task | None:
-            return await self._tasks.get(org_id, task.id)
+            return await self._tasks.get(p.org_id, p.env_id, task.id)
 
         async for event in watch(load, interval_s=self._interval):
             failures = await self._tasks.failures(task.id) if event.done and event.task.rows_failed else []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime as dt
 from collections.abc import Callable
 
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
@@ -33,9 +33,10 @@ from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
-from embedd_server.services.convert import render_all, timestamp
+from embedd_server.services.convert import render_all, set_counters, timestamp
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
-from embedd_server.store.vector_tables import TaskStore, VectorTableStore
+from embedd_server.store.tasks import TaskStore
+from embedd_server.store.vector_tables import VectorTableStore
 
 _ROLE = values_pb2.ColumnRole
 _FILTER = values_pb2.FilterType
@@ -43,15 +44,12 @@ _MODE = values_pb2.Mode
 _SYNC_MODE = values_pb2.SyncMode
 _MAX_INTERVAL_S = 86_400
 _MAX_COLUMNS = 100
-# Ordinals only order the embedding columns; a bound keeps every stored ordinal (and those
-# assigned after the largest given one) far inside the API's int32.
-_MAX_ORDINAL = 1000
 
 
 def column_to_proto(c: ColumnSpec) -> vector_table_pb2.Column:
     msg = vector_table_pb2.Column(name=c.name, role=_ROLE.Value.Value(c.role))
     if c.role == "embedding":
-        msg.ordinal = c.ordinal or 0
+        set_counters(msg, ordinal=c.ordinal or 0)
         msg.name_prefix = c.name_prefix or ""
     elif c.filter_type:
         msg.filter_type = _FILTER.Value.Value(c.filter_type)
@@ -71,13 +69,14 @@ def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
         mode=_MODE.platform,
         sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
         embedding_model=s.embedding_model,
-        embedding_dimensions=s.embedding_dimensions,
         platform_vector_ref=vt.platform_vector_ref,
         columns=[column_to_proto(c) for c in s.columns],
         created_at=timestamp(vt.created_at),
         primary_key_column=s.primary_key_column,
         sync_mode=_SYNC_MODE.Value.Value(s.sync_mode),
-        sync_interval_seconds=s.sync_interval_seconds,
+    )
+    set_counters(
+        msg, embedding_dimensions=s.embedding_dimensions, sync_interval_seconds=s.sync_interval_seconds
     )
     if s.cursor_column:
         msg.cursor_column = s.cursor_column
@@ -88,7 +87,6 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
     """Shape rules that need no catalog: roles, names, ordinals, filter types."""
     out: list[ColumnSpec] = []
     seen: set[str] = set()
-    ordinals: set[int] = set()
     if len(columns) > _MAX_COLUMNS:
         v.add("columns", f"has {len(columns)} columns; at most {_MAX_COLUMNS}")
         return []
@@ -109,12 +107,6 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
         if role == "embedding":
             if filter_type is not None:
                 v.add(f"{field}.filter_type", "applies to metadata columns only")
-            if ordinal is not None and not 1 <= ordinal <= _MAX_ORDINAL:
-                v.add(f"{field}.ordinal", f"must be between 1 and {_MAX_ORDINAL}")
-            elif ordinal is not None and ordinal in ordinals:
-                v.add(f"{field}.ordinal", f"ordinal {ordinal} is used twice")
-            if ordinal is not None:
-                ordinals.add(ordinal)
             out.append(
                 ColumnSpec(col.name, role, ordinal, col.name_prefix if col.HasField("name_prefix") else None)
             )
@@ -129,7 +121,10 @@ def columns_from_request(v: Violations, columns: list[vector_table_pb2.Column]) 
             "columns",
             f"is required: at least one 'embedding' column (filter types: {', '.join(FILTER_TYPES)})",
         )
-    return order_embedding_columns(out)
+    ordered, problems = order_embedding_columns(out)
+    for problem in problems:
+        v.add(problem.field, problem.description)
+    return ordered
 
 
 _MUTABLE = (
@@ -155,8 +150,25 @@ async def get_table(store: VectorTableStore, vt_id: str) -> models.VectorTable:
     return row
 
 
+# What a mask path needs in the request: a path whose value is absent would store an empty
+# or `unspecified` value (cursor_column is the exception: absent clears it).
+_GIVEN: dict[str, tuple[Callable[[vector_table_pb2.VectorTable], bool], str]] = {
+    "name": (lambda t: bool(t.name.strip()), "the new name"),
+    "embedding_provider_id": (lambda t: bool(t.embedding_provider_id), "an embedding provider id"),
+    "embedding_model": (lambda t: bool(t.embedding_model), "a model (GET /v1/embedding-models)"),
+    "embedding_dimensions": (
+        lambda t: t.embedding_dimensions != 0,
+        "the dimensions (to take a new model's native size, leave them out of the mask)",
+    ),
+    "columns": (lambda t: len(t.columns) > 0, "the complete list of mapped columns"),
+    "sync_mode": (lambda t: t.sync_mode != _SYNC_MODE.unspecified, "'batch' or 'cdc'"),
+    "sync_interval_seconds": (lambda t: t.sync_interval_seconds != 0, f"1 to {_MAX_INTERVAL_S} seconds"),
+}
+
+
 def update_fields(request: vector_table_pb2.UpdateVectorTableRequest) -> set[str]:
-    """The fields to change: the mask's (PATCH), or every mutable field given (PUT)."""
+    """The fields to change: the mask's (PATCH), or every mutable field given (PUT). A mask
+    path must be a mutable field and come with a value."""
     paths = list(request.update_mask.paths)
     if paths:
         v = Violations()
@@ -165,6 +177,8 @@ def update_fields(request: vector_table_pb2.UpdateVectorTableRequest) -> set[str
                 v.add(f"update_mask.{path}", "cannot be changed; create a new vector table instead")
             elif path not in _MUTABLE:
                 v.add(f"update_mask.{path}", f"is not a field; changeable: {', '.join(_MUTABLE)}")
+            elif path in _GIVEN and not _GIVEN[path][0](request.vector_table):
+                v.add(path, f"is in update_mask but has no value; give {_GIVEN[path][1]}")
         v.raise_if_any()
         return set(paths)
     new = request.vector_table
@@ -188,7 +202,6 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         store: VectorTableStore,
         connections: ConnectionStore,
         providers: EmbeddingProviderStore,
-        tasks: TaskStore,
         tables: TableManager,
         secrets: SecretBox,
         wake: Callable[[], None] | None = None,
@@ -197,7 +210,6 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         self._store = store
         self._connections = connections
         self._providers = providers
-        self._tasks = tasks
         self._tables = tables
         self._secrets = secrets
 
@@ -355,10 +367,9 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         spec = await self._tables.validate(creds, spec)
         if needs_rebackfill(vt.spec, spec):
             # The rebackfill task is the next backfill (as the seed says); one at a time.
-            await self._tasks.enqueue(
-                id=new_id("task"), org_id=vt.org_id, task_type="rebackfill", target_id=vt.id
+            await self._store.begin_rebackfill(
+                vt, name=name, provider_id=provider.id, pending=spec, task_id=new_id("task")
             )
-            await self._store.begin_rebackfill(vt.id, name, provider.id, spec)
             if self._wake is not None:
                 self._wake()
         else:
@@ -372,18 +383,44 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
     ) -> vector_table_pb2.DeleteVectorTableResponse:
         p = current_principal()
         vt = await self._get(request.vector_table_id)
+        # The row and its tasks go first, in one transaction: no task can be claimed after
+        # it, and a running one's next fenced write fails. Only then are the vectors dropped
+        # (ending the sessions of any holder still writing them: sinks/fence.py), so nothing
+        # re-creates them behind the drop.
+        dropping: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
         if request.drop_vectors:
             connection = await self._connections.get_by_id(vt.connection_id)
             assert connection is not None  # the foreign key keeps it while the table exists
             creds = open_credentials(self._secrets, connection)
-            await self._tables.drop(creds, vt.spec.target_schema, vt.platform_vector_ref)
-        # A running task notices its lease is gone at its next checkpoint and stops.
-        await self._tasks.fail_active(vt.id, "the vector table was deleted")
-        if not await self._store.delete(p.org_id, p.env_id, vt.id):
-            raise not_found("vector_table_not_found", "Vector table", vt.id)
+            dropping = self._tables.dropping(creds, vt.spec.target_schema, vt.platform_vector_ref)
+        async with dropping:
+            if not await self._store.delete(p.org_id, p.env_id, vt.id):
+                raise not_found("vector_table_not_found", "Vector table", vt.id)
         return vector_table_pb2.DeleteVectorTableResponse(
             id=vt.id, deleted=True, vectors_dropped=request.drop_vectors
         )
+
+
+def sync_status_to_proto(vt: models.VectorTable) -> sync_pb2.GetSyncStatusResponse:
+    """The sync status; every number clamped into its field (a count past the field's range,
+    or a staleness that clock skew made negative, must not fail the call)."""
+    numbers = {
+        "synced_rows": vt.synced_rows,
+        "total_rows": vt.total_rows,
+        "rows_pending": max(vt.total_rows - vt.synced_rows, 0),
+    }
+    if vt.staleness_s is not None:  # computed by the control plane, from its own clock
+        numbers["staleness_secs"] = int(vt.staleness_s)
+    msg = sync_pb2.GetSyncStatusResponse(
+        vector_table_id=vt.id,
+        sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
+        last_synced_at=timestamp(vt.last_synced_at),
+        last_error_at=timestamp(vt.last_error_at),
+    )
+    set_counters(msg, **numbers)
+    if vt.last_error:
+        msg.last_error = vt.last_error
+    return msg
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
@@ -401,7 +438,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         vt = await self._get(request.vector_table_id)
         task_type = "rebackfill" if vt.pending_spec is not None else "backfill"
         task = await self._tasks.enqueue(
-            id=new_id("task"), org_id=vt.org_id, task_type=task_type, target_id=vt.id
+            id=new_id("task"), org_id=vt.org_id, env_id=vt.env_id, task_type=task_type, target_id=vt.id
         )
         if self._worker is not None:
             self._worker.wake()
@@ -416,21 +453,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def GetSyncStatus(
         self, request: sync_pb2.GetSyncStatusRequest, context: Context
     ) -> sync_pb2.GetSyncStatusResponse:
-        vt = await self._get(request.vector_table_id)
-        msg = sync_pb2.GetSyncStatusResponse(
-            vector_table_id=vt.id,
-            sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
-            synced_rows=vt.synced_rows,
-            total_rows=vt.total_rows,
-            rows_pending=max(vt.total_rows - vt.synced_rows, 0),
-            last_synced_at=timestamp(vt.last_synced_at),
-            last_error_at=timestamp(vt.last_error_at),
-        )
-        if vt.last_synced_at is not None:
-            msg.staleness_secs = int((dt.datetime.now(dt.UTC) - vt.last_synced_at).total_seconds())
-        if vt.last_error:
-            msg.last_error = vt.last_error
-        return msg
+        return sync_status_to_proto(await self._get(request.vector_table_id))
 
     async def PauseSync(
         self, request: sync_pb2.PauseSyncRequest, context: Context

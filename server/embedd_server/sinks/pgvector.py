@@ -3,7 +3,7 @@
 The table is exactly the seed's (`pk_value TEXT PRIMARY KEY, embedding vector(N),
 embedded_text TEXT, metadata JSONB, row_hash TEXT`) with an HNSW cosine index. Vectors go in
 with binary COPY; a fresh load runs without the HNSW index and builds it after (about 10x
-faster than inserting into an indexed table, see notes/pgvector-costs.md).
+faster than inserting into an indexed table: docs/facts.md, "pgvector write costs").
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ class PgVectorTable:
         self, conn: asyncpg.Connection[Any], columns: Sequence[ColumnSpec]
     ) -> None:
         """Btree expression indexes on filterable metadata: selective filters then read only the
-        rows they select and rank them exactly (recall 1.0, see notes/pgvector-costs.md).
+        rows they select and rank them exactly (recall 1.0: docs/facts.md, "Query paths").
         Rebuilt from scratch (cheap), so a resumed or repeated fill never leaves a stale one."""
         for name, definition, is_pk in await self.indexes(conn):
             if not is_pk and "USING hnsw" not in definition:
@@ -170,6 +170,16 @@ class PgVectorTable:
     async def count(self, conn: asyncpg.Connection[Any]) -> int:
         return int(await conn.fetchval(f"SELECT count(*) FROM {self.qualified}"))
 
+    async def marker(self, conn: asyncpg.Connection[Any]) -> str | None:
+        """The table's comment (see domain.vector_tables.swap_marker); None without one."""
+        value: str | None = await conn.fetchval(
+            "SELECT obj_description(to_regclass($1), 'pg_class')", self.qualified
+        )
+        return value
+
+    async def set_marker(self, conn: asyncpg.Connection[Any], text: str) -> None:
+        await conn.execute(f"COMMENT ON TABLE {self.qualified} IS {quote_literal(text)}")
+
     async def exists(self, conn: asyncpg.Connection[Any]) -> bool:
         return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", self.qualified))
 
@@ -182,13 +192,17 @@ class PgVectorTable:
                 self.name, schema_name=self.schema, records=records, columns=COLUMNS
             )
             return
+        # One staging table per shape: every vector table has the seed's columns, and only
+        # the dimensions differ, so a connection that writes several targets (a re-backfill's
+        # live and swap tables) stages each in a table of its own shape.
+        stage = f"embedd_stage_{int(self.dimensions)}"
         async with conn.transaction():
             await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS embedd_stage (LIKE {self.qualified}) ON COMMIT DELETE ROWS"
+                f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {self.qualified}) ON COMMIT DELETE ROWS"
             )
-            await conn.copy_records_to_table("embedd_stage", records=records, columns=COLUMNS)
+            await conn.copy_records_to_table(stage, records=records, columns=COLUMNS)
             await conn.execute(
-                f"INSERT INTO {self.qualified} SELECT * FROM embedd_stage"
+                f"INSERT INTO {self.qualified} SELECT * FROM {stage}"
                 " ON CONFLICT (pk_value) DO UPDATE SET embedding = EXCLUDED.embedding,"
                 " embedded_text = EXCLUDED.embedded_text, metadata = EXCLUDED.metadata,"
                 " row_hash = EXCLUDED.row_hash"

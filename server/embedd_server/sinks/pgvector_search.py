@@ -1,15 +1,15 @@
 """Platform mode search: the SQL a query runs against a pgvector table (and nothing else).
 
 Two paths, chosen by the engine from how many rows the filter selects
-(notes/pgvector-costs.md, measured again by bench/bench_query.py):
+(docs/facts.md, "Query paths"; measured again by bench/bench_query.py):
 
 - exact: the rows the filter selects (through the btree metadata expression indexes), ranked
   by exact cosine distance. `OFFSET 0` fences the subquery so the planner cannot hand the
   ORDER BY to the HNSW index: recall 1.0 and `limit` rows whenever `limit` rows match.
-- hnsw: the HNSW index with `hnsw.iterative_scan = relaxed_order` (set on every query
-  connection, with `hnsw.max_scan_tuples`), `hnsw.ef_search` from the limit, the filter
-  applied during the scan; then re-sorted by exact distance (relaxed order returns rows
-  slightly out of order).
+- hnsw: the HNSW index with `hnsw.iterative_scan = relaxed_order`, `hnsw.ef_search` and
+  `hnsw.max_scan_tuples` (set once on every query connection: ef_search 200 covers twice the
+  largest page, 100), the filter applied during the scan; then re-sorted by exact distance
+  (relaxed order returns rows slightly out of order).
 
 `count_sql` is the cheap, exact selectivity probe: it stops counting at the threshold.
 """
@@ -40,11 +40,6 @@ if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
 else:
     Conn = Any
-
-
-def ef_search_for(limit: int) -> int:
-    """`hnsw.ef_search` for a page of `limit`: the default, at least twice the page."""
-    return max(DEFAULT_EF_SEARCH, 2 * limit)
 
 
 def session_settings(ef_search: int = DEFAULT_EF_SEARCH, max_scan_tuples: int = MAX_SCAN_TUPLES) -> str:
@@ -81,7 +76,6 @@ class SearchStatement:
 
     sql: str
     params: list[object]
-    ef_search: int | None = None  # set for the statement with SET LOCAL when not the default
 
 
 class PgVectorSearch:
@@ -126,8 +120,7 @@ class PgVectorSearch:
             f" FROM {self.table.qualified} WHERE {where.sql} ORDER BY {order} LIMIT {int(limit)}) s"
             f" WHERE {_VALID} ORDER BY d"
         )
-        ef = ef_search_for(limit)
-        return SearchStatement(sql, [vector, *where.params], None if ef == DEFAULT_EF_SEARCH else ef)
+        return SearchStatement(sql, [vector, *where.params])
 
 
 async def run_count(conn: Conn, statement: SearchStatement, cap: int) -> int:
@@ -136,13 +129,5 @@ async def run_count(conn: Conn, statement: SearchStatement, cap: int) -> int:
 
 
 async def run_search(conn: Conn, statement: SearchStatement) -> list[Hit]:
-    if statement.ef_search is None:
-        rows = await conn.fetch(statement.sql, *statement.params)
-    else:
-        # One round trip opens the transaction and sets ef_search for it alone.
-        await conn.execute(f"BEGIN; SET LOCAL hnsw.ef_search = {int(statement.ef_search)}")
-        try:
-            rows = await conn.fetch(statement.sql, *statement.params)
-        finally:
-            await conn.execute("COMMIT")
+    rows = await conn.fetch(statement.sql, *statement.params)
     return [Hit(r["pk_value"], float(r["d"]), r["metadata"], r["embedded_text"]) for r in rows]

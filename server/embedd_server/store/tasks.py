@@ -1,0 +1,304 @@
+"""Durable tasks, and every control-plane write made on their behalf, fenced by lease.
+
+A task is claimed with `FOR UPDATE SKIP LOCKED`; each claim increments `lease_epoch`, the
+fencing token (domain/leases.py). The engine writes for a claimed task only through its
+`TaskLease`: each write runs in one transaction that first locks the task row and checks it
+is still ours (owner, epoch, running), so a holder whose lease lapsed - paused, partitioned,
+taken over - gets `LeaseLost` and writes nothing, not even the vector table's result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from embedd_server.domain.errors import ApiError, Kind
+from embedd_server.domain.leases import Lease, LeaseLost
+from embedd_server.domain.models import Page, Task
+from embedd_server.domain.validation import PageRequest
+from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.store.db import Executor
+from embedd_server.store.paging import fetch_page
+
+
+def task_from_row(r: asyncpg.Record) -> Task:
+    return Task(
+        id=r["id"],
+        org_id=r["org_id"],
+        env_id=r["env_id"],
+        task_type=r["task_type"],
+        target_id=r["target_id"],
+        status=r["status"],
+        attempts=r["attempts"],
+        max_attempts=r["max_attempts"],
+        last_error=r["last_error"],
+        last_processed_pk=r["last_processed_pk"],
+        rows_processed=r["rows_processed"],
+        rows_total=r["rows_total"],
+        rows_failed=r["rows_failed"],
+        lease_owner=r["lease_owner"],
+        created_at=r["created_at"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+    )
+
+
+async def insert_task(
+    conn: Executor, *, id: str, org_id: str, env_id: str, task_type: str, target_id: str
+) -> Task:
+    """A new pending task; `backfill_in_progress` while a fill is queued or running."""
+    try:
+        row = await conn.fetchrow(
+            "INSERT INTO tasks (id, org_id, env_id, task_type, target_id) VALUES ($1, $2, $3, $4, $5)"
+            " RETURNING *",
+            id,
+            org_id,
+            env_id,
+            task_type,
+            target_id,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise ApiError(
+            Kind.CONFLICT,
+            "backfill_in_progress",
+            "A backfill of this vector table is already queued or running. Watch it with "
+            "GET /v1/tasks?target_id=... and try again when it has finished.",
+        ) from exc
+    assert row is not None
+    return task_from_row(row)
+
+
+class TaskStore:
+    """Tasks as the API sees them (scoped by organisation and environment), and claims."""
+
+    def __init__(self, pool: asyncpg.Pool[Any]) -> None:
+        self._pool = pool
+
+    async def enqueue(self, *, id: str, org_id: str, env_id: str, task_type: str, target_id: str) -> Task:
+        return await insert_task(
+            self._pool, id=id, org_id=org_id, env_id=env_id, task_type=task_type, target_id=target_id
+        )
+
+    async def get(self, org_id: str, env_id: str, task_id: str) -> Task | None:
+        row = await self._pool.fetchrow(
+            "SELECT * FROM tasks WHERE org_id = $1 AND env_id = $2 AND id = $3", org_id, env_id, task_id
+        )
+        return task_from_row(row) if row else None
+
+    async def list_page(
+        self, org_id: str, env_id: str, page: PageRequest, *, target_id: str | None, status: str | None
+    ) -> Page[Task]:
+        return await fetch_page(
+            self._pool,
+            "SELECT * FROM tasks WHERE org_id = $1 AND env_id = $2"
+            " AND ($3::text IS NULL OR target_id = $3) AND ($4::text IS NULL OR status = $4)",
+            [org_id, env_id, target_id, status],
+            page,
+            task_from_row,
+        )
+
+    async def failures(self, task_id: str, limit: int = 100) -> list[tuple[str, str]]:
+        rows = await self._pool.fetch(
+            "SELECT pk_value, error FROM task_failures WHERE task_id = $1 ORDER BY pk_value LIMIT $2",
+            task_id,
+            limit,
+        )
+        return [(r["pk_value"], r["error"]) for r in rows]
+
+    async def claim(self, owner: str, lease_s: float) -> TaskLease | None:
+        """The next task for `owner`: pending, or running under a lapsed lease (its process
+        died or stalled). Tasks out of attempts are failed instead of claimed. The claim
+        increments the epoch: whoever held the task before is fenced out from now on."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE tasks SET status = 'failed', finished_at = clock_timestamp(),"
+                " last_error = coalesce(last_error, 'gave up after ' || attempts || ' attempts'),"
+                " lease_owner = NULL, updated_at = clock_timestamp()"
+                " WHERE status = 'running' AND lease_expires_at < clock_timestamp()"
+                " AND attempts >= max_attempts"
+            )
+            row = await conn.fetchrow(
+                "UPDATE tasks SET status = 'running', lease_owner = $1, lease_epoch = lease_epoch + 1,"
+                " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
+                " attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()),"
+                " updated_at = clock_timestamp()"
+                " WHERE id = (SELECT id FROM tasks"
+                "   WHERE status = 'pending' OR (status = 'running' AND lease_expires_at < clock_timestamp())"
+                "   ORDER BY priority DESC, created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+                " RETURNING *",
+                owner,
+                lease_s,
+            )
+        if row is None:
+            return None
+        return TaskLease(self._pool, task_from_row(row), Lease(owner, row["lease_epoch"]), lease_s)
+
+
+class TaskLease:
+    """Every write the engine makes on behalf of one claimed task (and nothing else may make
+    them). Each is one transaction that first locks the task row and checks the lease."""
+
+    def __init__(self, pool: asyncpg.Pool[Any], task: Task, lease: Lease, lease_s: float) -> None:
+        self._pool = pool
+        self.task = task
+        self.token = lease
+        self._lease_s = lease_s
+
+    def _args(self) -> tuple[str, str, int]:
+        return self.task.id, self.token.owner, self.token.epoch
+
+    @asynccontextmanager
+    async def _fenced(self) -> AsyncIterator[Executor]:
+        """A transaction in which the task is ours: its row stays locked (FOR UPDATE) until
+        commit, so no claim can slip in between the check and the writes."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            held = await conn.fetchval(
+                "SELECT true FROM tasks WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3"
+                " AND status = 'running' FOR UPDATE",
+                *self._args(),
+            )
+            if not held:
+                raise LeaseLost(f"task {self.task.id} is no longer held by {self.token.owner}")
+            yield conn
+
+    async def renew(self) -> None:
+        """Extends the lease; LeaseLost when the task is no longer ours."""
+        status = await self._pool.execute(
+            "UPDATE tasks SET lease_expires_at = clock_timestamp() + make_interval(secs => $4)"
+            " WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND status = 'running'",
+            *self._args(),
+            self._lease_s,
+        )
+        if not status.endswith(" 1"):
+            raise LeaseLost(f"task {self.task.id} is no longer held by {self.token.owner}")
+
+    async def start(self, vt_id: str) -> None:
+        """The vector table shows the fill (unless paused, which only resume ends)."""
+        async with self._fenced() as conn:
+            await conn.execute(
+                "UPDATE vector_tables SET sync_status = 'backfilling', updated_at = clock_timestamp()"
+                " WHERE id = $1 AND sync_status <> 'paused'",
+                vt_id,
+            )
+
+    async def checkpoint(
+        self,
+        *,
+        last_pk: str | None,
+        rows_processed: int,
+        rows_total: int,
+        failures: Sequence[tuple[str, str]],
+        live_table: str | None,
+    ) -> None:
+        """Progress after a committed chunk, and the live vector table's numbers with it (a
+        re-backfill passes None: the live table's numbers change only at the swap)."""
+        task_id = self.task.id
+        async with self._fenced() as conn:
+            await conn.execute(
+                "UPDATE tasks SET last_processed_pk = $2, rows_processed = $3, rows_total = $4,"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                task_id,
+                last_pk,
+                rows_processed,
+                rows_total,
+            )
+            if failures:
+                await conn.executemany(
+                    "INSERT INTO task_failures (task_id, pk_value, error) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (task_id, pk_value) DO UPDATE SET error = EXCLUDED.error",
+                    [(task_id, pk, err) for pk, err in failures],
+                )
+                # a re-read chunk may report the same row again: count distinct rows only
+                await conn.execute(
+                    "UPDATE tasks SET rows_failed = (SELECT count(*) FROM task_failures WHERE task_id = $1)"
+                    " WHERE id = $1",
+                    task_id,
+                )
+            if live_table is not None:
+                await conn.execute(
+                    "UPDATE vector_tables SET synced_rows = $2, total_rows = $3,"
+                    " updated_at = clock_timestamp() WHERE id = $1",
+                    live_table,
+                    rows_processed,
+                    max(rows_total, rows_processed),
+                )
+
+    async def _finish(self, conn: Executor, status: str, error: str | None) -> None:
+        await conn.execute(
+            "UPDATE tasks SET status = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,"
+            " finished_at = CASE WHEN $2 IN ('completed', 'failed') THEN clock_timestamp() END,"
+            " updated_at = clock_timestamp() WHERE id = $1",
+            self.task.id,
+            status,
+            error,
+        )
+
+    async def complete(self) -> None:
+        """Completed, with nothing to record (e.g. a swap a crashed holder already recorded)."""
+        async with self._fenced() as conn:
+            await self._finish(conn, "completed", None)
+
+    async def complete_fill(self, vt_id: str, *, synced_rows: int, total_rows: int) -> None:
+        """Completed, and the table synced (unless paused meanwhile) and due for its first
+        sync poll - in one transaction: whoever sees it synced sees the task completed."""
+        async with self._fenced() as conn:
+            await self._finish(conn, "completed", None)
+            await conn.execute(
+                "UPDATE vector_tables SET"
+                " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
+                " synced_rows = $2, total_rows = $3, last_synced_at = clock_timestamp(),"
+                " last_error = NULL, last_error_at = NULL, sync_failures = 0,"
+                " next_sync_at = clock_timestamp()"
+                " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                vt_id,
+                synced_rows,
+                total_rows,
+            )
+
+    async def complete_swap(
+        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int
+    ) -> None:
+        """Completed, and the swapped-in table's spec is the live one."""
+        async with self._fenced() as conn:
+            await self._finish(conn, "completed", None)
+            await conn.execute(
+                "UPDATE vector_tables SET spec = $2::jsonb, pending_spec = NULL,"
+                " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
+                " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
+                " last_error = NULL, last_error_at = NULL, sync_failures = 0, sync_cursor = NULL,"
+                " next_sync_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
+                vt_id,
+                json.dumps(spec.to_json()),
+                synced_rows,
+                total_rows,
+            )
+
+    async def fail(self, error: str, *, retry: bool) -> None:
+        """This attempt failed: pending again for another one (`retry`), or failed for good -
+        and the vector table shows the error (in `error` state when failed for good)."""
+        async with self._fenced() as conn:
+            await self._finish(conn, "pending" if retry else "failed", error)
+            await conn.execute(
+                "UPDATE vector_tables SET last_error = $2, last_error_at = clock_timestamp(),"
+                " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused'"
+                "   ELSE coalesce($3, sync_status) END,"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                self.task.target_id,
+                error,
+                None if retry else "error",
+            )
+
+    async def release(self) -> None:
+        """Gives the task back untouched (this process is shutting down): pending again, and
+        the interrupted attempt does not count against `max_attempts`. No-op when not ours."""
+        await self._pool.execute(
+            "UPDATE tasks SET status = 'pending', attempts = greatest(attempts - 1, 0), lease_owner = NULL,"
+            " lease_expires_at = NULL, updated_at = clock_timestamp()"
+            " WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND status = 'running'",
+            *self._args(),
+        )
