@@ -4,15 +4,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+CLIENT := clients/python
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync clean
 
-# Installs the project and its dev tools into .venv; redone when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Installs the server, the client package (with the `embedd` command) and the dev tools into
+# .venv, both editable; redone when either pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '$(CLIENT)[cli]' -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
