@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CLIENT := clients/python
+TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync clean
@@ -17,7 +18,12 @@ $(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PY) -m pip install --quiet -e '$(CLIENT)[cli]' -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# The TypeScript client's toolchain (protoc-gen-es, tsc) and runtime, exactly as locked.
+$(TS)/node_modules/.installed: $(TS)/package-lock.json
+	npm ci --prefix $(TS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(TS)/node_modules/.installed
 
 ## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
 run: install
