@@ -8,11 +8,12 @@ import json
 from typing import Any
 
 from embedd_client.cli.app import app
+from embedd_server import app as server_app
 from typer.testing import CliRunner, Result
 
 from tests.conftest import PRODUCT_ROWS, UserDb
-from tests.harness import Org
-from tests.integration.test_vector_tables import SEED_COLUMNS
+from tests.harness import Counting, Org
+from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt
 
 SEED_FILTER = '{"in_stock": {"eq": true}, "price": {"lte": 150}}'
 LOCAL = ("--provider", "local", "--model", "local-lexical-384")
@@ -94,6 +95,19 @@ async def test_the_seed_steps_from_the_command_line(org: Org, user_db: UserDb) -
     await embedd("providers", "delete", emb["id"])
     await embedd("connections", "delete", conn["id"])
     assert (await embedd.json("connections", "list")) == {"connections": [], "next_cursor": ""}
+
+
+async def test_watch_follows_a_tables_running_backfill(
+    org: Org, user_db: UserDb, service: server_app.Service
+) -> None:
+    made = await create_vt(org, user_db)
+    embedd = Embedd(org)
+    with Counting(service, delay_s=1.0):  # still running when `watch` starts
+        queued = await embedd.json("backfill", made["id"])
+        followed = await embedd("watch", made["id"])
+    assert queued["status"] == "pending"
+    assert f"completed {queued['task_id']}: {PRODUCT_ROWS} of {PRODUCT_ROWS} rows" in followed.stderr
+    await embedd("tables", "delete", made["id"], "--drop-vectors")
 
 
 async def test_sync_pause_resume_and_their_errors(org: Org, user_db: UserDb) -> None:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 from embedd.v1 import task_pb2, values_pb2
 from embedd_client.channel import RetryPolicy, idempotent_methods, service_config
-from embedd_client.errors import NotFoundError, UnavailableError
-from embedd_client.watch import Reconnect, TaskResume, watch_async, watch_sync
+from embedd_client.errors import EmbeddError, NotFoundError, UnavailableError
+from embedd_client.watch import Reconnect, TaskResume, should_reconnect, watch_async, watch_sync
 
 FAST = Reconnect(give_up_after_s=5.0, initial_backoff_s=0.001, max_backoff_s=0.002)
 _STATUS = values_pb2.TaskStatus
@@ -180,3 +180,19 @@ def test_the_service_config_retries_exactly_the_idempotent_methods() -> None:
         "retryableStatusCodes": ["UNAVAILABLE"],
     }
     assert json.loads(service_config(None)) == {"methodConfig": []}
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "", True),  # connection lost, server draining
+        (grpc.StatusCode.UNAVAILABLE, "vector_table_swapping", True),  # the server's "try again"
+        (grpc.StatusCode.CANCELLED, "", True),  # the server cancelling its streams as it stops
+        (grpc.StatusCode.INTERNAL, "", True),  # a reset stream
+        (grpc.StatusCode.INTERNAL, "internal_error", False),  # a fault the server reported
+        (grpc.StatusCode.NOT_FOUND, "task_not_found", False),
+        (grpc.StatusCode.UNAUTHENTICATED, "key_revoked", False),
+    ],
+)
+def test_which_failures_reconnect(code: grpc.StatusCode, reason: str, expected: bool) -> None:
+    assert should_reconnect(EmbeddError(code, "m", reason=reason)) is expected
