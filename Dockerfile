@@ -5,8 +5,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
-COPY clients ./clients
-RUN pip install --no-cache-dir .
+# The server's generated stubs come from the client package (embedd-client), installed with it.
+COPY clients/python ./clients/python
+RUN pip install --no-cache-dir ./clients/python .
 USER nobody
 EXPOSE 50051
 # Required: DATABASE_URL (control plane) and EMBEDD_SECRET_KEY (base64, 32 bytes).

@@ -4,18 +4,26 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+CLIENT := clients/python
+TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index clean
 
-# Installs the project and its dev tools into .venv; redone when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# Installs the server, the client package (with the `embedd` command) and the dev tools into
+# .venv, both editable; redone when either pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '$(CLIENT)[cli]' -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed
+# The TypeScript client's toolchain (protoc-gen-es, tsc) and runtime, exactly as locked.
+$(TS)/node_modules/.installed: $(TS)/package-lock.json
+	npm ci --prefix $(TS) --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(TS)/node_modules/.installed
 
 ## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
 run: install

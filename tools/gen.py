@@ -1,7 +1,12 @@
-"""Generates the committed artefacts from protos/: Python stubs and the Envoy descriptor.
+"""Generates the committed artefacts from protos/: the Python stubs, the TypeScript client's
+messages and services, and the Envoy descriptor.
 
-python tools/gen.py          # write clients/python/embedd/v1/* and envoy/embedd.binpb
+python tools/gen.py          # write clients/python/embedd/v1/*, clients/typescript/src/gen/**
+                             # and envoy/embedd.binpb
 python tools/gen.py --check  # exit 1 and list the files that differ (drift)
+
+The TypeScript code comes from protoc-gen-es (pinned in clients/typescript/package-lock.json,
+installed by `make install`), run by the same protoc as the Python stubs.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from embedd_server.devtools.envoy import build_descriptor
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-STUBS = ROOT / "clients" / "python"
-STUB_DIR = STUBS / "embedd" / "v1"
-DESCRIPTOR = ROOT / "envoy" / "embedd.binpb"
+PY_STUBS = Path("clients/python/embedd/v1")
+TS_GEN = Path("clients/typescript/src/gen")
+DESCRIPTOR = Path("envoy/embedd.binpb")
+PROTOC_GEN_ES = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
 BIN = Path(sys.executable).parent
 
 
@@ -30,49 +36,80 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def generate(out_stubs: Path, out_descriptor: Path) -> None:
-    sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "embedd" / "v1").glob("*.proto"))
-    out_stubs.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTOS}",
-            f"--python_out={out_stubs}",
-            f"--grpc_python_out={out_stubs}",
-            f"--mypy_out=quiet:{out_stubs}",
-            f"--mypy_grpc_out=quiet:{out_stubs}",
-            *sources,
-        ],
-        check=True,
-        env=_env(),
+def _sources(package: str) -> list[str]:
+    return sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / package).glob("*.proto"))
+
+
+def _protoc(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", *args], check=True, env=_env())
+
+
+def generate(out: Path) -> None:
+    """Writes every generated file under `out`, laid out as in the repository."""
+    if not PROTOC_GEN_ES.exists():
+        raise SystemExit(f"{PROTOC_GEN_ES.relative_to(ROOT)} is missing: run `make install`")
+    embedd = _sources("embedd/v1")
+    stubs = out / "clients" / "python"
+    stubs.mkdir(parents=True)
+    _protoc(
+        f"--python_out={stubs}",
+        f"--grpc_python_out={stubs}",
+        f"--mypy_out=quiet:{stubs}",
+        f"--mypy_grpc_out=quiet:{stubs}",
+        *embedd,
     )
-    # Envoy 1.40 rejects `response_body` on non-HttpBody fields; the descriptor it loads has
-    # those removed and envoy.yaml unwraps the responses instead (see devtools/envoy.py).
-    build_descriptor(out_descriptor)
+    # The TypeScript code needs the google/api and google/rpc files too: the embedd files
+    # import them, and clients read ErrorInfo / BadRequest from error details.
+    ts = out / TS_GEN
+    ts.mkdir(parents=True)
+    _protoc(
+        f"--plugin=protoc-gen-es={PROTOC_GEN_ES}",
+        f"--es_out={ts}",
+        "--es_opt=target=ts,import_extension=js",
+        *embedd,
+        *_sources("google/api"),
+        *_sources("google/rpc"),
+    )
+    build_descriptor(out / DESCRIPTOR)
+
+
+def generated_files(root: Path) -> set[Path]:
+    """The generated files under a tree (relative paths); `__init__.py` files are kept by hand."""
+    files = {p.relative_to(root) for p in (root / PY_STUBS).glob("*_pb2*")}
+    files |= {p.relative_to(root) for p in (root / TS_GEN).rglob("*_pb.ts")}
+    if (root / DESCRIPTOR).exists():
+        files.add(DESCRIPTOR)
+    return files
 
 
 def check() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        stubs, descriptor = Path(tmp) / "stubs", Path(tmp) / "embedd.binpb"
-        generate(stubs, descriptor)
-        fresh = stubs / "embedd" / "v1"
-        drift = []
-        names = {p.name for p in fresh.iterdir()} | {
-            p.name for p in STUB_DIR.iterdir() if p.suffix in (".py", ".pyi") and p.name != "__init__.py"
-        }
-        for name in sorted(names):
-            ours, theirs = STUB_DIR / name, fresh / name
-            if not ours.exists() or not theirs.exists() or not filecmp.cmp(ours, theirs, shallow=False):
-                drift.append(f"clients/python/embedd/v1/{name}")
-        if not DESCRIPTOR.exists() or not filecmp.cmp(DESCRIPTOR, descriptor, shallow=False):
-            drift.append("envoy/embedd.binpb")
+        fresh = Path(tmp)
+        generate(fresh)
+        drift = sorted(
+            str(path)
+            for path in generated_files(fresh) | generated_files(ROOT)
+            if not (ROOT / path).exists()
+            or not (fresh / path).exists()
+            or not filecmp.cmp(ROOT / path, fresh / path, shallow=False)
+        )
     for path in drift:
         print(f"out of date: {path}")
     if drift:
         print("run `make gen` and commit the result")
     return 1 if drift else 0
+
+
+def write() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp)
+        generate(fresh)
+        for old in generated_files(ROOT):
+            (ROOT / old).unlink()
+        for new in generated_files(fresh):
+            (ROOT / new).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(fresh / new, ROOT / new)
+    (ROOT / PY_STUBS / "__init__.py").touch()
 
 
 def main() -> int:
@@ -82,13 +119,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     if parser.parse_args().check:
         return check()
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp), DESCRIPTOR)
-        for old in STUB_DIR.glob("*_pb2*"):
-            old.unlink()
-        for new in (Path(tmp) / "embedd" / "v1").iterdir():
-            shutil.copy(new, STUB_DIR / new.name)
-    (STUB_DIR / "__init__.py").touch()
+    write()
     return 0
 
 

@@ -493,7 +493,15 @@ async def _grpc(
     try:
         json_format.ParseDict(fields, message, ignore_unknown_fields=True)
         payload = message.SerializeToString()
-    except (json_format.ParseError, ValueError, TypeError, UnicodeError, RecursionError, SystemError):
+    except (
+        json_format.ParseError,
+        ValueError,
+        TypeError,
+        UnicodeError,
+        RecursionError,
+        SystemError,
+        OverflowError,
+    ):
         return  # not representable as this message: only JSON can say it (REST covers it)
     metadata = (("authorization", f"Bearer {t.org.key}"),)
     try:

@@ -1,0 +1,124 @@
+"""A task's live progress bar: status (and phase, once the server sends one), rows done of
+total, rows/s and ETA as the server computes them; one JSON line per event with `--json`."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from embedd.v1 import task_pb2, values_pb2
+from google.protobuf.message import Message
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+)
+from rich.text import Text
+
+from embedd_client.cli.output import Output, as_dict
+from embedd_client.sync import SyncEmbeddClient
+
+_STATUS = values_pb2.TaskStatus.Value
+
+
+def phase_of(event: Message) -> str | None:
+    """The event's `phase` (issue 14 adds one to WatchTask: reading, embedding, writing,
+    indexing, swapping), on the event or its task, whichever carries it; None while the
+    server sends none. Read through the descriptor so that this build shows it as soon as
+    the server and the regenerated stubs have it."""
+    task = getattr(event, "task", None)
+    for message in (event, task):
+        if not isinstance(message, Message):
+            continue
+        field = message.DESCRIPTOR.fields_by_name.get("phase")
+        if field is None:
+            continue
+        value = getattr(message, "phase")  # noqa: B009 - the field may not exist in these stubs
+        if field.enum_type is not None:
+            value = field.enum_type.values_by_number[value].name
+        return None if value in ("", "unspecified") else str(value)
+    return None
+
+
+class _Elapsed(ProgressColumn):
+    """Time since the watch began; rich's own stops once all rows are written, though the
+    index build after them may take most of the time."""
+
+    def render(self, task: Task) -> Text:
+        started = task.start_time if task.start_time is not None else time.monotonic()
+        return Text(duration(time.monotonic() - started), style="progress.elapsed")
+
+
+def label(event: task_pb2.WatchTaskResponse) -> str:
+    status = _STATUS.Name(event.task.status)
+    phase = phase_of(event)
+    return f"{status} · {phase}" if phase else status
+
+
+def duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+def eta(event: task_pb2.WatchTaskResponse) -> str:
+    return duration(event.eta_seconds) if event.HasField("eta_seconds") and not event.done else "-"
+
+
+def follow(client: SyncEmbeddClient, task_id: str, out: Output) -> task_pb2.Task:
+    """Shows the task's progress until it is done; returns the task as it ended."""
+    last = task_pb2.WatchTaskResponse()
+    if out.json:
+        for event in client.watch_task(task_id):
+            out.raw_json(as_dict(event))
+            last = event
+        return last.task
+
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        _Elapsed(),
+    )
+    with Progress(*columns, console=out.err) as bar:
+        row = bar.add_task("pending", total=None, rate="", eta="-")
+
+        def reconnecting(err: grpc.RpcError, delay: float) -> None:
+            code = err.code().name if callable(getattr(err, "code", None)) else "error"
+            bar.console.print(f"[yellow]connection lost ({code}); reconnecting in {delay:.1f}s")
+
+        for event in client.watch_task(task_id, on_retry=reconnecting):
+            progress = event.task.progress
+            bar.update(
+                row,
+                description=label(event),
+                completed=progress.rows_processed,
+                total=progress.rows_total or None,
+                rate=f"{event.rows_per_s:,.0f} rows/s",
+                eta=eta(event),
+            )
+            last = event
+    _summary(last.task, out)
+    return last.task
+
+
+def _summary(task: task_pb2.Task, out: Output) -> None:
+    p = task.progress
+    counts = f"{p.rows_processed:,.0f} of {p.rows_total:,.0f} rows, {p.rows_failed:,.0f} failed"
+    if task.status == _STATUS.Value("completed"):
+        out.err.print(f"[green]completed[/] {task.id}: {counts}")
+    else:
+        out.err.print(f"[red]{_STATUS.Name(task.status)}[/] {task.id}: {counts}")
+        if task.HasField("last_error"):
+            out.err.print(escape(task.last_error))
+    for failure in task.failures:
+        out.err.print(f"  row {escape(failure.pk_value)}: {escape(failure.error)}")
