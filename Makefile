@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync clean
+.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-budget clean
 
 # Installs the project and its dev tools into .venv; redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -61,6 +61,10 @@ bench-query: install
 
 bench-sync: install
 	$(PY) -m bench.bench_sync
+
+# A backfill at a 60,000 tokens/min budget against its lower bound (docs/providers.md).
+bench-budget: install
+	$(PY) -m bench.bench_budget
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
