@@ -152,7 +152,8 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         timeout=aiohttp.ClientTimeout(total=settings.provider_timeout_s),
         connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
     )
-    embedders = EmbedderRegistry(http, box)
+    connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
+    embedders = EmbedderRegistry(http, box, save_learned=providers.save_learned)
     authenticator = Authenticator(orgs)
     auth_listener = Listener(
         settings.database_url.get_secret_value(),
@@ -165,7 +166,6 @@ async def start(settings: Settings, *, checker: Checker | None = None) -> Servic
         interceptors=[ServiceInterceptor(authenticator)],
         options=[("grpc.so_reuseport", 0)],
     )
-    connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
     connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
         ConnectionServicer(connections, box, checker or default_checker(settings)), server
     )

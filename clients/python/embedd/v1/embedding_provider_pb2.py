@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"\xd3\x01\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"[\n\x1f\x43reateEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x1cGetEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"m\n\x0e\x45mbeddingModel\x12\x38\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.Value\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\x05\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xe9\x07\n\x18\x45mbeddingProviderService\x12\xa8\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a*.embedd.v1.CreateEmbeddingProviderResponse\"6\x82\xd3\xe4\x93\x02\x30\"\x17/v1/embedding-providers:\x01*b\x12\x65mbedding_provider\x12\xb4\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\'.embedd.v1.GetEmbeddingProviderResponse\"K\x82\xd3\xe4\x93\x02\x45\x12//v1/embedding-providers/{embedding_provider_id}b\x12\x65mbedding_provider\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x04\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\ndimensions\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12)\n\x16max_inputs_per_request\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\"\n\x0fmax_concurrency\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12\x31\n\x1elearned_max_inputs_per_request\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03H\x04\x88\x01\x01\x12*\n\x17learned_max_concurrency\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03H\x05\x88\x01\x01\x42\x0b\n\t_base_urlB\r\n\x0b_dimensionsB\x19\n\x17_max_inputs_per_requestB\x12\n\x10_max_concurrencyB!\n\x1f_learned_max_inputs_per_requestB\x1a\n\x18_learned_max_concurrency\"\xff\x02\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\ndimensions\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12)\n\x16max_inputs_per_request\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\"\n\x0fmax_concurrency\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x42\x0b\n\t_base_urlB\r\n\x0b_dimensionsB\x19\n\x17_max_inputs_per_requestB\x12\n\x10_max_concurrency\"[\n\x1f\x43reateEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"X\n\x1cGetEmbeddingProviderResponse\x12\x38\n\x12\x65mbedding_provider\x18\x01 \x01(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"m\n\x0e\x45mbeddingModel\x12\x38\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.Value\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\x05\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xe9\x07\n\x18\x45mbeddingProviderService\x12\xa8\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a*.embedd.v1.CreateEmbeddingProviderResponse\"6\x82\xd3\xe4\x93\x02\x30\"\x17/v1/embedding-providers:\x01*b\x12\x65mbedding_provider\x12\xb4\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\'.embedd.v1.GetEmbeddingProviderResponse\"K\x82\xd3\xe4\x93\x02\x45\x12//v1/embedding-providers/{embedding_provider_id}b\x12\x65mbedding_provider\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['base_url']._loaded_options = None
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['base_url']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['dimensions']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_inputs_per_request']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_inputs_per_request']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_concurrency']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_concurrency']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_inputs_per_request']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_inputs_per_request']._serialized_options = b'\342A\001\003'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_concurrency']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_concurrency']._serialized_options = b'\342A\001\003'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['provider']._loaded_options = None
@@ -57,6 +67,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['default_model']._serialized_options = b'\342A\001\002'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['base_url']._loaded_options = None
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['base_url']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['dimensions']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_inputs_per_request']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_inputs_per_request']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_concurrency']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_concurrency']._serialized_options = b'\342A\001\001'
   _globals['_GETEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._loaded_options = None
   _globals['_GETEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTEMBEDDINGPROVIDERSREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -82,33 +98,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingModels']._loaded_options = None
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingModels']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/embedding-models'
   _globals['_EMBEDDINGPROVIDER']._serialized_start=170
-  _globals['_EMBEDDINGPROVIDER']._serialized_end=416
-  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_start=419
-  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_end=630
-  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_start=632
-  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_end=723
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=725
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=791
-  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_start=793
-  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_end=881
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=883
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=957
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=959
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=1071
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=1073
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=1142
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=1144
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1206
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1208
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1275
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1278
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1487
-  _globals['_EMBEDDINGMODEL']._serialized_start=1489
-  _globals['_EMBEDDINGMODEL']._serialized_end=1598
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=1600
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=1692
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=1694
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=1766
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=1769
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=2770
+  _globals['_EMBEDDINGPROVIDER']._serialized_end=746
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_start=749
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_end=1132
+  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_start=1134
+  _globals['_CREATEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1225
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=1227
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=1293
+  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_start=1295
+  _globals['_GETEMBEDDINGPROVIDERRESPONSE']._serialized_end=1383
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=1385
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=1459
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=1461
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=1573
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=1575
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=1644
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=1646
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1708
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1710
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1777
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1780
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1989
+  _globals['_EMBEDDINGMODEL']._serialized_start=1991
+  _globals['_EMBEDDINGMODEL']._serialized_end=2100
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=2102
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=2194
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=2196
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=2268
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=2271
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=3272
 # @@protoc_insertion_point(module_scope)
