@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index clean
+.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -73,6 +73,10 @@ bench-sync: install
 # ANN index kinds (vector, halfvec, binary + re-rank) x dimensions: build time and recall.
 bench-index: install
 	$(PY) -m bench.bench_index
+
+# A backfill at a 60,000 tokens/min budget against its lower bound (docs/providers.md).
+bench-budget: install
+	$(PY) -m bench.bench_budget
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -70,8 +70,8 @@ PRODUCT_COLUMNS = (
 )
 
 
-async def platform_records(client: EmbeddClient, pg_port: int, password: str) -> tuple[str, str]:
-    """(connection id, local provider id) for the bench source database as `bench_user`."""
+async def platform_connection(client: EmbeddClient, pg_port: int, password: str) -> str:
+    """The id of a platform connection to the bench source database as `bench_user`."""
     conn = await client.connections.CreateConnection(
         connection_pb2.CreateConnectionRequest(
             provider=values_pb2.ConnectionProvider.postgresql,
@@ -82,16 +82,42 @@ async def platform_records(client: EmbeddClient, pg_port: int, password: str) ->
             ),
         )
     )
+    return conn.id
+
+
+async def platform_records(client: EmbeddClient, pg_port: int, password: str) -> tuple[str, str]:
+    """(connection id, local provider id) for the bench source database as `bench_user`."""
     emb = await client.embedding_providers.CreateEmbeddingProvider(
         embedding_provider_pb2.CreateEmbeddingProviderRequest(
             name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
         )
     )
-    return conn.id, emb.id
+    return await platform_connection(client, pg_port, password), emb.id
+
+
+async def openai_provider(client: EmbeddClient, base_url: str, api_key: str) -> str:
+    """The id of an `openai` provider record whose base URL is `base_url` (a fake OpenAI)."""
+    emb = await client.embedding_providers.CreateEmbeddingProvider(
+        embedding_provider_pb2.CreateEmbeddingProviderRequest(
+            name="openai",
+            provider=values_pb2.EmbeddingProviderType.openai,
+            api_key=api_key,
+            default_model="text-embedding-3-small",
+            base_url=base_url,
+        )
+    )
+    return emb.id
 
 
 async def create_table(
-    client: EmbeddClient, conn_id: str, emb_id: str, table: str, *, interval: int = 60
+    client: EmbeddClient,
+    conn_id: str,
+    emb_id: str,
+    table: str,
+    *,
+    interval: int = 60,
+    model: str = "local-lexical-384",
+    dimensions: int = 384,
 ) -> vector_table_pb2.VectorTable:
     return await client.vector_tables.CreateVectorTable(
         vector_table_pb2.CreateVectorTableRequest(
@@ -101,8 +127,8 @@ async def create_table(
                 embedding_provider_id=emb_id,
                 source_table=f"public.{table}",
                 primary_key_column="id",
-                embedding_model="local-lexical-384",
-                embedding_dimensions=384,
+                embedding_model=model,
+                embedding_dimensions=dimensions,
                 columns=[column_to_proto(c) for c in PRODUCT_COLUMNS],
                 sync_interval_seconds=interval,
             )

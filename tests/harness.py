@@ -25,7 +25,7 @@ from embedd_server.devtools.pg import LocalPostgres
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
-from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.providers.registry import EmbedderRegistry, SaveLearned
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.connections import Checker
 
@@ -183,8 +183,10 @@ class CountingRegistry(EmbedderRegistry):
     """The embedder registry the test servers are started with (`app.start(embedders=...)`):
     the real one, whose embedders count what they embed while `counting()` is open."""
 
-    def __init__(self, session: aiohttp.ClientSession, secrets: SecretBox) -> None:
-        super().__init__(session, secrets)
+    def __init__(
+        self, session: aiohttp.ClientSession, secrets: SecretBox, save_learned: SaveLearned | None = None
+    ) -> None:
+        super().__init__(session, secrets, save_learned=save_learned)
         self._counter: Counter | None = None
 
     def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:

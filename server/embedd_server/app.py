@@ -44,7 +44,7 @@ from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.network_policy import NetworkPolicy, http_connector
-from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.providers.registry import EmbedderRegistry, SaveLearned
 from embedd_server.ratelimit import RateLimiter
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
 from embedd_server.services.api_keys import ApiKeyServicer, EnvironmentServicer
@@ -167,15 +167,20 @@ class Service:
             await self.pool.close()
 
 
-# Builds the embedder registry from the shared HTTP session and the secret box.
-EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox], EmbedderRegistry]
+# Builds the embedder registry from the shared HTTP session, the secret box and where what
+# it learns about a provider's server is saved.
+EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox, SaveLearned], EmbedderRegistry]
+
+
+def default_embedders(session: aiohttp.ClientSession, box: SecretBox, save: SaveLearned) -> EmbedderRegistry:
+    return EmbedderRegistry(session, box, save_learned=save)
 
 
 async def start(
     settings: Settings,
     *,
     checker: Checker | None = None,
-    embedders: EmbeddersFactory = EmbedderRegistry,
+    embedders: EmbeddersFactory = default_embedders,
     clock: Callable[[], float] = time.monotonic,
 ) -> Service:
     """Builds every dependency once and starts serving. What tests replace is injected here -
@@ -198,7 +203,8 @@ async def start(
             connector=http_connector(policy, limit=0, ttl_dns_cache=300),
         )
         made.push_async_callback(http.close)
-        registry = embedders(http, box)
+        connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
+        registry = embedders(http, box, providers.save_learned)
         made.push_async_callback(registry.aclose)
         authenticator = Authenticator(orgs)
         auth_listener = Listener(
@@ -216,7 +222,6 @@ async def start(
             options=server_options(settings),
         )
         made.push_async_callback(server.stop, None)
-        connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
         connection_pb2_grpc.add_ConnectionServiceServicer_to_server(
             ConnectionServicer(connections, box, checker or default_checker(settings)), server
         )

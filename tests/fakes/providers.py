@@ -4,10 +4,16 @@ Each speaks its API's wire format (request, response, error bodies, auth header)
 what the real API rejects: too many inputs, too many tokens per request, an over-long input,
 an empty input, a wrong key, an unknown model or unsupported dimensions. On top:
 
-- a requests-per-minute and tokens-per-minute budget (token buckets refilled continuously,
-  holding `burst_s` seconds of budget), answered with 429 + `Retry-After` when exceeded
-  (OpenAI also `retry-after-ms` and `x-ratelimit-*` headers; Gemini a `RetryInfo` detail);
-- a fixed latency per request;
+- a requests-per-minute and tokens-per-minute budget, answered with 429 + `Retry-After` when
+  exceeded (OpenAI also `retry-after-ms`; Gemini a `RetryInfo` detail). Each is a token bucket
+  refilled continuously at limit/60 per second, holding `burst_s` seconds of budget (60 by
+  default: one minute, as OpenAI's limiter). A request is admitted or refused when it arrives,
+  before its latency, and debits the bucket with its whole token count at once. OpenAI sends
+  `x-ratelimit-limit|remaining|reset-requests|tokens` on every response after the key check
+  (200, 4xx and 429): the state of the buckets just after this request's admission, the reset
+  as OpenAI writes durations ("6m0s", "1.5s", "20ms") = time until the bucket is full again;
+- a fixed latency per admitted request (a 429 is answered at once), and optionally a random
+  transit time before admission (`jitter_s`), so that concurrent requests arrive reordered;
 - scripted faults for the next requests: an HTTP status (5xx...), a hang, a malformed body, a
   429; and a poison marker: a request containing an input with it is rejected with a 400
   (the whole request, as the real APIs do);
@@ -21,6 +27,11 @@ prefixed with "query " for query input types, so a test can tell which input typ
 
 Tokens are counted with the fake's own rule (word pieces of up to 4 characters), close to but
 not the same as the client's estimate, as with a real tokenizer.
+
+`FakeCompatible` is an OpenAI-compatible server (vLLM, Text Embeddings Inference, Ollama): its
+own model names and sizes, no rate-limit headers, a maximum batch size answered like TEI (413
+"batch size 64 > maximum allowed batch size 32") and a maximum of concurrent requests beyond
+which it answers 429 "Model is overloaded" without Retry-After (TEI's `max_concurrent_requests`).
 
 Error messages follow those the APIs are seen to return (GitHub issue threads quoting them):
 OpenAI `max_tokens_per_request` and `Invalid 'input[i]': maximum input length`; Voyage
@@ -71,6 +82,18 @@ class _Bucket:
         return 0.0 if self.level >= n else (n - self.level) / self.rate
 
 
+def go_duration(seconds: float) -> str:
+    """A duration as Go prints it, which is how OpenAI writes `x-ratelimit-reset-*`: "20ms",
+    "1.5s", "6m0s", "1h0m0s" (milliseconds are the finest unit used here)."""
+    ms = max(0, round(seconds * 1000))
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return (f"{hours}h{minutes}m" if hours else f"{minutes}m" if minutes else "") + f"{secs}s"
+
+
 @dataclass
 class Fault:
     kind: str  # "status" | "hang" | "malformed" | "throttle"
@@ -90,20 +113,23 @@ class Counters:
     dimensions: collections.Counter[int] = field(default_factory=collections.Counter)
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     request_times: list[float] = field(default_factory=list)  # monotonic arrival times
+    last_ok_at: float = 0.0  # monotonic time of the last accepted request's answer
+    max_in_flight: int = 0  # most requests being served at once
 
 
 class FakeProvider:
     kind: ClassVar[str]
-    max_inputs: ClassVar[int]
+    max_inputs: int
 
     def __init__(
         self,
         *,
-        api_key: str = "test-key",
+        api_key: str | None = "test-key",
         rpm: float | None = None,
         tpm: float | None = None,
         burst_s: float = 60.0,
         latency_s: float = 0.0,
+        jitter_s: float = 0.0,
         prefix: str = "/v1",
         max_request_tokens: int | None = None,
         max_input_tokens: int | None = None,
@@ -112,13 +138,16 @@ class FakeProvider:
         seed: int = 7,
         leak_key: bool = False,
     ) -> None:
-        self.api_key = api_key
+        self.api_key = api_key  # None: a server that serves anyone
         self.leak_key = leak_key
         self.presented = ""  # the key of the request being answered
         # A share of requests answered 429 (Retry-After 0.2 s) or 500, at random (seeded).
         self.flaky_share = flaky_share
         self._rng = random.Random(seed)
         self.latency_s = latency_s
+        # Up to this much transit before a request reaches the limiter (seeded): concurrent
+        # requests arrive in another order than they were sent, as over a real network.
+        self.jitter_s = jitter_s
         self.prefix = prefix.rstrip("/")
         self.max_request_tokens = max_request_tokens
         self.max_input_tokens = max_input_tokens
@@ -188,15 +217,18 @@ class FakeProvider:
 
     # -- shared request pipeline ---------------------------------------------------------------
 
-    async def admit(self, key: str | None, texts: list[str]) -> web.Response | None:
-        """Latency, faults, auth and budgets; None when the request may be served."""
+    async def admit(self, key: str | None, texts: list[str]) -> web.Response | dict[str, str]:
+        """Faults, auth and budgets, then the latency: the rate-limit headers to answer with
+        when the request may be served, else the refusal."""
+        if self.jitter_s:
+            await asyncio.sleep(self._rng.uniform(0, self.jitter_s))
         c = self.counters
         c.requests += 1
         c.request_times.append(time.monotonic())
         self.presented = key or ""
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
         if self.faults:
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
             fault = self.faults.popleft()
             if fault.kind == "hang":
                 with contextlib.suppress(TimeoutError):
@@ -215,7 +247,7 @@ class FakeProvider:
                 c.throttled += 1
                 return self.count(self.throttle_response(0.2, "requests per min (RPM)"))
             return self.count(self.error(500, "The server had an error processing your request."))
-        if key != self.api_key:
+        if self.api_key is not None and key != self.api_key:
             return self.count(self.bad_key())
         tokens = sum(fake_tokens(t) for t in texts)
         waits = []
@@ -231,7 +263,10 @@ class FakeProvider:
             self._requests.level -= 1
         if self._tokens is not None:
             self._tokens.level -= tokens
-        return None
+        headers = self.rate_headers()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        return headers
 
     def bad_key(self) -> web.Response:
         return self.error(401, "Incorrect API key provided.")
@@ -248,6 +283,7 @@ class FakeProvider:
         c.batch_sizes.append(len(texts))
         c.input_types[str(input_type)] += len(texts)
         c.dimensions[dims] += 1
+        c.last_ok_at = time.monotonic()
         return tokens
 
     def count(self, response: web.Response) -> web.Response:
@@ -271,6 +307,7 @@ class FakeOpenAI(FakeProvider):
 
     kind = "openai"
     max_inputs = 2048
+    model_name = "text-embedding-3-small"  # as 429 messages name it
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post(f"{self.prefix}/embeddings", self.handle)
@@ -282,9 +319,12 @@ class FakeOpenAI(FakeProvider):
         return web.json_response({"error": err}, status=status)
 
     def throttle_response(self, wait: float, what: str) -> web.Response:
+        bucket, limit = (self._tokens, self.tpm) if "TPM" in what else (self._requests, self.rpm)
+        used = f" Limit {int(limit)}, Used {int(limit - bucket.level)}." if bucket and limit else ""
         response = self.error(
             429,
-            f"Rate limit reached on {what}. Please try again in {wait * 1000:.0f}ms.",
+            f"Rate limit reached for {self.model_name} in organization org-fake on {what}:{used} "
+            f"Please try again in {go_duration(wait)}.",
             type="tokens" if "TPM" in what else "requests",
             code="rate_limit_exceeded",
         )
@@ -313,9 +353,27 @@ class FakeOpenAI(FakeProvider):
             bucket.refill()
             headers[f"x-ratelimit-limit-{name}"] = str(int(limit))
             headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
-            reset = (bucket.capacity - bucket.level) / bucket.rate
-            headers[f"x-ratelimit-reset-{name}"] = f"{max(0, int(reset * 1000))}ms"
+            headers[f"x-ratelimit-reset-{name}"] = go_duration((bucket.capacity - bucket.level) / bucket.rate)
         return headers
+
+    def model_info(self, model: str) -> catalog.ModelInfo | None:
+        return _native("openai", model)
+
+    def not_found(self, model: object) -> web.Response:
+        return self.error(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+
+    def too_many(self, count: int) -> web.Response:
+        return self.error(
+            400,
+            f"Invalid 'input': array too long. Expected an array with maximum length {self.max_inputs}, "
+            f"but got an array with length {count} instead.",
+            param="input",
+            code="array_above_max_length",
+        )
 
     async def handle(self, request: web.Request) -> web.Response:
         auth = request.headers.get("Authorization", "")
@@ -330,82 +388,63 @@ class FakeOpenAI(FakeProvider):
             return self.count(
                 self.error(400, "'$.input' is invalid. Please check the API reference.", param="input")
             )
-        refused = await self.admit(key, texts)
-        if refused is not None:
-            return refused
+        admitted = await self.admit(key, texts)
+        if isinstance(admitted, web.Response):
+            return admitted
+        response = self.serve(body, texts)
+        response.headers.update(admitted)
+        return self.count(response)
+
+    def serve(self, body: dict[str, Any], texts: list[str]) -> web.Response:
         model = body.get("model")
-        info = _native("openai", model) if isinstance(model, str) else None
+        info = self.model_info(model) if isinstance(model, str) else None
         if info is None:
-            return self.count(
-                self.error(
-                    404,
-                    f"The model `{model}` does not exist or you do not have access to it.",
-                    code="model_not_found",
-                )
-            )
+            return self.not_found(model)
         dims = body.get("dimensions")
         if dims is not None:
-            if not model.startswith("text-embedding-3"):
-                return self.count(
-                    self.error(400, "This model does not support specifying dimensions.", param="dimensions")
+            if not info.reducible_to:
+                return self.error(
+                    400, "This model does not support specifying dimensions.", param="dimensions"
                 )
             if not isinstance(dims, int) or not 1 <= dims <= info.dimensions:
-                return self.count(self.error(400, f"Invalid 'dimensions': {dims}.", param="dimensions"))
+                return self.error(400, f"Invalid 'dimensions': {dims}.", param="dimensions")
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
-            return self.count(
-                self.error(400, f"Invalid 'encoding_format': {fmt!r}.", param="encoding_format")
-            )
+            return self.error(400, f"Invalid 'encoding_format': {fmt!r}.", param="encoding_format")
         if len(texts) > self.max_inputs:
-            return self.count(
-                self.error(
-                    400,
-                    "Invalid 'input': array too long. Expected an array with maximum length "
-                    f"{self.max_inputs}, "
-                    f"but got an array with length {len(texts)} instead.",
-                    param="input",
-                    code="array_above_max_length",
-                )
-            )
+            return self.too_many(len(texts))
         per_input = self.max_input_tokens or 8192
         for i, text in enumerate(texts):
             if not text:
-                return self.count(
-                    self.error(
-                        400,
-                        f"Invalid 'input[{i}]': string too short. Expected a string with minimum length 1, "
-                        "but got an empty string instead.",
-                        param=f"input[{i}]",
-                    )
+                return self.error(
+                    400,
+                    f"Invalid 'input[{i}]': string too short. Expected a string with minimum length 1, "
+                    "but got an empty string instead.",
+                    param=f"input[{i}]",
                 )
             if fake_tokens(text) > per_input:
-                return self.count(
-                    self.error(
-                        400,
-                        f"Invalid 'input[{i}]': maximum input length is {per_input} tokens.",
-                        param=f"input[{i}]",
-                    )
+                return self.error(
+                    400,
+                    f"Invalid 'input[{i}]': maximum input length is {per_input} tokens.",
+                    param=f"input[{i}]",
                 )
         total = sum(fake_tokens(t) for t in texts)
         cap = self.max_request_tokens or 300_000
         if total > cap:
-            return self.count(
-                self.error(
-                    400,
-                    f"Requested {total} tokens, max {cap} tokens per request",
-                    type="max_tokens_per_request",
-                    code="max_tokens_per_request",
-                )
+            return self.error(
+                400,
+                f"Requested {total} tokens, max {cap} tokens per request",
+                type="max_tokens_per_request",
+                code="max_tokens_per_request",
             )
         if self.poison and any(self.poison in t for t in texts):
             message = self.leaked("'$.input' is invalid. Please check the API reference.")
-            return self.count(self.error(400, message, param="input"))
+            return self.error(400, message, param="input")
         size = dims or info.dimensions
         tokens = self.accept(texts, None, size)
-        vectors = self.vectors(texts, None, size)
         data = [
             {"object": "embedding", "index": i, "embedding": _b64(v) if fmt == "base64" else v.tolist()}
-            for i, v in enumerate(vectors)
+            for i, v in enumerate(self.vectors(texts, None, size))
         ]
         payload = {
             "object": "list",
@@ -413,7 +452,56 @@ class FakeOpenAI(FakeProvider):
             "model": model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return self.count(web.json_response(payload, headers=self.rate_headers()))
+        return web.json_response(payload)
+
+
+class FakeCompatible(FakeOpenAI):
+    """An OpenAI-compatible embedding server (vLLM, TEI, Ollama): its own models (`models`:
+    name -> dimensions), at most `max_batch` inputs per request (413 as TEI answers), at most
+    `max_concurrency` requests served at once (429 "Model is overloaded", no Retry-After), no
+    rate-limit headers. `api_key=None` serves anyone (servers run without a key)."""
+
+    def __init__(
+        self,
+        *,
+        models: dict[str, int],
+        max_batch: int = 32,
+        max_concurrency: int = 4,
+        api_key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(api_key=api_key, **kwargs)
+        self.models = dict(models)
+        self.max_inputs = max_batch
+        self.max_concurrency = max_concurrency
+        self._in_flight = 0
+
+    def model_info(self, model: str) -> catalog.ModelInfo | None:
+        dims = self.models.get(model)
+        return catalog.ModelInfo("openai", model, dims) if dims else None
+
+    def not_found(self, model: object) -> web.Response:
+        return self.error(404, f"The model `{model}` does not exist.", code=404)
+
+    def too_many(self, count: int) -> web.Response:
+        message = f"batch size {count} > maximum allowed batch size {self.max_inputs}"
+        return web.json_response({"message": message, "code": 413, "type": "Validation"}, status=413)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self._in_flight += 1
+        try:
+            self.counters.max_in_flight = max(self.counters.max_in_flight, self._in_flight)
+            if self._in_flight > self.max_concurrency:
+                self.counters.requests += 1
+                self.counters.throttled += 1
+                return self.count(
+                    web.json_response(
+                        {"message": "Model is overloaded", "code": 429, "type": "Overloaded"}, status=429
+                    )
+                )
+            return await super().handle(request)
+        finally:
+            self._in_flight -= 1
 
 
 class FakeVoyage(FakeProvider):
@@ -446,9 +534,9 @@ class FakeVoyage(FakeProvider):
         texts = [raw_input] if isinstance(raw_input, str) else raw_input
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             return self.count(self.error(422, "input: must be a string or a list of strings"))
-        refused = await self.admit(key, texts)
-        if refused is not None:
-            return refused
+        admitted = await self.admit(key, texts)
+        if isinstance(admitted, web.Response):
+            return admitted
         model = body.get("model")
         info = _native("voyage", model) if isinstance(model, str) else None
         if info is None:
@@ -575,9 +663,9 @@ class FakeGemini(FakeProvider):
             texts = ["".join(p["text"] for p in r["content"]["parts"]) for r in requests]
         except (ValueError, KeyError, TypeError):
             return self.count(self.error(400, "Invalid JSON payload received."))
-        refused = await self.admit(key, texts)
-        if refused is not None:
-            return refused
+        admitted = await self.admit(key, texts)
+        if isinstance(admitted, web.Response):
+            return admitted
         info = _native("gemini", model)
         if info is None:
             return self.count(

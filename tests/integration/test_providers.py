@@ -21,7 +21,7 @@ from embedd_server.providers.http import RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox
 
-from tests.fakes.providers import FAKES, MODELS, FakeProvider
+from tests.fakes.providers import FAKES, MODELS, FakeOpenAI, FakeProvider
 from tests.harness import Org
 
 KINDS = ["openai", "gemini", "voyage"]
@@ -279,6 +279,27 @@ async def test_openai_sdk_against_the_fake() -> None:
         with pytest.raises(openai.BadRequestError):
             await client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
         await client.close()
+
+
+async def test_the_fake_openai_limits_as_openai_does(session: aiohttp.ClientSession) -> None:
+    """A bucket per limit holding one minute of budget, debited on admission; `x-ratelimit-*`
+    on every answer after the key check (200, 400, 429), resets written as OpenAI writes them."""
+    async with FakeOpenAI(api_key=KEY, tpm=6000, rpm=600) as fake:
+        url, auth = f"{fake.base_url}/embeddings", {"Authorization": f"Bearer {KEY}"}
+        body = {"model": "text-embedding-3-small", "input": ["word " * 1000]}  # 1,000 tokens
+        async with session.post(url, json=body, headers=auth) as r:
+            assert r.status == 200
+            assert r.headers["x-ratelimit-limit-tokens"] == "6000"
+            assert 4990 <= int(r.headers["x-ratelimit-remaining-tokens"]) <= 5000
+            assert r.headers["x-ratelimit-reset-tokens"] in ("10s", "9.999s", "9.998s")  # 1,000 at 100/s
+            assert r.headers["x-ratelimit-remaining-requests"] == "599"
+        async with session.post(url, json={**body, "model": "nope"}, headers=auth) as r:
+            assert r.status == 404 and "x-ratelimit-remaining-tokens" in r.headers
+        big = {**body, "input": ["word " * 1000] * 6}
+        async with session.post(url, json=big, headers=auth) as r:
+            assert r.status == 429  # 6,000 asked, at most 5,000 left
+            assert float(r.headers["retry-after-ms"]) > 0 and "x-ratelimit-remaining-tokens" in r.headers
+            assert "tokens per min (TPM)" in (await r.json())["error"]["message"]
 
 
 async def test_voyage_sdk_against_the_fake() -> None:

@@ -1,4 +1,11 @@
-"""The embedding model catalog: which models each provider serves, and their dimensions."""
+"""The embedding model catalog: which models each provider serves, and their dimensions.
+
+An OpenAI-compatible server (an `openai` provider with a base URL: vLLM, Text Embeddings
+Inference, Ollama, LM Studio, Azure deployments) serves models of its own. Any name is accepted
+there, with a declared vector size: the provider record's `dimensions` for its
+`default_model`, or a vector table's `embedding_dimensions` for another model. Such a model's
+vectors have one size (no shortening); the provider test checks it with a real call.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ from dataclasses import dataclass
 from embedd_server.domain.errors import FieldViolation, validation_error
 
 PROVIDERS = ("openai", "gemini", "voyage", "local")
+# pgvector's `vector` type holds at most 16,000 dimensions (docs/providers.md).
+MAX_DIMENSIONS = 16_000
+_MAX_MODEL_NAME = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +65,13 @@ def require_model(provider: str, model: str, field: str) -> ModelInfo:
     if info is None:
         valid = ", ".join(m.model for m in models_of(provider))
         shown = f"unknown model {model!r}" if model else "a model is required"
+        hint = (
+            " (or, with a base_url, any model of an OpenAI-compatible server and its dimensions)"
+            if provider == "openai"
+            else ""
+        )
         raise validation_error(
-            [FieldViolation(field, f"{shown} for provider {provider!r}; valid models: {valid}")]
+            [FieldViolation(field, f"{shown} for provider {provider!r}; valid models: {valid}{hint}")]
         )
     return info
 
@@ -72,3 +87,70 @@ def check_dimensions(info: ModelInfo, dimensions: int, field: str) -> int:
             [FieldViolation(field, f"{info.model} supports dimensions {listed}, not {dimensions}")]
         )
     return dimensions
+
+
+def check_model_name(model: str, field: str) -> None:
+    """A server's own model name: what it is passed as (e.g. `BAAI/bge-small-en-v1.5`)."""
+    if not model or len(model) > _MAX_MODEL_NAME or not model.isprintable() or model != model.strip():
+        raise validation_error(
+            [FieldViolation(field, f"must be the model's name, 1-{_MAX_MODEL_NAME} printable characters")]
+        )
+
+
+def check_declared_dimensions(dimensions: int, field: str) -> int:
+    if not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise validation_error(
+            [
+                FieldViolation(
+                    field, f"must be between 1 and {MAX_DIMENSIONS}: the size of the model's vectors"
+                )
+            ]
+        )
+    return dimensions
+
+
+def serves_own_models(provider: str, base_url: str | None) -> bool:
+    """An OpenAI-compatible server: an `openai` provider with a base URL."""
+    return provider == "openai" and bool(base_url)
+
+
+def resolve_model(
+    provider: str,
+    model: str,
+    dimensions: int,
+    *,
+    base_url: str | None,
+    declared: int | None,
+    model_field: str,
+    dimensions_field: str,
+) -> tuple[ModelInfo, int]:
+    """The model's entry and the dimensions to use (native when `dimensions` is 0), or a 400.
+    A catalog model is checked against the catalog; another model of an OpenAI-compatible
+    server needs a size: `dimensions`, or the one `declared` by the provider record."""
+    info = find_model(provider, model)
+    if info is not None or not serves_own_models(provider, base_url):
+        info = require_model(provider, model, model_field)
+        return info, check_dimensions(info, dimensions, dimensions_field)
+    check_model_name(model, model_field)
+    if dimensions == 0 and declared is None:
+        raise validation_error(
+            [
+                FieldViolation(
+                    dimensions_field,
+                    f"is required for {model!r}, which is not in the catalog: the size of the vectors "
+                    "your server returns for it",
+                )
+            ]
+        )
+    if dimensions and declared is not None and dimensions != declared:
+        raise validation_error(
+            [
+                FieldViolation(
+                    dimensions_field,
+                    f"{model!r} returns {declared}-dimension vectors (the embedding provider's "
+                    f"`dimensions`); omit it or pass {declared}",
+                )
+            ]
+        )
+    dims = check_declared_dimensions(dimensions or declared or 0, dimensions_field)
+    return ModelInfo(provider, model, dims), dims

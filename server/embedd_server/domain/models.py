@@ -59,6 +59,15 @@ class Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnedLimits:
+    """What the embedder learned about a server whose limits are not set, remembered with its
+    provider record so that the next process starts from it."""
+
+    max_inputs: int | None = None  # a batch size a refusal taught (providers/batching.InputLimit)
+    concurrency: int | None = None  # the window after the last congestion event (AIMD)
+
+
+@dataclass(frozen=True, slots=True)
 class EmbeddingProvider:
     id: str
     org_id: str
@@ -69,6 +78,17 @@ class EmbeddingProvider:
     base_url: str | None
     created_at: dt.datetime
     api_key_enc: bytes | None
+    # The vector size of `default_model` when the catalog does not know it (a model of an
+    # OpenAI-compatible server); see domain/catalog.resolve_model.
+    dimensions: int | None = None
+    # The user's settings for the server; None = learned (see `learned`).
+    max_inputs_per_request: int | None = None
+    max_concurrency: int | None = None
+    learned: LearnedLimits = LearnedLimits()
+
+    def declared_dimensions(self, model: str) -> int | None:
+        """The size the record declares for `model` (only its default model has one)."""
+        return self.dimensions if model == self.default_model else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ longer input rather than cut it, so inputs are truncated here to the estimate). 
 only exists for text-embedding-3-*. `encoding_format: base64` (little-endian float32) is about
 four times smaller than JSON floats and cheaper to parse; a compatible server that refuses it
 is switched to `float` for good. Rate limits come back in `x-ratelimit-*` headers, which the
-limiter learns.
+limiter follows. An OpenAI-compatible server may serve models of its own (see
+domain/catalog.py), refuse large batches with 413 (learned by `InputLimit`) and send no rate-limit
+headers (then AIMD alone finds its concurrency).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from embedd_server.providers.remote import (
 )
 
 _INPUT_INDEX = re.compile(r"input\[(\d+)\]")
+# The batch size a refusal states: OpenAI "Expected an array with maximum length 2048", TEI
+# "maximum allowed batch size 32", other gateways "should not be larger than 10".
+_STATED_MAX = re.compile(r"(?:maximum length|maximum allowed batch size|not be larger than) (\d+)")
 
 
 class OpenAIEmbedder(RemoteEmbedder):
@@ -44,15 +49,12 @@ class OpenAIEmbedder(RemoteEmbedder):
 
     def build_request(self, texts: Sequence[str], input_type: InputType) -> Request:
         body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": self._encoding}
-        if self._model.startswith("text-embedding-3") or (
-            self._dimensions != self._native and self._reducible
-        ):
+        if self._reducible:  # text-embedding-3-*; a compatible server's own model has one size
             body["dimensions"] = self._dimensions
-        return Request(
-            f"{self._base_url}/embeddings",
-            {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"},
-            body,
-        )
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:  # a compatible server may run without authentication
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return Request(f"{self._base_url}/embeddings", headers, body)
 
     def parse_response(self, payload: Any, count: int) -> tuple[Vectors, int | None]:
         return parse_embedding_list(payload, count, "prompt_tokens", "total_tokens")
@@ -72,9 +74,12 @@ class OpenAIEmbedder(RemoteEmbedder):
             return Verdict(Rejection.FATAL, message)
         if code == "invalid_api_key":
             return Verdict(Rejection.BAD_KEY, message)
-        too_many = code == "array_above_max_length" or "array too long" in low
-        if code == "max_tokens_per_request" or "per request" in low or too_many:
-            return Verdict(Rejection.TOO_LARGE, message)
+        # OpenAI: array_above_max_length; TEI: 413 "batch size 64 > maximum allowed batch size 32";
+        # other compatible gateways: 400 "batch size is invalid, it should not be larger than 10".
+        too_many = code == "array_above_max_length" or "array too long" in low or "batch size" in low
+        if status == 413 or code == "max_tokens_per_request" or "per request" in low or too_many:
+            stated = _STATED_MAX.search(low) if too_many or status == 413 else None
+            return Verdict(Rejection.TOO_LARGE, message, limit=int(stated.group(1)) if stated else None)
         if "maximum input length" in low or "maximum context length" in low:
             return Verdict(Rejection.INPUT_TOO_LONG, message, index)
         if param in ("model", "dimensions", "encoding_format") or "dimensions" in low:

@@ -4,11 +4,13 @@ per-row failures. Subclasses (openai.py, gemini.py, voyage.py) supply only the w
 `embed(texts)`:
 1. texts are truncated by the provider's documented rule (or left to the provider's own
    truncation), empty texts become per-row failures;
-2. the chunk is split into requests within the provider's input count and token caps (and a few
-   seconds of the rate budget), which run concurrently under the shared `AdaptiveLimiter`;
+2. the chunk is split into requests within the provider's input count (or the server's, learned:
+   `InputLimit`) and token caps (and about a second of the rate budget), which run concurrently
+   under the shared `AdaptiveLimiter`;
 3. each request retries 429 (after the limiter's pause, honouring Retry-After), 5xx, timeouts
    and malformed bodies with backoff and jitter;
-4. a 400 for a too-large request splits it in two; a 400 that names an input, or any other 400,
+4. a 400 (or 413) for a too-large request splits it in two and lowers the learned input count;
+   a 400 that names an input, or any other 400,
    isolates the bad input by bisection; a single over-long input is cut in half and retried
    (three times), then reported in `failed` — its neighbours are embedded normally;
 5. 401/403 raise `ProviderError("bad_key")` at once; exhausted retries raise "unreachable";
@@ -21,7 +23,7 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,11 +33,20 @@ import numpy as np
 from embedd_server import network_policy
 from embedd_server.domain.redact import scrub
 from embedd_server.providers.base import EmbedResult, InputType, ProviderError, Vectors, normalise
-from embedd_server.providers.batching import estimate_tokens, plan_batches, truncate_to_tokens
+from embedd_server.providers.batching import InputLimit, estimate_tokens, plan_batches, truncate_to_tokens
 from embedd_server.providers.http import DEFAULT_POLICY, RetryPolicy, backoff_delay, parse_retry_after
-from embedd_server.providers.limiter import AdaptiveLimiter
+from embedd_server.providers.limiter import AdaptiveLimiter, Ticket
 
 log = logging.getLogger(__name__)
+
+
+class DimensionsMismatch(ProviderError):
+    """The server's vectors are not of the size the model is declared (or known) to have."""
+
+    def __init__(self, message: str, *, returned: int, expected: int) -> None:
+        super().__init__("provider_error", message)
+        self.returned = returned
+        self.expected = expected
 
 
 class Rejection(enum.Enum):
@@ -51,6 +62,7 @@ class Verdict:
     kind: Rejection
     message: str
     index: int | None = None  # the input the provider named, within the request
+    limit: int | None = None  # TOO_LARGE: the most inputs per request the provider stated
 
 
 @dataclass(slots=True)
@@ -95,7 +107,9 @@ class RemoteEmbedder:
         reducible: bool,
         base_url: str | None = None,
         limiter: AdaptiveLimiter | None = None,
+        input_limit: InputLimit | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
+        remember: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._api_key = api_key
@@ -105,7 +119,10 @@ class RemoteEmbedder:
         self._reducible = reducible
         self._base_url = (base_url or self.default_base_url).rstrip("/")
         self.limiter = limiter or AdaptiveLimiter()
+        self.inputs = input_limit or InputLimit(self.max_inputs, self.max_inputs, fixed=True)
         self._policy = policy
+        # Persists what the limiter and the input limit learned (the registry's), after a call.
+        self._remember = remember
 
     @property
     def model(self) -> str:
@@ -179,13 +196,16 @@ class RemoteEmbedder:
             prepared.append(self.prepare(text))
         tokens = [self.input_tokens(t) for t in prepared]
         cap = min(self.max_request_tokens * self.estimate_safety, self.limiter.request_token_cap())
-        ranges = plan_batches(tokens, self.max_inputs, max(1, int(cap / max(self.limiter.charge(1), 1e-9))))
+        per_request = min(self.max_inputs, self.inputs.value)
+        ranges = plan_batches(tokens, per_request, max(1, int(cap / max(self.limiter.charge(1), 1e-9))))
         try:
             async with asyncio.TaskGroup() as group:
                 for start, end in ranges:
                     group.create_task(self._run(call, indices[start:end], prepared[start:end], 0))
         except* ProviderError as errors:
             raise errors.exceptions[0] from None
+        if self._remember is not None:
+            await self._remember()
         return EmbedResult(normalise(call.out), call.failed, tokens=call.tokens, requests=call.requests)
 
     async def _run(self, call: _Call, idx: list[int], texts: list[str], shortened: int) -> None:
@@ -194,6 +214,16 @@ class RemoteEmbedder:
             call.out[idx] = result
             return
         verdict = result
+        if verdict.kind is Rejection.TOO_LARGE:
+            self.inputs.on_too_large(len(idx), verdict.limit)
+            if len(idx) > (size := self.inputs.value):  # more inputs than the server takes
+                await asyncio.gather(
+                    *(
+                        self._run(call, idx[i : i + size], texts[i : i + size], shortened)
+                        for i in range(0, len(idx), size)
+                    )
+                )
+                return
         if len(idx) == 1:
             too_long = verdict.kind in (Rejection.INPUT_TOO_LONG, Rejection.TOO_LARGE)
             if too_long and shortened < _MAX_SHORTENINGS:
@@ -222,11 +252,15 @@ class RemoteEmbedder:
         attempt, throttled_for = 0, 0.0
         while True:
             request = self.build_request(texts, call.input_type)
-            await self.limiter.acquire(estimate)
+            ticket = await self.limiter.acquire(estimate)
+            if len(texts) > self.inputs.value:
+                # The server's batch size was learned while this request waited: split it unsent.
+                self.limiter.release(ticket)
+                return Verdict(Rejection.TOO_LARGE, f"more than {self.inputs.value} inputs per request")
             try:
                 sent = await self._send(request)
             finally:
-                self.limiter.release()
+                self.limiter.release(ticket)
             if isinstance(sent, BaseException):
                 if network_policy.denied(sent):
                     raise ProviderError(
@@ -245,11 +279,13 @@ class RemoteEmbedder:
                     except (ValueError, KeyError, TypeError, IndexError) as exc:
                         last = f"{self.provider} sent a malformed response body ({exc})"
                     else:
-                        self.limiter.on_success(estimate, used, headers)
+                        self.limiter.on_success(ticket, used, headers)
                         call.tokens += used if used is not None else estimate
                         return self._fit(vectors)
                 elif status == 429:
-                    throttled_for += self._throttled(payload, raw, headers, throttled_for)
+                    throttled_for += self._throttled(ticket, payload, raw, headers, throttled_for)
+                    if not self.limiter.fits(ticket):
+                        return Verdict(Rejection.TOO_LARGE, f"larger than {self.provider}'s token budget")
                     continue  # the limiter holds the retry until the pause is over
                 elif status in (408, 409) or status >= 500:
                     self.limiter.on_failure()
@@ -266,11 +302,15 @@ class RemoteEmbedder:
                 raise ProviderError("unreachable", last)
             await asyncio.sleep(backoff_delay(attempt, self._policy))
 
-    def _throttled(self, payload: Any, raw: bytes, headers: Mapping[str, str], so_far: float) -> float:
+    def _throttled(
+        self, ticket: Ticket, payload: Any, raw: bytes, headers: Mapping[str, str], so_far: float
+    ) -> float:
         """A 429: tell the limiter (which pauses everyone); fail when waiting will not help."""
         if self.is_quota_exhausted(payload):
             raise ProviderError("quota", f"{self.provider}: {_message(payload, raw)}")
-        pause = self.limiter.on_throttle(self.retry_after(payload, headers), self._policy.default_throttle_s)
+        pause = self.limiter.on_throttle(
+            ticket, self.retry_after(payload, headers), self._policy.default_throttle_s, headers
+        )
         if so_far + pause > self._policy.max_throttle_wait_s:
             raise ProviderError(
                 "quota",
@@ -315,10 +355,11 @@ class RemoteEmbedder:
             return vectors
         if have > self._dimensions and self._reducible:
             return np.ascontiguousarray(vectors[:, : self._dimensions])
-        raise ProviderError(
-            "provider_error",
+        raise DimensionsMismatch(
             f"{self.provider} returned {have}-dimension vectors for {self._model}, "
             f"expected {self._dimensions}",
+            returned=have,
+            expected=self._dimensions,
         )
 
 
@@ -353,8 +394,11 @@ def _message(payload: Any, raw: bytes) -> str:
         err = payload.get("error")
         if isinstance(err, Mapping) and err.get("message"):
             return str(err["message"])
-        if payload.get("detail"):
-            return str(payload["detail"])
+        if isinstance(err, str) and err:  # Text Embeddings Inference's native routes
+            return err
+        for key in ("detail", "message"):  # Voyage; OpenAI-compatible servers (TEI, vLLM)
+            if payload.get(key):
+                return str(payload[key])
     return raw[:200].decode(errors="replace") or "(empty body)"
 
 

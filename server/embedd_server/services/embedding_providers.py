@@ -7,7 +7,7 @@ from embedd.v1 import embedding_provider_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
-from embedd_server.domain.errors import not_found
+from embedd_server.domain.errors import invalid_field, not_found
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -16,7 +16,7 @@ from embedd_server.domain.validation import (
     check_name,
     page_request,
 )
-from embedd_server.providers.registry import EmbedderRegistry
+from embedd_server.providers.registry import EmbedderRegistry, max_inputs_per_request
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, timestamp
@@ -25,6 +25,7 @@ from embedd_server.store.connections import EmbeddingProviderStore
 _TYPE = values_pb2.EmbeddingProviderType
 _STATUS = values_pb2.TestStatus.Value
 _FAILURE = values_pb2.EmbeddingProviderTestFailure
+_MAX_CONCURRENCY = 256
 
 
 def to_proto(e: models.EmbeddingProvider) -> pb.EmbeddingProvider:
@@ -37,7 +38,64 @@ def to_proto(e: models.EmbeddingProvider) -> pb.EmbeddingProvider:
     )
     if e.base_url:
         msg.base_url = e.base_url
+    for name, value in (
+        ("dimensions", e.dimensions),
+        ("max_inputs_per_request", e.max_inputs_per_request),
+        ("max_concurrency", e.max_concurrency),
+        ("learned_max_inputs_per_request", e.learned.max_inputs),
+        ("learned_max_concurrency", e.learned.concurrency),
+    ):
+        if value is not None:
+            setattr(msg, name, value)
     return msg
+
+
+def _check_limits(v: Violations, request: pb.CreateEmbeddingProviderRequest, provider: str) -> None:
+    most = max_inputs_per_request(provider)
+    limits = (
+        (
+            "max_inputs_per_request",
+            _optional_int(request.HasField("max_inputs_per_request"), request.max_inputs_per_request),
+            most,
+        ),
+        (
+            "max_concurrency",
+            _optional_int(request.HasField("max_concurrency"), request.max_concurrency),
+            _MAX_CONCURRENCY,
+        ),
+    )
+    for name, value, ceiling in limits:
+        if value is None:
+            continue
+        if most is None:
+            v.add(name, "applies to remote providers only (openai, gemini, voyage)")
+        elif ceiling is not None and not 1 <= value <= ceiling:
+            v.add(name, f"must be between 1 and {ceiling} for provider {provider!r}")
+
+
+def _check_model(request: pb.CreateEmbeddingProviderRequest, provider: str) -> int | None:
+    """The default model is in the catalog or, for an OpenAI-compatible server, has a declared
+    size (domain/catalog.py). Returns that size."""
+    declared = _optional_int(request.HasField("dimensions"), request.dimensions)
+    if declared is not None and catalog.find_model(provider, request.default_model):
+        raise invalid_field(
+            "dimensions",
+            f"only for a model outside the catalog; {request.default_model!r} has known dimensions",
+        )
+    catalog.resolve_model(
+        provider,
+        request.default_model,
+        0,
+        base_url=request.base_url if request.HasField("base_url") else None,
+        declared=declared,
+        model_field="default_model",
+        dimensions_field="dimensions",
+    )
+    return declared
+
+
+def _optional_int(present: bool, value: int) -> int | None:
+    return value if present else None
 
 
 class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderServiceServicer):
@@ -55,14 +113,16 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
         v = Violations()
         check_name(v, request.name)
         provider = _TYPE.Value.Name(request.provider)
+        compatible = provider == "openai" and request.HasField("base_url")
         if request.provider == _TYPE.unspecified:
             v.add("provider", f"is required: one of {', '.join(catalog.PROVIDERS)}")
-        elif provider != "local" and not request.api_key.strip():
+        elif provider != "local" and not compatible and not request.api_key.strip():
             v.add("api_key", f"is required for provider {provider!r}")
         if request.HasField("base_url"):
             check_base_url(v, request.base_url, "base_url")
+        _check_limits(v, request, provider)
         v.raise_if_any()
-        catalog.require_model(provider, request.default_model, "default_model")
+        dimensions = _check_model(request, provider)
         provider_id = new_id("embedding_provider")
         api_key = request.api_key.strip()
         row = await self._store.create(
@@ -74,6 +134,11 @@ class EmbeddingProviderServicer(embedding_provider_pb2_grpc.EmbeddingProviderSer
             default_model=request.default_model,
             base_url=request.base_url if request.HasField("base_url") else None,
             api_key_enc=self._secrets.encrypt(api_key, bound_to=provider_id) if api_key else None,
+            dimensions=dimensions,
+            max_inputs_per_request=_optional_int(
+                request.HasField("max_inputs_per_request"), request.max_inputs_per_request
+            ),
+            max_concurrency=_optional_int(request.HasField("max_concurrency"), request.max_concurrency),
         )
         return to_proto(row)
 

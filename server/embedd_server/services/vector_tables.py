@@ -259,8 +259,15 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if mode == "managed":
             raise unimplemented("Managed mode (vectors in Qdrant)", "not scheduled yet; use mode 'platform'")
         model = new.embedding_model or provider.default_model
-        info = catalog.require_model(provider.provider, model, "embedding_model")
-        dims = catalog.check_dimensions(info, new.embedding_dimensions, "embedding_dimensions")
+        _, dims = catalog.resolve_model(
+            provider.provider,
+            model,
+            new.embedding_dimensions,
+            base_url=provider.base_url,
+            declared=provider.declared_dimensions(model),
+            model_field="embedding_model",
+            dimensions_field="embedding_dimensions",
+        )
 
         creds = open_credentials(self._secrets, connection)
         spec = VectorTableSpec(
@@ -345,13 +352,20 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if provider is None:
             raise not_found("embedding_provider_not_found", "Embedding provider", provider_id)
         model = new.embedding_model if "embedding_model" in fields else current.embedding_model
-        info = catalog.require_model(provider.provider, model, "embedding_model")
         dims_asked = (
             new.embedding_dimensions if "embedding_dimensions" in fields else current.embedding_dimensions
         )
         if "embedding_model" in fields and "embedding_dimensions" not in fields:
             dims_asked = 0  # a new model at its native size unless dimensions are given too
-        dims = catalog.check_dimensions(info, dims_asked, "embedding_dimensions")
+        _, dims = catalog.resolve_model(
+            provider.provider,
+            model,
+            dims_asked,
+            base_url=provider.base_url,
+            declared=provider.declared_dimensions(model),
+            model_field="embedding_model",
+            dimensions_field="embedding_dimensions",
+        )
         spec = dataclasses.replace(
             current,
             embedding_model=model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from embedd_server.domain.errors import ApiError, Kind
-from embedd_server.domain.models import Connection, EmbeddingProvider, Page
+from embedd_server.domain.models import Connection, EmbeddingProvider, LearnedLimits, Page
 from embedd_server.domain.validation import PageRequest
 from embedd_server.store.paging import fetch_page
 
@@ -37,6 +37,10 @@ def _provider(r: asyncpg.Record) -> EmbeddingProvider:
         base_url=r["base_url"],
         created_at=r["created_at"],
         api_key_enc=bytes(enc) if enc is not None else None,
+        dimensions=r["dimensions"],
+        max_inputs_per_request=r["max_inputs_per_request"],
+        max_concurrency=r["max_concurrency"],
+        learned=LearnedLimits(r["learned_max_inputs"], r["learned_concurrency"]),
     )
 
 
@@ -139,11 +143,15 @@ class EmbeddingProviderStore:
         default_model: str,
         base_url: str | None,
         api_key_enc: bytes | None,
+        dimensions: int | None = None,
+        max_inputs_per_request: int | None = None,
+        max_concurrency: int | None = None,
     ) -> EmbeddingProvider:
         row = await self._pool.fetchrow(
             "INSERT INTO embedding_providers"
-            " (id, org_id, env_id, name, provider, default_model, base_url, api_key_enc)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *",
+            " (id, org_id, env_id, name, provider, default_model, base_url, api_key_enc,"
+            "  dimensions, max_inputs_per_request, max_concurrency)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
             id,
             org_id,
             env_id,
@@ -152,9 +160,22 @@ class EmbeddingProviderStore:
             default_model,
             base_url,
             api_key_enc,
+            dimensions,
+            max_inputs_per_request,
+            max_concurrency,
         )
         assert row is not None
         return _provider(row)
+
+    async def save_learned(self, provider_id: str, learned: LearnedLimits) -> None:
+        """Remembers what the embedder learned about the provider's server (no-op once the
+        record is deleted)."""
+        await self._pool.execute(
+            "UPDATE embedding_providers SET learned_max_inputs = $2, learned_concurrency = $3 WHERE id = $1",
+            provider_id,
+            learned.max_inputs,
+            learned.concurrency,
+        )
 
     async def get(self, org_id: str, env_id: str, provider_id: str) -> EmbeddingProvider | None:
         row = await self._pool.fetchrow(

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"\xd3\x01\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x0b\n\t_base_url\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"\x7f\n\x0e\x45mbeddingModel\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ndimensions\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xa8\x07\n\x18\x45mbeddingProviderService\x12\x86\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/embedding-providers:\x01*\x12\x95\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/embedding-providers/{embedding_provider_id}\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"embedd/v1/embedding_provider.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\x04\n\x11\x45mbeddingProvider\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x03 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x05\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\x08\x62\x61se_url\x18\x06 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\ndimensions\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12)\n\x16max_inputs_per_request\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\"\n\x0fmax_concurrency\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x12\x31\n\x1elearned_max_inputs_per_request\x18\n \x01(\x05\x42\x04\xe2\x41\x01\x03H\x04\x88\x01\x01\x12*\n\x17learned_max_concurrency\x18\x0b \x01(\x05\x42\x04\xe2\x41\x01\x03H\x05\x88\x01\x01\x42\x0b\n\t_base_urlB\r\n\x0b_dimensionsB\x19\n\x17_max_inputs_per_requestB\x12\n\x10_max_concurrencyB!\n\x1f_learned_max_inputs_per_requestB\x1a\n\x18_learned_max_concurrency\"\xff\x02\n\x1e\x43reateEmbeddingProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12>\n\x08provider\x18\x02 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x02\x12\x16\n\x07\x61pi_key\x18\x03 \x01(\tB\x05\xe2\x41\x02\x04\x01\x12\x1b\n\rdefault_model\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x08\x62\x61se_url\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\ndimensions\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12)\n\x16max_inputs_per_request\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\"\n\x0fmax_concurrency\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x03\x88\x01\x01\x42\x0b\n\t_base_urlB\r\n\x0b_dimensionsB\x19\n\x17_max_inputs_per_requestB\x12\n\x10_max_concurrency\"B\n\x1bGetEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"J\n\x1dListEmbeddingProvidersRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"p\n\x1eListEmbeddingProvidersResponse\x12\x39\n\x13\x65mbedding_providers\x18\x01 \x03(\x0b\x32\x1c.embedd.v1.EmbeddingProvider\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"E\n\x1e\x44\x65leteEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\">\n\x1f\x44\x65leteEmbeddingProviderResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\"C\n\x1cTestEmbeddingProviderRequest\x12#\n\x15\x65mbedding_provider_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xd1\x01\n\x1dTestEmbeddingProviderResponse\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.TestStatus.Value\x12\x12\n\nlatency_ms\x18\x02 \x01(\x05\x12\x42\n\x06reason\x18\x03 \x01(\x0e\x32-.embedd.v1.EmbeddingProviderTestFailure.ValueH\x00\x88\x01\x01\x12\x14\n\x07message\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_reasonB\n\n\x08_message\"\x7f\n\x0e\x45mbeddingModel\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x03\x12\x13\n\x05model\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ndimensions\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\"\\\n\x1aListEmbeddingModelsRequest\x12>\n\x08provider\x18\x01 \x01(\x0e\x32&.embedd.v1.EmbeddingProviderType.ValueB\x04\xe2\x41\x01\x01\"H\n\x1bListEmbeddingModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.embedd.v1.EmbeddingModel2\xa8\x07\n\x18\x45mbeddingProviderService\x12\x86\x01\n\x17\x43reateEmbeddingProvider\x12).embedd.v1.CreateEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/embedding-providers:\x01*\x12\x95\x01\n\x14GetEmbeddingProvider\x12&.embedd.v1.GetEmbeddingProviderRequest\x1a\x1c.embedd.v1.EmbeddingProvider\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/embedding-providers/{embedding_provider_id}\x12\x8e\x01\n\x16ListEmbeddingProviders\x12(.embedd.v1.ListEmbeddingProvidersRequest\x1a).embedd.v1.ListEmbeddingProvidersResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/embedding-providers\x12\xa9\x01\n\x17\x44\x65leteEmbeddingProvider\x12).embedd.v1.DeleteEmbeddingProviderRequest\x1a*.embedd.v1.DeleteEmbeddingProviderResponse\"7\x82\xd3\xe4\x93\x02\x31*//v1/embedding-providers/{embedding_provider_id}\x12\xa8\x01\n\x15TestEmbeddingProvider\x12\'.embedd.v1.TestEmbeddingProviderRequest\x1a(.embedd.v1.TestEmbeddingProviderResponse\"<\x82\xd3\xe4\x93\x02\x36\"4/v1/embedding-providers/{embedding_provider_id}/test\x12\x82\x01\n\x13ListEmbeddingModels\x12%.embedd.v1.ListEmbeddingModelsRequest\x1a&.embedd.v1.ListEmbeddingModelsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/embedding-modelsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['base_url']._loaded_options = None
   _globals['_EMBEDDINGPROVIDER'].fields_by_name['base_url']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['dimensions']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_inputs_per_request']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_inputs_per_request']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_concurrency']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['max_concurrency']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_inputs_per_request']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_inputs_per_request']._serialized_options = b'\342A\001\003'
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_concurrency']._loaded_options = None
+  _globals['_EMBEDDINGPROVIDER'].fields_by_name['learned_max_concurrency']._serialized_options = b'\342A\001\003'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['provider']._loaded_options = None
@@ -57,6 +67,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['default_model']._serialized_options = b'\342A\001\002'
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['base_url']._loaded_options = None
   _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['base_url']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['dimensions']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['dimensions']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_inputs_per_request']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_inputs_per_request']._serialized_options = b'\342A\001\001'
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_concurrency']._loaded_options = None
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST'].fields_by_name['max_concurrency']._serialized_options = b'\342A\001\001'
   _globals['_GETEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._loaded_options = None
   _globals['_GETEMBEDDINGPROVIDERREQUEST'].fields_by_name['embedding_provider_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTEMBEDDINGPROVIDERSREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -88,29 +104,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingModels']._loaded_options = None
   _globals['_EMBEDDINGPROVIDERSERVICE'].methods_by_name['ListEmbeddingModels']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/embedding-models'
   _globals['_EMBEDDINGPROVIDER']._serialized_start=170
-  _globals['_EMBEDDINGPROVIDER']._serialized_end=416
-  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_start=419
-  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_end=630
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=632
-  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=698
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=700
-  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=774
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=776
-  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=888
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=890
-  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=959
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=961
-  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1023
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1025
-  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1092
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1095
-  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1304
-  _globals['_EMBEDDINGMODEL']._serialized_start=1306
-  _globals['_EMBEDDINGMODEL']._serialized_end=1433
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=1435
-  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=1527
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=1529
-  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=1601
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=1604
-  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=2540
+  _globals['_EMBEDDINGPROVIDER']._serialized_end=746
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_start=749
+  _globals['_CREATEEMBEDDINGPROVIDERREQUEST']._serialized_end=1132
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_start=1134
+  _globals['_GETEMBEDDINGPROVIDERREQUEST']._serialized_end=1200
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_start=1202
+  _globals['_LISTEMBEDDINGPROVIDERSREQUEST']._serialized_end=1276
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_start=1278
+  _globals['_LISTEMBEDDINGPROVIDERSRESPONSE']._serialized_end=1390
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_start=1392
+  _globals['_DELETEEMBEDDINGPROVIDERREQUEST']._serialized_end=1461
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_start=1463
+  _globals['_DELETEEMBEDDINGPROVIDERRESPONSE']._serialized_end=1525
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_start=1527
+  _globals['_TESTEMBEDDINGPROVIDERREQUEST']._serialized_end=1594
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_start=1597
+  _globals['_TESTEMBEDDINGPROVIDERRESPONSE']._serialized_end=1806
+  _globals['_EMBEDDINGMODEL']._serialized_start=1808
+  _globals['_EMBEDDINGMODEL']._serialized_end=1935
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_start=1937
+  _globals['_LISTEMBEDDINGMODELSREQUEST']._serialized_end=2029
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_start=2031
+  _globals['_LISTEMBEDDINGMODELSRESPONSE']._serialized_end=2103
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_start=2106
+  _globals['_EMBEDDINGPROVIDERSERVICE']._serialized_end=3042
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,11 @@ class EmbeddingProvider(_message.Message):
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    LEARNED_MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    LEARNED_MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `emb_` prefix."""
     name: _builtins.str
@@ -42,6 +47,16 @@ class EmbeddingProvider(_message.Message):
     """The model vector tables use unless they name another."""
     base_url: _builtins.str
     """Base URL override (OpenAI-compatible servers, proxies); absent for the provider's own API."""
+    dimensions: _builtins.int
+    """Vector size of `default_model` when it is not in the catalog (a model of an OpenAI-compatible server)."""
+    max_inputs_per_request: _builtins.int
+    """At most this many inputs per request; learned from the server when absent."""
+    max_concurrency: _builtins.int
+    """At most this many requests in flight; learned from the server when absent."""
+    learned_max_inputs_per_request: _builtins.int
+    """The batch size learned for a server that refused larger requests; absent until then."""
+    learned_max_concurrency: _builtins.int
+    """The concurrency learned after the server last pushed back (429, 5xx, timeouts); absent until then."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the provider was registered (RFC 3339, UTC)."""
@@ -55,14 +70,40 @@ class EmbeddingProvider(_message.Message):
         default_model: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         base_url: _builtins.str | None = ...,
+        dimensions: _builtins.int | None = ...,
+        max_inputs_per_request: _builtins.int | None = ...,
+        max_concurrency: _builtins.int | None = ...,
+        learned_max_inputs_per_request: _builtins.int | None = ...,
+        learned_max_concurrency: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "base_url", b"base_url", "created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "_dimensions", b"_dimensions", "_learned_max_concurrency", b"_learned_max_concurrency", "_learned_max_inputs_per_request", b"_learned_max_inputs_per_request", "_max_concurrency", b"_max_concurrency", "_max_inputs_per_request", b"_max_inputs_per_request", "base_url", b"base_url", "created_at", b"created_at", "dimensions", b"dimensions", "learned_max_concurrency", b"learned_max_concurrency", "learned_max_inputs_per_request", b"learned_max_inputs_per_request", "max_concurrency", b"max_concurrency", "max_inputs_per_request", b"max_inputs_per_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "base_url", b"base_url", "created_at", b"created_at", "default_model", b"default_model", "id", b"id", "name", b"name", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "_dimensions", b"_dimensions", "_learned_max_concurrency", b"_learned_max_concurrency", "_learned_max_inputs_per_request", b"_learned_max_inputs_per_request", "_max_concurrency", b"_max_concurrency", "_max_inputs_per_request", b"_max_inputs_per_request", "base_url", b"base_url", "created_at", b"created_at", "default_model", b"default_model", "dimensions", b"dimensions", "id", b"id", "learned_max_concurrency", b"learned_max_concurrency", "learned_max_inputs_per_request", b"learned_max_inputs_per_request", "max_concurrency", b"max_concurrency", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__base_url: _TypeAlias = _typing.Literal["base_url"]  # noqa: Y015
     _WhichOneofArgType__base_url: _TypeAlias = _typing.Literal["_base_url", b"_base_url"]  # noqa: Y015
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    _WhichOneofReturnType__learned_max_concurrency: _TypeAlias = _typing.Literal["learned_max_concurrency"]  # noqa: Y015
+    _WhichOneofArgType__learned_max_concurrency: _TypeAlias = _typing.Literal["_learned_max_concurrency", b"_learned_max_concurrency"]  # noqa: Y015
+    _WhichOneofReturnType__learned_max_inputs_per_request: _TypeAlias = _typing.Literal["learned_max_inputs_per_request"]  # noqa: Y015
+    _WhichOneofArgType__learned_max_inputs_per_request: _TypeAlias = _typing.Literal["_learned_max_inputs_per_request", b"_learned_max_inputs_per_request"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrency: _TypeAlias = _typing.Literal["max_concurrency"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrency: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency"]  # noqa: Y015
+    _WhichOneofReturnType__max_inputs_per_request: _TypeAlias = _typing.Literal["max_inputs_per_request"]  # noqa: Y015
+    _WhichOneofArgType__max_inputs_per_request: _TypeAlias = _typing.Literal["_max_inputs_per_request", b"_max_inputs_per_request"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__base_url) -> _WhichOneofReturnType__base_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learned_max_concurrency) -> _WhichOneofReturnType__learned_max_concurrency | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learned_max_inputs_per_request) -> _WhichOneofReturnType__learned_max_inputs_per_request | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrency) -> _WhichOneofReturnType__max_concurrency | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_inputs_per_request) -> _WhichOneofReturnType__max_inputs_per_request | None: ...
 
 Global___EmbeddingProvider: _TypeAlias = EmbeddingProvider  # noqa: Y015
 
@@ -77,6 +118,9 @@ class CreateEmbeddingProviderRequest(_message.Message):
     API_KEY_FIELD_NUMBER: _builtins.int
     DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
+    DIMENSIONS_FIELD_NUMBER: _builtins.int
+    MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Display name, 1-100 characters."""
     provider: _values_pb2.EmbeddingProviderType.Value.ValueType
@@ -87,6 +131,14 @@ class CreateEmbeddingProviderRequest(_message.Message):
     """A model of this provider (see ListEmbeddingModels)."""
     base_url: _builtins.str
     """Base URL override, `http://` or `https://`."""
+    dimensions: _builtins.int
+    """With `base_url` and a `default_model` outside the catalog (an OpenAI-compatible server's own
+    model): the size of its vectors, 1-16000. Checked by TestEmbeddingProvider.
+    """
+    max_inputs_per_request: _builtins.int
+    """At most this many inputs per request (1 to the provider's maximum); learned when absent."""
+    max_concurrency: _builtins.int
+    """At most this many requests in flight, 1-256; learned (AIMD) when absent."""
     def __init__(
         self,
         *,
@@ -95,14 +147,30 @@ class CreateEmbeddingProviderRequest(_message.Message):
         api_key: _builtins.str = ...,
         default_model: _builtins.str = ...,
         base_url: _builtins.str | None = ...,
+        dimensions: _builtins.int | None = ...,
+        max_inputs_per_request: _builtins.int | None = ...,
+        max_concurrency: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "base_url", b"base_url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "_dimensions", b"_dimensions", "_max_concurrency", b"_max_concurrency", "_max_inputs_per_request", b"_max_inputs_per_request", "base_url", b"base_url", "dimensions", b"dimensions", "max_concurrency", b"max_concurrency", "max_inputs_per_request", b"max_inputs_per_request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "api_key", b"api_key", "base_url", b"base_url", "default_model", b"default_model", "name", b"name", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_base_url", b"_base_url", "_dimensions", b"_dimensions", "_max_concurrency", b"_max_concurrency", "_max_inputs_per_request", b"_max_inputs_per_request", "api_key", b"api_key", "base_url", b"base_url", "default_model", b"default_model", "dimensions", b"dimensions", "max_concurrency", b"max_concurrency", "max_inputs_per_request", b"max_inputs_per_request", "name", b"name", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__base_url: _TypeAlias = _typing.Literal["base_url"]  # noqa: Y015
     _WhichOneofArgType__base_url: _TypeAlias = _typing.Literal["_base_url", b"_base_url"]  # noqa: Y015
+    _WhichOneofReturnType__dimensions: _TypeAlias = _typing.Literal["dimensions"]  # noqa: Y015
+    _WhichOneofArgType__dimensions: _TypeAlias = _typing.Literal["_dimensions", b"_dimensions"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrency: _TypeAlias = _typing.Literal["max_concurrency"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrency: _TypeAlias = _typing.Literal["_max_concurrency", b"_max_concurrency"]  # noqa: Y015
+    _WhichOneofReturnType__max_inputs_per_request: _TypeAlias = _typing.Literal["max_inputs_per_request"]  # noqa: Y015
+    _WhichOneofArgType__max_inputs_per_request: _TypeAlias = _typing.Literal["_max_inputs_per_request", b"_max_inputs_per_request"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__base_url) -> _WhichOneofReturnType__base_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dimensions) -> _WhichOneofReturnType__dimensions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrency) -> _WhichOneofReturnType__max_concurrency | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_inputs_per_request) -> _WhichOneofReturnType__max_inputs_per_request | None: ...
 
 Global___CreateEmbeddingProviderRequest: _TypeAlias = CreateEmbeddingProviderRequest  # noqa: Y015
 
