@@ -51,7 +51,7 @@ async def control_dsn(pg: LocalPostgres) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_settings(control_dsn: str) -> Settings:
+def server_settings(control_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(
         database_url=control_dsn,
         grpc_host="127.0.0.1",
@@ -60,6 +60,8 @@ def server_settings(control_dsn: str) -> Settings:
         connect_timeout_s=5.0,
         cdc_sweep_s=2.0,
         sync_max_backoff_s=4.0,
+        # Managed mode: real Qdrant, in embedded local mode (a folder of the session's own).
+        qdrant_path=tmp_path_factory.mktemp("qdrant"),
     )
 
 

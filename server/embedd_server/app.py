@@ -40,6 +40,7 @@ from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.engine.context import EngineDeps, EngineSettings
 from embedd_server.engine.query import QueryEmbeddingCache, QueryEngine, UserPools
 from embedd_server.engine.scheduler import SyncScheduler
+from embedd_server.engine.stores import StoreFactory
 from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
@@ -53,6 +54,7 @@ from embedd_server.services.embedding_providers import EmbeddingProviderServicer
 from embedd_server.services.query import QueryServicer
 from embedd_server.services.tasks import TaskServicer
 from embedd_server.services.vector_tables import SyncServicer, VectorTableServicer
+from embedd_server.sinks.qdrant_backend import QdrantBackend
 from embedd_server.sources.pg_check import check_postgres
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.db import Listener, create_pool
@@ -114,6 +116,33 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def qdrant_backend(settings: Settings) -> QdrantBackend | None:
+    """The process's Qdrant (managed mode), or None when managed mode is not configured."""
+    if settings.qdrant_url:
+        key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        return QdrantBackend(url=settings.qdrant_url, api_key=key)
+    if settings.qdrant_path is not None:
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return QdrantBackend(path=str(settings.qdrant_path))
+    return None
+
+
+def _add_org_services(server: grpc.aio.Server, orgs: OrgStore, authenticator: Authenticator) -> None:
+    """The organisation's own administration: API keys and environments."""
+    invalidate = authenticator.invalidate
+    api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(orgs, invalidate), server)
+    environments = EnvironmentServicer(orgs, invalidate)
+    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(environments, server)
+
+
+def _stores(
+    settings: Settings, qdrant: QdrantBackend | None, made: contextlib.AsyncExitStack
+) -> StoreFactory:
+    if qdrant is not None:
+        made.push_async_callback(qdrant.aclose)
+    return StoreFactory(qdrant, settings.query_exact_threshold)
+
+
 def engine_settings(settings: Settings) -> EngineSettings:
     return EngineSettings(
         network=network_policy(settings),
@@ -146,6 +175,7 @@ class Service:
     authenticator: Authenticator
     query_engine: QueryEngine | None = None
     limiter: RateLimiter | None = None
+    qdrant: QdrantBackend | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
@@ -161,6 +191,8 @@ class Service:
         await self.auth_listener.stop()
         if self.limiter is not None:
             await self.limiter.stop()
+        if self.qdrant is not None:
+            await self.qdrant.aclose()
         await self.embedders.aclose()
         await self.http.close()
         with contextlib.suppress(Exception):
@@ -195,6 +227,7 @@ async def start(
         made.push_async_callback(pool.close)
         box = secret_box(settings)
         policy = network_policy(settings)
+        stores = _stores(settings, qdrant := qdrant_backend(settings), made)  # a folder in use fails early
         orgs = OrgStore(pool)
         # No global connection cap: each provider's limiter bounds its own requests in flight,
         # and a shared cap would let one hung provider starve the others.
@@ -228,12 +261,7 @@ async def start(
         embedding_provider_pb2_grpc.add_EmbeddingProviderServiceServicer_to_server(
             EmbeddingProviderServicer(providers, box, registry), server
         )
-        api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(
-            ApiKeyServicer(orgs, authenticator.invalidate), server
-        )
-        environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(
-            EnvironmentServicer(orgs, authenticator.invalidate), server
-        )
+        _add_org_services(server, orgs, authenticator)
         vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
         deps = EngineDeps(
             tasks=tasks,
@@ -244,6 +272,7 @@ async def start(
             secrets=box,
             settings=engine_settings(settings),
             clock=clock,
+            stores=stores,
         )
         worker = Worker(deps) if settings.engine_enabled else None
         scheduler = SyncScheduler(deps) if settings.engine_enabled else None
@@ -252,7 +281,7 @@ async def start(
                 store=vector_tables,
                 connections=connections,
                 providers=providers,
-                tables=TableManager(settings.connect_timeout_s, policy),
+                tables=TableManager(settings.connect_timeout_s, policy, stores),
                 secrets=box,
                 wake=worker.wake if worker is not None else None,
             ),
@@ -266,7 +295,7 @@ async def start(
             secrets=box,
             pools=UserPools(policy=policy, connect_timeout_s=settings.connect_timeout_s),
             cache=QueryEmbeddingCache(),
-            exact_threshold=settings.query_exact_threshold,
+            stores=stores,
         )
         made.push_async_callback(query_engine.aclose)
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)
@@ -310,6 +339,7 @@ async def start(
             authenticator=authenticator,
             query_engine=query_engine,
             limiter=limiter,
+            qdrant=qdrant,
         )
         made.pop_all()  # started: the service owns all of it now (Service.stop)
     log.info("serving", grpc_port=port, engine=worker is not None)

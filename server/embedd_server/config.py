@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # above, it searches the HNSW index (docs/facts.md, "Query paths").
     query_exact_threshold: int = 5_000
 
+    # Managed mode's Qdrant: a folder for the embedded local mode (one server process per
+    # folder; fine for a single replica and small collections), or the URL (and API key) of a
+    # Qdrant server or cluster (several replicas, large collections). Neither: managed mode
+    # answers 503 managed_mode_unavailable. docs/managed-mode.md says when to switch.
+    qdrant_path: Path | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit overrides (tests, dev stack)."""

@@ -498,6 +498,7 @@ async def test_watch_streams_ndjson_incrementally(client: httpx.AsyncClient, sta
         "rows_processed": 10,
         "rows_total": 30,
         "rows_failed": 0,
+        "rows_skipped": 0,
     }
     # Counts are doubles in the proto so that JSON prints numbers; whole ones print without
     # a fraction, exactly as the seed shows them.

@@ -23,14 +23,15 @@ from embedd_server.domain.leases import LeaseLost
 from embedd_server.domain.models import Task, VectorTable
 from embedd_server.domain.vector_tables import ColumnSpec, VectorTableSpec
 from embedd_server.engine.backfill import BackfillJob, Progress
-from embedd_server.engine.context import TableSession
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.network_policy import PERMISSIVE
 from embedd_server.providers.base import EmbedResult, InputType
 from embedd_server.providers.local import LexicalEmbedder
 from embedd_server.sinks.fence import Holder, evict_all, take_over
 from embedd_server.sinks.pgvector import PgVectorTable, VectorRow, encode_vectors, register_vector_codec
+from embedd_server.sinks.pgvector_store import PgVectorStore
 from embedd_server.sources.postgres import connect
+from embedd_server.sources.reader import SourceReader
 from embedd_server.store.db import create_pool
 from embedd_server.store.tasks import TaskLease, TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -367,11 +368,18 @@ async def _filled(case: SwapCase) -> VectorTable:
     async def checkpoint(_: Progress) -> None:
         return None
 
-    await BackfillJob(task, vt, LexicalEmbedder(384), reader, writer, checkpoint).run()
+    await BackfillJob(
+        task=task,
+        spec=vt.spec,
+        store=PgVectorStore(vt.spec, vt.platform_vector_ref, writer, reader=reader),
+        source=SourceReader(vt.spec, reader),
+        embedder=LexicalEmbedder(384),
+        checkpoint=checkpoint,
+    ).run()
     return vt
 
 
-def _rebackfill(vt: VectorTable, session: TableSession, confirm: Any) -> RebackfillJob:
+def _rebackfill(vt: VectorTable, reader: Any, writer: Any, confirm: Any) -> RebackfillJob:
     async def checkpoint(_: Progress) -> None:
         return None
 
@@ -397,20 +405,27 @@ def _rebackfill(vt: VectorTable, session: TableSession, confirm: Any) -> Rebackf
         started_at=None,
         finished_at=None,  # type: ignore[arg-type]
     )
-    vt_pending = dataclasses.replace(vt, pending_spec=new_spec)
     return RebackfillJob(
-        task=task, table=vt_pending, spec=new_spec, session=session, checkpoint=checkpoint, confirm=confirm
+        task=task,
+        live_spec=vt.spec,
+        spec=new_spec,
+        live=PgVectorStore(vt.spec, vt.platform_vector_ref, writer, reader=reader),
+        source=SourceReader(new_spec, reader),
+        embedder=_NoEmbedder(),
+        checkpoint=checkpoint,
+        confirm=confirm,
     )
 
 
 async def test_a_holder_that_lost_its_lease_never_commits_the_swap(swap_case: SwapCase) -> None:
     _, _, reader, writer = swap_case
     vt = await _filled(swap_case)
-    job = _rebackfill(vt, TableSession(_NoEmbedder(), reader, writer), _not_ours)
+    job = _rebackfill(vt, reader, writer, _not_ours)
     with pytest.raises(LeaseLost):
         await job.run()
     live = PgVectorTable("public", vt.platform_vector_ref, 384)
-    assert await live.exists(writer) and await job.swap.exists(writer)  # rolled back: nothing renamed
+    swap = PgVectorTable("public", f"{vt.platform_vector_ref}_swap", 384)
+    assert await live.exists(writer) and await swap.exists(writer)  # rolled back: nothing renamed
     assert await live.marker(writer) is None
     assert '"price"' not in await writer.fetchval(f"SELECT metadata::text FROM {live.qualified} LIMIT 1")
 
@@ -418,19 +433,20 @@ async def test_a_holder_that_lost_its_lease_never_commits_the_swap(swap_case: Sw
 async def test_a_swap_committed_by_a_holder_that_died_is_recorded_not_rebuilt(swap_case: SwapCase) -> None:
     _, _, reader, writer = swap_case
     vt = await _filled(swap_case)
-    first = _rebackfill(vt, TableSession(_NoEmbedder(), reader, writer), _ours)
+    first = _rebackfill(vt, reader, writer, _ours)
     assert await first.run() == (30, 30)
     # ... and the holder died before the control plane heard of it: the row still shows the
     # old spec and the pending one. The next holder finds the swap done and only counts.
-    await first.old().create(writer, with_index=False)  # as if it died before dropping `_old`
-    again = _rebackfill(vt, TableSession(_NoEmbedder(), reader, writer), _ours)
+    old = PgVectorTable("public", f"{vt.platform_vector_ref}_old", 384)
+    await old.create(writer, with_index=False)  # as if it died before dropping `_old`
+    again = _rebackfill(vt, reader, writer, _ours)
 
-    async def no_swap() -> None:
+    async def no_swap(*_: object) -> None:
         raise AssertionError("the swap must not run again")
 
-    again._swap_in = no_swap  # type: ignore[method-assign]
+    again.live.swap_in = no_swap  # type: ignore[method-assign]
     assert await again.run() == (30, 30)
-    assert not await first.old().exists(writer)
+    assert not await old.exists(writer)
     live = PgVectorTable("public", vt.platform_vector_ref, 384)
     meta = json.loads(
         await writer.fetchval(f"SELECT metadata::text FROM {live.qualified} WHERE pk_value = '3'")

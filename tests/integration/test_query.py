@@ -266,7 +266,9 @@ async def test_hnsw_path_is_filtered_sorted_and_full(shop: Shop, server_settings
     """The index path, forced on a server of its own (exact threshold 0, on the same control
     plane and secret key): relaxed-order iterative scan, re-sorted."""
     other = await app.start(
-        server_settings.model_copy(update={"engine_enabled": False, "query_exact_threshold": 0})
+        server_settings.model_copy(
+            update={"engine_enabled": False, "query_exact_threshold": 0, "qdrant_path": None}
+        )
     )
     try:
         async with EmbeddClient(f"127.0.0.1:{other.port}", shop.org.key) as c:

@@ -212,7 +212,9 @@ async def test_unreadable_table_is_403_with_the_grant(org: Org, user_db: UserDb)
     assert 'GRANT SELECT ON TABLE "public"."secrets_tbl" TO "embedd_user"' in err["message"]
 
 
-async def test_unknown_references_are_404_and_managed_is_501(org: Org, user_db: UserDb) -> None:
+async def test_unknown_references_are_404_and_a_mode_must_match_its_connection(
+    org: Org, user_db: UserDb
+) -> None:
     conn_id, emb_id = await platform(org, user_db)
     status, code, _ = rest_error(await org.http("POST", "/v1/vector-tables", seed_body("conn_nope", emb_id)))
     assert (status, code) == (404, "connection_not_found")
@@ -224,9 +226,16 @@ async def test_unknown_references_are_404_and_managed_is_501(org: Org, user_db: 
         {"name": "m", "mode": "managed", "credentials": user_db.credentials()},
     )
     status, code, err = rest_error(
-        await org.http("POST", "/v1/vector-tables", seed_body(managed.json()["id"], emb_id, mode="managed"))
+        await org.http("POST", "/v1/vector-tables", seed_body(managed.json()["id"], emb_id, mode="platform"))
     )
-    assert (status, code) == (501, "not_implemented") and "Qdrant" in err["message"]
+    assert (status, code) == (400, "validation_error") and "connection's mode" in err["message"]
+    body = seed_body(managed.json()["id"], emb_id, mode="managed")
+    made = await org.http("POST", "/v1/vector-tables", body)
+    assert made.status_code == 200, made.text
+    body = made.json()
+    # Managed: the vectors live in a Qdrant collection, shown by its alias; no table in the user's database.
+    assert body["mode"] == "managed" and body["platform_vector_ref"] == ""
+    assert body["managed_collection"].startswith("embedd_vt_")
 
 
 async def test_create_over_grpc_reports_violations(org: Org, user_db: UserDb) -> None:

@@ -213,6 +213,10 @@ class RateLimitExceededError(RateLimitedError):
     share them); the trailing metadata's `retry-after` says in how many seconds to retry."""
 
 
+class ManagedModeUnavailableError(UnavailableError):
+    """`managed_mode_unavailable`: this server has no Qdrant configured; use platform mode."""
+
+
 class VectorsNotDroppedError(UnavailableError):
     """`vectors_not_dropped`: the vector table was deleted but its vectors could not be
     dropped; the message has the DROP TABLE statements to run."""
@@ -242,6 +246,7 @@ ERROR_CLASSES: Mapping[str, type[EmbeddError]] = {
     "embedding_provider_error": EmbeddingProviderError,
     "rate_limit_exceeded": RateLimitExceededError,
     "vectors_not_dropped": VectorsNotDroppedError,
+    "managed_mode_unavailable": ManagedModeUnavailableError,
     "not_implemented": UnimplementedError,
     "internal_error": InternalError,
 }

@@ -50,6 +50,11 @@ class VectorTableSpec:
     # Filled from the catalog at creation: SQL type of the primary key, for keyset reads.
     pk_type: str = "text"
     extra: dict[str, Any] = field(default_factory=dict)
+    # Where the vectors live: "platform" (pgvector, the user's database) or "managed" (Qdrant).
+    mode: str = "platform"
+    # Which generation of the store holds this spec's vectors (managed mode's collections
+    # are versioned: a re-backfill builds the next one and swaps the alias to it).
+    store_version: int = 1
 
     @property
     def embedding_columns(self) -> list[ColumnSpec]:

@@ -1,48 +1,41 @@
-"""The reconciler: make a vector table match its source table.
+"""The reconciler: make a vector store match its source table.
 
 Stages run under one anyio task group joined by bounded memory streams, so back-pressure
 bounds memory (at most `inflight` chunks embedded at once, one being written) and a failure
 in any stage cancels the others:
 
     read (keyset chunks, text/metadata/hash in SQL) -> embed (several chunks in flight)
-        -> write (in order: binary COPY, then a checkpoint in the control plane)
+        -> write (in order: the store's write, then a checkpoint in the control plane)
 
-The checkpoint is the last primary key whose chunk is committed. The vectors live in the
-user's database and the checkpoint in the control plane, so a crash can leave one chunk
-committed but not checkpointed: after a resume the first chunk is written as an upsert,
-which makes the repeat harmless ("every source row exactly once").
+The checkpoint is the last primary key whose chunk is written. The vectors live in the store
+and the checkpoint in the control plane, so a crash can leave one chunk written but not
+checkpointed: after a resume the first chunk is written as an upsert, which makes the repeat
+harmless ("every source row exactly once"). The store is either kind (sinks/base.py).
+
+A managed table may carry a vector budget (its organisation's tier): the fill stops where
+the budget ends, and what it did not write is counted as skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
-import asyncpg
+import numpy as np
 import structlog
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from embedd_server.domain.models import Task, VectorTable
+from embedd_server.domain.models import Task
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
-from embedd_server.sinks.pgvector import PgVectorTable, VectorRow, encode_vectors
-from embedd_server.sources.queries import count_rows, keyset_read
-from embedd_server.sources.sql import qualified, quote_ident
+from embedd_server.sinks.base import Batch, SourceRow, VectorStore
+from embedd_server.sources.reader import SourceReader
 
 log = structlog.get_logger(__name__)
 
 EMPTY_TEXT = "nothing to embed: every embedding column of this row is NULL or empty"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    pk: str
-    text: str
-    metadata: str
-    row_hash: str
 
 
 @dataclass(slots=True)
@@ -65,76 +58,66 @@ class Progress:
 Checkpoint = Callable[[Progress], Awaitable[None]]
 
 
+class _BudgetSpent(Exception):
+    """The vector budget is used up: the fill ends here (not a failure)."""
+
+
 @dataclass
 class BackfillJob:
     task: Task
-    table: VectorTable
+    spec: VectorTableSpec
+    store: VectorStore
+    source: SourceReader
     embedder: Embedder
-    reader: asyncpg.Connection[Any]
-    writer: asyncpg.Connection[Any]
     checkpoint: Checkpoint
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
+    # Vectors this fill may still add (managed mode's tier); None: no limit.
+    budget: int | None = None
     rows_processed: int = 0
     rows_total: int = 0
-
-    @property
-    def spec(self) -> VectorTableSpec:
-        return self.table.spec
-
-    def target(self) -> PgVectorTable:
-        return PgVectorTable(
-            self.spec.target_schema, self.table.platform_vector_ref, self.spec.embedding_dimensions
-        )
+    rows_skipped: int = 0
 
     async def run(self) -> int:
-        """Fills the target; returns the number of vectors it holds at the end."""
-        target = self.target()
-        await target.create(self.writer, with_index=False)
-        self.rows_total = int(await self.reader.fetchval(count_rows(self.spec)))
+        """Fills the store; returns the number of vectors it holds at the end."""
+        store = self.store
+        await store.create()
+        self.rows_total = await self.source.count()
         resumed = self.task.last_processed_pk is not None
         self.rows_processed = self.task.rows_processed if resumed else 0
-        # Load first, index after - into an empty table, or when resuming such a load.
-        has_index = await target.has_hnsw(self.writer)
-        bulk = (not resumed and await target.is_empty(self.writer)) or (resumed and not has_index)
+        # Load first, index after - into an empty store, or when resuming such a load.
+        bulk = (not resumed and await store.is_empty()) or (resumed and not await store.has_index())
         if bulk:
-            await target.drop_hnsw(self.writer)
+            await store.drop_index()
         log.info("backfill start", task_id=self.task.id, total=self.rows_total, resumed=resumed, bulk=bulk)
-        await self._pipeline(target, start_after=self.task.last_processed_pk, upsert_all=not bulk)
+        try:
+            await self._pipeline(start_after=self.task.last_processed_pk, upsert_all=not bulk)
+        except* _BudgetSpent:
+            self.rows_skipped = max(self.rows_total - self.rows_processed, 0)
+            log.warning("vector budget reached; the rest is skipped", skipped=self.rows_skipped)
         if not bulk:
-            await self._delete_vanished(target)
-        await target.create_hnsw(self.writer, self.maintenance_work_mem or None)
-        await target.create_metadata_indexes(self.writer, self.spec.metadata_columns)
-        return await target.count(self.writer)
+            await store.remove_vanished(self.source)
+        await store.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
+        return await store.count()
 
-    async def _delete_vanished(self, target: PgVectorTable) -> None:
-        """Rows deleted from the source since the target was last filled."""
-        pk = quote_ident(self.spec.primary_key_column)
-        source = qualified(self.spec.source_schema, self.spec.source_table)
-        await self.writer.execute(
-            f"DELETE FROM {target.qualified} t WHERE NOT EXISTS"  # noqa: S608 - quoted identifiers
-            f" (SELECT 1 FROM {source} s WHERE s.{pk}::text = t.pk_value)"
-        )
-
-    async def _pipeline(self, target: PgVectorTable, *, start_after: str | None, upsert_all: bool) -> None:
+    async def _pipeline(self, *, start_after: str | None, upsert_all: bool) -> None:
         chunks_send, chunks_recv = anyio.create_memory_object_stream[list[SourceRow]](1)
         pending_send, pending_recv = anyio.create_memory_object_stream[_Pending](self.inflight)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read, chunks_send, start_after)
             tg.start_soon(self._dispatch, tg, chunks_recv, pending_send)
-            # After a resume only the first chunk can already be in the target (see module doc).
-            tg.start_soon(self._write, target, pending_recv, upsert_all, start_after is not None)
+            # After a resume only the first chunk can already be in the store (see module doc).
+            tg.start_soon(self._write, pending_recv, upsert_all, start_after is not None)
 
     async def _read(self, send: MemoryObjectSendStream[list[SourceRow]], after: str | None) -> None:
-        query = keyset_read(self.spec)
         async with send:
             while True:
-                rows = await self.reader.fetch(query.sql, after, self.chunk_rows, *query.params)
+                rows = await self.source.chunk(after, self.chunk_rows)
                 if not rows:
                     return
-                await send.send([SourceRow(r["pk"], r["text"], r["metadata"], r["row_hash"]) for r in rows])
-                after = rows[-1]["pk"]
+                await send.send(rows)
+                after = rows[-1].pk
                 if len(rows) < self.chunk_rows:
                     return
 
@@ -160,11 +143,7 @@ class BackfillJob:
             pending.done.set()
 
     async def _write(
-        self,
-        target: PgVectorTable,
-        recv: MemoryObjectReceiveStream[_Pending],
-        upsert_all: bool,
-        upsert_first: bool,
+        self, recv: MemoryObjectReceiveStream[_Pending], upsert_all: bool, upsert_first: bool
     ) -> None:
         upsert = upsert_all or upsert_first
         async with recv:
@@ -172,30 +151,43 @@ class BackfillJob:
                 await pending.done.wait()
                 if pending.error is not None:
                     raise pending.error
-                rows, failures = _vector_rows(pending.rows, pending.result)
-                if rows:
-                    await target.write(self.writer, rows, upsert=upsert)
+                rows, batch, failures = self._within_budget(
+                    pending.rows, *embedded(pending.rows, pending.result)
+                )
+                if batch.rows:
+                    await self.store.write(batch, upsert=upsert)
                 upsert = upsert_all
-                self.rows_processed += len(pending.rows)
-                progress = Progress(pending.rows[-1].pk, self.rows_processed, self.rows_total, failures)
-                await self.checkpoint(progress)
+                self.rows_processed += len(rows)
+                await self.checkpoint(Progress(rows[-1].pk, self.rows_processed, self.rows_total, failures))
+                if len(rows) < len(pending.rows):
+                    raise _BudgetSpent
+
+    def _within_budget(
+        self, rows: list[SourceRow], batch: Batch, failures: list[tuple[str, str]]
+    ) -> tuple[list[SourceRow], Batch, list[tuple[str, str]]]:
+        """The chunk cut where the vector budget ends (rows after the cut are not processed)."""
+        if self.budget is None or len(batch.rows) <= self.budget:
+            if self.budget is not None:
+                self.budget -= len(batch.rows)
+            return rows, batch, failures
+        keep = self.budget
+        self.budget = 0
+        if keep == 0:
+            raise _BudgetSpent
+        last = batch.rows[keep - 1].pk
+        cut = next(i for i, r in enumerate(rows) if r.pk == last) + 1
+        kept = {r.pk for r in rows[:cut]}
+        part = Batch(batch.rows[:keep], batch.vectors[:keep])
+        return rows[:cut], part, [(pk, why) for pk, why in failures if pk in kept]
 
 
-def _vector_rows(
-    rows: Sequence[SourceRow], result: EmbedResult | None
-) -> tuple[list[VectorRow], list[tuple[str, str]]]:
+def embedded(rows: Sequence[SourceRow], result: EmbedResult | None) -> tuple[Batch, list[tuple[str, str]]]:
     """Pairs source rows with their vectors; rows without text or rejected by the provider
     become failures (reported with the task, never written)."""
-    failures: list[tuple[str, str]] = []
-    out: list[VectorRow] = []
-    embedded = [r for r in rows if r.text]
-    failures += [(r.pk, EMPTY_TEXT) for r in rows if not r.text]
+    failures = [(r.pk, EMPTY_TEXT) for r in rows if not r.text]
+    with_text = [r for r in rows if r.text]
     if result is None:
-        return out, failures
-    encoded = encode_vectors(result.vectors)
-    for i, row in enumerate(embedded):
-        if i in result.failed:
-            failures.append((row.pk, result.failed[i]))
-            continue
-        out.append(VectorRow(row.pk, encoded[i], row.text, row.metadata, row.row_hash))
-    return out, failures
+        return Batch([], np.zeros((0, 0), dtype=np.float32)), failures
+    keep = [i for i in range(len(with_text)) if i not in result.failed]
+    failures += [(with_text[i].pk, result.failed[i]) for i in sorted(result.failed)]
+    return Batch([with_text[i] for i in keep], result.vectors[keep]), failures

@@ -1,6 +1,6 @@
 """What every engine job needs, resolved once per job: the table's source credentials, its
-embedder, and two connections to the user's database (one reads; one writes, holding the
-table's fence: sinks/fence.py)."""
+embedder, two connections to the user's database (one reads; one writes, holding the table's
+fence: sinks/fence.py), and its vector store (either kind: engine/stores.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 
 from embedd_server.domain.models import VectorTable
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.engine.stores import StoreFactory
 from embedd_server.network_policy import PERMISSIVE, NetworkPolicy
 from embedd_server.providers.base import Embedder
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
+from embedd_server.sinks.base import VectorStore
 from embedd_server.sinks.fence import Holder, take_over
 from embedd_server.sinks.pgvector import register_vector_codec
 from embedd_server.sources.postgres import connect
+from embedd_server.sources.reader import SourceReader
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.tasks import TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -61,6 +64,18 @@ class TableSession:
     embedder: Embedder
     reader: asyncpg.Connection[Any]
     writer: asyncpg.Connection[Any]
+    ref: str
+    fence: Fence
+    stores: StoreFactory
+    chunk_rows: int = 1000
+
+    def store(self, spec: VectorTableSpec) -> VectorStore:
+        """The vector table's store for `spec` (the live one, or a re-backfill's)."""
+        return self.stores.open(spec, self.ref, self.writer, reader=self.reader, confirm=self.fence.confirm)
+
+    def source(self, spec: VectorTableSpec) -> SourceReader:
+        """The source table read with `spec`'s columns."""
+        return SourceReader(spec, self.reader, self.chunk_rows)
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class EngineDeps:
     secrets: SecretBox
     settings: EngineSettings
     clock: Callable[[], float] = time.monotonic
+    stores: StoreFactory = field(default_factory=StoreFactory)
 
     @asynccontextmanager
     async def session(
@@ -97,8 +113,11 @@ class EngineDeps:
             raise
         try:
             await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
-            await register_vector_codec(writer)
-            yield TableSession(embedder, reader, writer)
+            if spec.mode != "managed":  # managed mode's source needs no pgvector
+                await register_vector_codec(writer)
+            yield TableSession(
+                embedder, reader, writer, vt.platform_vector_ref, fence, self.stores, self.settings.chunk_rows
+            )
         finally:
             await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)
 

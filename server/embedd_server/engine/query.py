@@ -1,14 +1,10 @@
-"""Semantic query orchestration: readiness, query embedding (cached), filter compilation, the
-choice of search path, and the pools of connections to users' databases.
+"""Semantic query orchestration: readiness, query embedding (cached), the filter parsed
+against the table's columns, the search by the table's store (engine/stores.py), and the pools
+of connections to users' databases (platform mode searches there).
 
-Path choice (measured: docs/facts.md, "Query paths", and bench/bench_query.py): HNSW with a
-selective filter either returns too few rows (no iterative scan) or is slow and misses
-(relaxed_order: recall 0.93 at 1 %, 0.68 at 0.1 %), while an exact ranking of the rows the
-filter selects, read through the btree metadata indexes, costs a few ms and has recall 1.0.
-So a filtered query first counts the rows its filter selects, stopping at `exact_threshold`
-(cheap and exact with the indexes); at or below it the search is exact, above it HNSW with
-relaxed-order iterative scan. An HNSW answer shorter than `limit` is never returned as such:
-the query is re-run exactly (correct, slower, rare).
+How each store searches is its own: platform mode picks exact ranking or HNSW by how many rows
+the filter selects (sinks/pgvector_store.py, docs/facts.md "Query paths"); managed mode asks
+Qdrant with the filter translated (sinks/qdrant_filters.py).
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ import asyncio
 import collections
 import functools
 import hashlib
-import json
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -26,34 +21,23 @@ from typing import Any
 import asyncpg
 import numpy as np
 import structlog
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.errors import ApiError, Kind
-from embedd_server.domain.filters import parse_filters
+from embedd_server.domain.filters import Node, parse_filters
 from embedd_server.domain.models import EmbeddingProvider, VectorTable
+from embedd_server.engine.stores import StoreFactory
 from embedd_server.network_policy import NetworkPolicy
-from embedd_server.providers.base import InputType, ProviderError
+from embedd_server.providers.base import InputType, ProviderError, Vectors
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
-from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
-from embedd_server.sinks.pgvector_filters import CompiledFilter, to_sql
-from embedd_server.sinks.pgvector_search import (
-    FILTER_FIRST_PARAM,
-    Conn,
-    Hit,
-    PgVectorSearch,
-    SearchStatement,
-    prepare_query_connection,
-    run_count,
-    run_search,
-)
+from embedd_server.sinks.base import Hit
+from embedd_server.sinks.pgvector_search import prepare_query_connection
 from embedd_server.sources.postgres import connect
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 
 log = structlog.get_logger(__name__)
-
-# Rows a filter may select for the exact path (see the module doc and bench/bench_query.py).
-EXACT_THRESHOLD = 5_000
 
 
 class StaleTable(Exception):
@@ -69,7 +53,7 @@ def not_ready(message: str) -> ApiError:
 
 
 class QueryEmbeddingCache:
-    """Query vectors (pgvector binary) by (provider id, model, dims, text): a bounded LRU whose
+    """Query vectors (float32) by (provider id, model, dims, text): a bounded LRU whose
     entries live `ttl_s`. Concurrent misses of one key share a single provider call, which runs
     as a task of its own: a waiter that gives up (its client cancelled) cancels only its own
     wait, never the call the other waiters are waiting for."""
@@ -77,14 +61,14 @@ class QueryEmbeddingCache:
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 300.0) -> None:
         self._max = max_entries
         self._ttl = ttl_s
-        self._entries: collections.OrderedDict[tuple[str, str, int, str], tuple[float, bytes]] = (
+        self._entries: collections.OrderedDict[tuple[str, str, int, str], tuple[float, Vectors]] = (
             collections.OrderedDict()
         )
-        self._inflight: dict[tuple[str, str, int, str], asyncio.Task[bytes]] = {}
+        self._inflight: dict[tuple[str, str, int, str], asyncio.Task[Vectors]] = {}
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str, int, str]) -> bytes | None:
+    def get(self, key: tuple[str, str, int, str]) -> Vectors | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -95,15 +79,15 @@ class QueryEmbeddingCache:
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, str, int, str], value: bytes) -> None:
+    def put(self, key: tuple[str, str, int, str], value: Vectors) -> None:
         self._entries[key] = (time.monotonic() + self._ttl, value)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     async def get_or_compute(
-        self, key: tuple[str, str, int, str], compute: Callable[[], Coroutine[Any, Any, bytes]]
-    ) -> bytes:
+        self, key: tuple[str, str, int, str], compute: Callable[[], Coroutine[Any, Any, Vectors]]
+    ) -> Vectors:
         cached = self.get(key)
         if cached is not None:
             self.hits += 1
@@ -118,7 +102,7 @@ class QueryEmbeddingCache:
             task.add_done_callback(functools.partial(self._done, key))
         return await asyncio.shield(task)
 
-    def _done(self, key: tuple[str, str, int, str], task: asyncio.Task[bytes]) -> None:
+    def _done(self, key: tuple[str, str, int, str], task: asyncio.Task[Vectors]) -> None:
         self._inflight.pop(key, None)
         if task.cancelled():
             return
@@ -240,14 +224,6 @@ class _Source:
     provider: EmbeddingProvider
 
 
-@dataclass(frozen=True, slots=True)
-class SearchPlan:
-    """What a query runs: an optional probe and the search (exposed for the benchmark)."""
-
-    path: str  # "exact" | "hnsw"
-    statements: list[SearchStatement]
-
-
 class QueryEngine:
     def __init__(
         self,
@@ -258,7 +234,7 @@ class QueryEngine:
         secrets: SecretBox,
         pools: UserPools,
         cache: QueryEmbeddingCache,
-        exact_threshold: int = EXACT_THRESHOLD,
+        stores: StoreFactory | None = None,
     ) -> None:
         self._connections = connections
         self._providers = providers
@@ -266,7 +242,7 @@ class QueryEngine:
         self._secrets = secrets
         self.pools = pools
         self.cache = cache
-        self.exact_threshold = exact_threshold
+        self.stores = stores or StoreFactory()
         self.resolve_ttl_s = 30.0
         self._sources: dict[tuple[str, str], tuple[float, _Source]] = {}
 
@@ -281,27 +257,74 @@ class QueryEngine:
                 "'synced', then query."
             )
         spec = vt.spec  # the live table's; a re-backfill's pending spec is not served until the swap
-        where = to_sql(parse_filters(request.filters, spec.columns), first_param=FILTER_FIRST_PARAM)
+        where = parse_filters(request.filters, spec.columns)
         source = await self._resolve(vt)
         vector = await self._embed(
             source.provider, spec.embedding_model, spec.embedding_dimensions, request.text
         )
         if vector is None:
             return []  # nothing to compare: the text has no features the model knows
+        rows_hint = max(vt.synced_rows, vt.total_rows)
+        if spec.mode == "managed":
+            hits = await self._search_managed(vt, vector, where, request, rows_hint)
+        else:
+            hits = await self._search_platform(
+                vt, source=source, vector=vector, where=where, request=request, rows_hint=rows_hint
+            )
+        return [
+            QueryResult(h.pk, h.score, h.metadata, h.embedded_text if request.include_embedded_text else None)
+            for h in hits
+            if request.min_score is None or h.score >= request.min_score
+        ]
+
+    async def _search_managed(
+        self, vt: VectorTable, vector: Vectors, where: Node, request: QueryRequest, rows_hint: int
+    ) -> list[Hit]:
+        store = self.stores.open(vt.spec, vt.platform_vector_ref, None)
+        try:
+            return await store.search(
+                vector, where, request.limit, include_text=request.include_embedded_text, rows_hint=rows_hint
+            )
+        except (ValueError, UnexpectedResponse) as exc:
+            text = str(exc).lower()
+            if "dimension" in text or ("vector" in text and "size" in text):
+                raise StaleTable(vt.id) from exc
+            if "not found" in text or "doesn't exist" in text:
+                raise not_ready(
+                    f"The vector table's collection ({vt.platform_vector_ref}) is missing from Qdrant. "
+                    f"Run the backfill again: POST /v1/vector-tables/{vt.id}/backfill."
+                ) from exc
+            raise
+
+    async def _search_platform(
+        self,
+        vt: VectorTable,
+        *,
+        source: _Source,
+        vector: Vectors,
+        where: Node,
+        request: QueryRequest,
+        rows_hint: int,
+    ) -> list[Hit]:
         pool_key, creds = source.pool_key, source.creds
-        table = PgVectorTable(spec.target_schema, vt.platform_vector_ref, spec.embedding_dimensions)
-        search = PgVectorSearch(table)
         try:
             pool = await self.pools.get(pool_key, creds)
             async with pool.acquire() as conn:
-                hits = await self._search(conn, search, vector, where, request, vt=vt)
+                store = self.stores.open(vt.spec, vt.platform_vector_ref, conn)
+                return await store.search(
+                    vector,
+                    where,
+                    request.limit,
+                    include_text=request.include_embedded_text,
+                    rows_hint=rows_hint,
+                )
         except asyncpg.DataError as exc:
             if "dimensions" in str(exc):
                 raise StaleTable(vt.id) from exc
             raise
         except asyncpg.UndefinedTableError as exc:
             raise not_ready(
-                f"The vector table's data ({table.qualified}) is missing from the database. "
+                f"The vector table's data ({vt.platform_vector_ref}) is missing from the database. "
                 f"Run the backfill again: POST /v1/vector-tables/{vt.id}/backfill."
             ) from exc
         except (
@@ -319,16 +342,6 @@ class QueryEngine:
                 f"Cannot reach the vector table's database ({exc.__class__.__name__}). Run "
                 f"POST /v1/connections/{vt.connection_id}/test to see what is wrong, fix it, then retry.",
             ) from exc
-        return [
-            QueryResult(
-                h.id,
-                h.score,
-                json.loads(h.metadata),
-                h.embedded_text if request.include_embedded_text else None,
-            )
-            for h in hits
-            if request.min_score is None or h.score >= request.min_score
-        ]
 
     async def _resolve(self, vt: VectorTable) -> _Source:
         """The table's credentials and provider record, cached `resolve_ttl_s`: both are
@@ -352,11 +365,11 @@ class QueryEngine:
         self._sources[key] = (now + self.resolve_ttl_s, source)
         return source
 
-    async def _embed(self, provider: EmbeddingProvider, model: str, dims: int, text: str) -> bytes | None:
+    async def _embed(self, provider: EmbeddingProvider, model: str, dims: int, text: str) -> Vectors | None:
         key_id = provider.id
         embedder = self._embedders.get(provider, model, dims)
 
-        async def compute() -> bytes:
+        async def compute() -> Vectors:
             try:
                 result = await embedder.embed([text], InputType.QUERY)
             except ProviderError as exc:
@@ -370,47 +383,7 @@ class QueryEngine:
                     "validation_error",
                     f"The provider rejected the query text: {result.failed[0]}",
                 )
-            return encode_vectors(np.asarray(result.vectors[:1], dtype=np.float32))[0]
+            return np.asarray(result.vectors[0], dtype=np.float32)
 
         vector = await self.cache.get_or_compute((key_id, model, dims, text), compute)
-        return None if not any(vector[4:]) else vector
-
-    def plan(
-        self,
-        search: PgVectorSearch,
-        vector: bytes,
-        where: CompiledFilter,
-        request: QueryRequest,
-        matched: int | None,
-    ) -> SearchPlan:
-        """The search for a known filter selectivity (`matched` rows, None when not probed)."""
-        limit, text = request.limit, request.include_embedded_text
-        if not search.has_index or (matched is not None and matched <= self.exact_threshold):
-            return SearchPlan("exact", [search.exact(vector, where, limit, text)])
-        return SearchPlan("hnsw", [search.hnsw(vector, where, limit, text)])
-
-    async def _search(
-        self,
-        conn: Conn,
-        search: PgVectorSearch,
-        vector: bytes,
-        where: CompiledFilter,
-        request: QueryRequest,
-        *,
-        vt: VectorTable,
-    ) -> list[Hit]:
-        matched: int | None = None
-        small = max(vt.synced_rows, vt.total_rows) <= self.exact_threshold // 2
-        if small:
-            matched = max(vt.synced_rows, vt.total_rows)
-        elif not where.is_empty:
-            matched = await run_count(conn, search.count_sql(where), self.exact_threshold + 1)
-        plan = self.plan(search, vector, where, request, matched)
-        hits = await run_search(conn, plan.statements[-1])
-        if plan.path == "hnsw" and len(hits) < request.limit:
-            # Too few from the index (a filter far from the query, max_scan_tuples reached):
-            # rank exactly rather than return a short page.
-            hits = await run_search(
-                conn, search.exact(vector, where, request.limit, request.include_embedded_text)
-            )
-        return hits
+        return vector if vector.any() else None

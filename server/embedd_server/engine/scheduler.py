@@ -20,8 +20,6 @@ from embedd_server.engine.sync import SyncJob, SyncOutcome, describe
 from embedd_server.engine.worker import describe_error, new_owner
 from embedd_server.providers.base import ProviderError
 from embedd_server.sinks.fence import Holder
-from embedd_server.sinks.pgvector import PgVectorTable
-from embedd_server.sources.queries import count_rows
 from embedd_server.store.vector_tables import SyncClaim
 
 log = structlog.get_logger(__name__)
@@ -96,19 +94,17 @@ class SyncScheduler:
             or since_sweep >= self._settings.cdc_sweep_s
         )
         async with self._deps.session(vt, Fence(Holder.SYNC, claim.lease.renew)) as session:
-            target = PgVectorTable(spec.target_schema, vt.platform_vector_ref, spec.embedding_dimensions)
+            store = session.store(spec)
+            source = session.source(spec)
             outcome = await SyncJob(
                 spec=spec,
-                target=target,
+                store=store,
+                source=source,
                 embedder=session.embedder,
-                reader=session.reader,
-                writer=session.writer,
-                chunk_rows=self._settings.chunk_rows,
                 cursor=cursor,
                 full=full,
             ).run()
             counts = None
             if outcome.changed:
-                total = int(await session.reader.fetchval(count_rows(spec)))
-                counts = (await target.count(session.writer), total)
+                counts = (await store.count(), await source.count())
         return outcome, full, counts

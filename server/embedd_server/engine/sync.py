@@ -1,28 +1,26 @@
-"""One sync cycle: make a live (indexed) vector table match its source again.
+"""One sync cycle: make a live vector store match its source again.
 
-Batch mode compares every row's hash inside the user's database (one query; when nothing
-changed nothing is shipped). cdc mode reads rows past the cursor column, with a periodic full
-comparison that finds deletes (and anything a late-committing transaction hid from the
-cursor). A row whose text is unchanged but whose metadata changed is updated in place,
-without calling the embedding provider.
+The store finds the differences (`VectorStore.changes`): platform mode compares every row's
+hash inside the user's database in one query, managed mode compares the source's hashes with
+the points' chunk by chunk; cdc mode looks only at rows past the cursor column, with a
+periodic full comparison that finds deletes (and anything a late-committing transaction hid
+from the cursor). A row whose text is unchanged but whose metadata changed is updated in
+place, without calling the embedding provider.
+
+Managed tables may carry a vector budget: at the budget, new rows are skipped (counted),
+while updates and deletes are always applied.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import asyncpg
 
 from embedd_server.domain.vector_tables import VectorTableSpec
-from embedd_server.engine.backfill import EMPTY_TEXT
+from embedd_server.engine.backfill import embedded
 from embedd_server.providers.base import Embedder, InputType
-from embedd_server.sinks.pgvector import PgVectorTable, VectorRow, encode_vectors
-from embedd_server.sources.queries import diff_all, diff_since, max_cursor
-
-_TEXT_HASH = 32  # row_hash = md5(text) || md5(metadata): the first half is the text's
+from embedd_server.sinks.base import Change, ChangeSet, VectorStore, same_text
+from embedd_server.sources.reader import SourceReader
 
 
 @dataclass
@@ -31,6 +29,7 @@ class SyncOutcome:
     reembedded: int = 0
     metadata_only: int = 0
     deleted: int = 0
+    skipped: int = 0  # new rows over the vector budget
     failures: list[tuple[str, str]] = field(default_factory=list)
     cursor: str | None = None
     embedded_texts: int = 0
@@ -43,73 +42,54 @@ class SyncOutcome:
 @dataclass
 class SyncJob:
     spec: VectorTableSpec
-    target: PgVectorTable
+    store: VectorStore
+    source: SourceReader
     embedder: Embedder
-    reader: asyncpg.Connection[Any]
-    writer: asyncpg.Connection[Any]
-    chunk_rows: int = 1000
     cursor: str | None = None  # cdc: where the last cycle stopped
     full: bool = True  # compare every row (always in batch mode; the sweep in cdc mode)
+    budget: int | None = None  # new vectors the store may still take; None: no limit
 
     async def run(self) -> SyncOutcome:
         outcome = SyncOutcome(cursor=self.cursor)
+        reader = self.source.conn
         # A repeatable-read snapshot: the cursor high-water mark and the rows agree.
-        async with self.reader.transaction(isolation="repeatable_read", readonly=True):
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
             if self.spec.sync_mode == "cdc":
-                outcome.cursor = await self.reader.fetchval(max_cursor(self.spec)) or self.cursor
-            if self.full or self.spec.sync_mode != "cdc":
-                query = diff_all(self.spec, self.target.qualified)
-                args: tuple[object, ...] = query.params
-            else:
-                query = diff_since(self.spec, self.target.qualified)
-                args = (*query.params, self.cursor)
-            cursor = await self.reader.cursor(query.sql, *args)
-            while rows := await cursor.fetch(self.chunk_rows):
-                await self._apply(rows, outcome)
+                outcome.cursor = await self.source.max_cursor() or self.cursor
+            full = self.full or self.spec.sync_mode != "cdc"
+            async for changes in self.store.changes(self.source, since=self.cursor, full=full):
+                await self._apply(changes, outcome)
         return outcome
 
-    async def _apply(self, rows: Sequence[asyncpg.Record], outcome: SyncOutcome) -> None:
-        deleted = [r["pk"] for r in rows if r["deleted"]]
-        live = [r for r in rows if not r["deleted"]]
-        metadata_only = [
-            r for r in live if r["old_hash"] and r["old_hash"][:_TEXT_HASH] == r["row_hash"][:_TEXT_HASH]
-        ]
-        changed_text = [r for r in live if r not in metadata_only]
-        embeddable = [r for r in changed_text if r["text"]]
-        failures = [(r["pk"], EMPTY_TEXT) for r in changed_text if not r["text"]]
-        vectors: list[VectorRow] = []
-        if embeddable:
-            result = await self.embedder.embed([r["text"] for r in embeddable], InputType.DOCUMENT)
-            outcome.embedded_texts += len(embeddable)
-            encoded = encode_vectors(result.vectors)
-            for i, r in enumerate(embeddable):
-                if i in result.failed:
-                    failures.append((r["pk"], result.failed[i]))
-                else:
-                    vectors.append(VectorRow(r["pk"], encoded[i], r["text"], r["metadata"], r["row_hash"]))
+    async def _apply(self, changes: list[Change], outcome: SyncOutcome) -> None:
+        deleted = [c.pk for c in changes if c.deleted]
+        live = [c for c in changes if c.row is not None]
+        metadata_only = [c.row for c in live if c.row is not None and same_text(c.old_hash, c.row.row_hash)]
+        changed_text = [c for c in live if c.row is not None and not same_text(c.old_hash, c.row.row_hash)]
+        if self.budget is not None:
+            new = [c for c in changed_text if c.old_hash is None]
+            over = new[self.budget :] if len(new) > self.budget else []
+            self.budget = max(self.budget - len(new), 0)
+            if over:
+                skipped = {c.pk for c in over}
+                changed_text = [c for c in changed_text if c.pk not in skipped]
+                outcome.skipped += len(over)
+        rows = [c.row for c in changed_text if c.row is not None]
+        with_text = [r for r in rows if r.text]
+        result = None
+        if with_text:
+            result = await self.embedder.embed([r.text or "" for r in with_text], InputType.DOCUMENT)
+            outcome.embedded_texts += len(with_text)
+        batch, failures = embedded(rows, result)
         # A row that can no longer be embedded must not keep serving its old text's vector.
-        drop = deleted + [pk for pk, _ in failures]
-        async with self.writer.transaction():
-            if drop:
-                await self.writer.execute(
-                    f"DELETE FROM {self.target.qualified} WHERE pk_value = ANY($1::text[])",  # noqa: S608
-                    drop,
-                )
-            if metadata_only:
-                await self.writer.execute(
-                    f"UPDATE {self.target.qualified} t SET metadata = u.metadata::jsonb,"  # noqa: S608
-                    " row_hash = u.row_hash FROM unnest($1::text[], $2::text[], $3::text[])"
-                    " AS u(pk_value, metadata, row_hash) WHERE t.pk_value = u.pk_value",
-                    [r["pk"] for r in metadata_only],
-                    [r["metadata"] for r in metadata_only],
-                    [r["row_hash"] for r in metadata_only],
-                )
-            if vectors:
-                await self.target.write(self.writer, vectors, upsert=True)
+        await self.store.apply(
+            ChangeSet(delete=deleted + [pk for pk, _ in failures], metadata=metadata_only, upsert=batch)
+        )
+        was_stored = {c.pk for c in changed_text if c.old_hash is not None}
         outcome.deleted += len(deleted)
         outcome.metadata_only += len(metadata_only)
-        outcome.inserted += sum(1 for r in embeddable if not r["old_hash"])
-        outcome.reembedded += sum(1 for r in embeddable if r["old_hash"])
+        outcome.inserted += sum(1 for r in batch.rows if r.pk not in was_stored)
+        outcome.reembedded += sum(1 for r in batch.rows if r.pk in was_stored)
         outcome.failures += failures
 
 
@@ -120,6 +100,7 @@ def describe(outcome: SyncOutcome) -> str:
             "reembedded": outcome.reembedded,
             "metadata_only": outcome.metadata_only,
             "deleted": outcome.deleted,
+            "skipped": outcome.skipped,
             "failed": len(outcome.failures),
         }
     )

@@ -17,6 +17,7 @@ from embedd_server.domain.vector_tables import (
     allowed_filter_types,
     default_filter_type,
 )
+from embedd_server.engine.stores import StoreFactory
 from embedd_server.network_policy import REASON, NetworkPolicy, NetworkPolicyDenied
 from embedd_server.sinks.fence import evict_all
 from embedd_server.sinks.pgvector import PgVectorTable
@@ -149,17 +150,26 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
 
 
 class TableManager:
-    """Physical vector tables (platform mode)."""
+    """Where a vector table's vectors live: the pgvector table in the user's database
+    (platform mode) or the Qdrant collection (managed mode), made and dropped here."""
 
-    def __init__(self, connect_timeout_s: float, policy: NetworkPolicy) -> None:
+    def __init__(
+        self, connect_timeout_s: float, policy: NetworkPolicy, stores: StoreFactory | None = None
+    ) -> None:
         self._timeout = connect_timeout_s
         self._policy = policy
+        self._stores = stores or StoreFactory()
 
     async def prepare(self, creds: PgCredentials, spec: VectorTableSpec, ref: str) -> VectorTableSpec:
-        """Validates the mapping and creates `ref` with its HNSW index. Returns the completed spec."""
+        """Validates the mapping and creates `ref`: the pgvector table with its HNSW index, or
+        the Qdrant collection (managed mode only reads the source: SELECT is all it needs).
+        Returns the completed spec."""
         async with user_database(creds, self._timeout, self._policy) as conn:
             table = await inspect_table(conn, spec.source_schema, spec.source_table)
             completed = check_against_catalog(spec, table, creds.user)
+            if completed.mode == "managed":
+                await self._stores.open(completed, ref, None).create()
+                return completed
             target = PgVectorTable(completed.target_schema, ref, completed.embedding_dimensions)
             try:
                 async with conn.transaction():  # the table and its index, or nothing
@@ -194,20 +204,26 @@ class TableManager:
             table = await inspect_table(conn, spec.source_schema, spec.source_table)
             return check_against_catalog(spec, table, creds.user)
 
-    async def drop(self, creds: PgCredentials, schema: str, ref: str) -> None:
+    async def drop(self, creds: PgCredentials, spec: VectorTableSpec, ref: str) -> None:
         """Drops what `prepare` made (for a creation that failed after it)."""
-        async with self.dropping(creds, schema, ref):
+        async with self.dropping(creds, spec, ref):
             pass
 
     @asynccontextmanager
-    async def dropping(self, creds: PgCredentials, schema: str, ref: str) -> AsyncIterator[None]:
-        """Drops the live table and any leftovers of a re-backfill once the block (deleting the
-        row) succeeds. Connected first, so an unreachable database fails before the block
-        runs; then the sessions of whoever still writes the table are ended (the row is gone,
-        every holder is stale: sinks/fence.py), so nothing re-creates it behind the drop."""
+    async def dropping(self, creds: PgCredentials, spec: VectorTableSpec, ref: str) -> AsyncIterator[None]:
+        """Drops the vectors (the live table or collection and any leftovers of a re-backfill)
+        once the block (deleting the row) succeeds. Connected first, so an unreachable
+        database fails before the block runs; then the sessions of whoever still works on the
+        table are ended (the row is gone, every holder is stale: sinks/fence.py), so nothing
+        re-creates it behind the drop."""
+        schema = spec.target_schema
         names = (ref, f"{ref}_swap", f"{ref}_old")
         async with user_database(creds, self._timeout, self._policy) as conn:
             yield
+            if spec.mode == "managed":
+                await evict_all(conn, ref)
+                await self._stores.open(spec, ref, None).drop()
+                return
             try:
                 await evict_all(conn, ref)
                 for name in names:

@@ -148,10 +148,10 @@ class Worker:
         async with self._deps.session(vt, Fence(Holder.TASK, lease.renew)) as session:
             job = BackfillJob(
                 task=task,
-                table=vt,
+                spec=vt.spec,
+                store=session.store(vt.spec),
+                source=session.source(vt.spec),
                 embedder=session.embedder,
-                reader=session.reader,
-                writer=session.writer,
                 checkpoint=self._checkpoint(lease, vt, live=True),
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
@@ -168,9 +168,11 @@ class Worker:
         async with self._deps.session(vt, Fence(Holder.TASK, lease.renew), spec) as session:
             job = RebackfillJob(
                 task=lease.task,
-                table=vt,
+                live_spec=vt.spec,
                 spec=spec,
-                session=session,
+                live=session.store(vt.spec),
+                source=session.source(spec),
+                embedder=session.embedder,
                 checkpoint=self._checkpoint(lease, vt, live=False),
                 confirm=lease.renew,
                 chunk_rows=self._settings.chunk_rows,

@@ -10,7 +10,7 @@ from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vec
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
-from embedd_server.domain.errors import ApiError, Kind, not_found, unimplemented
+from embedd_server.domain.errors import ApiError, Kind, not_found
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -66,10 +66,9 @@ def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
         connection_id=vt.connection_id,
         embedding_provider_id=vt.embedding_provider_id,
         source_table=f"{s.source_schema}.{s.source_table}",
-        mode=_MODE.platform,
+        mode=_MODE.Value.Value(s.mode),
         sync_status=values_pb2.SyncStatus.Value.Value(vt.sync_status),
         embedding_model=s.embedding_model,
-        platform_vector_ref=vt.platform_vector_ref,
         columns=[column_to_proto(c) for c in s.columns],
         created_at=timestamp(vt.created_at),
         primary_key_column=s.primary_key_column,
@@ -78,6 +77,10 @@ def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
     set_counters(
         msg, embedding_dimensions=s.embedding_dimensions, sync_interval_seconds=s.sync_interval_seconds
     )
+    if s.mode == "managed":
+        msg.managed_collection = vt.platform_vector_ref  # the alias queries use
+    else:
+        msg.platform_vector_ref = vt.platform_vector_ref
     if s.cursor_column:
         msg.cursor_column = s.cursor_column
     return msg
@@ -256,8 +259,6 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if mode != connection.mode:
             v.add("mode", f"must match the connection's mode ({connection.mode!r})")
             v.raise_if_any()
-        if mode == "managed":
-            raise unimplemented("Managed mode (vectors in Qdrant)", "not scheduled yet; use mode 'platform'")
         model = new.embedding_model or provider.default_model
         _, dims = catalog.resolve_model(
             provider.provider,
@@ -281,6 +282,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             sync_interval_seconds=interval,
             cursor_column=cursor,
             target_schema=creds.schema,
+            mode=mode,
         )
         vt_id = new_id("vector_table")
         ref = vector_ref(vt_id, new.name)
@@ -297,7 +299,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
                 platform_vector_ref=ref,
             )
         except BaseException:
-            await self._tables.drop(creds, spec.target_schema, ref)  # nothing half-made stays behind
+            await self._tables.drop(creds, spec, ref)  # nothing half-made stays behind
             raise
         return to_proto(row)
 
@@ -402,16 +404,18 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         # (ending the sessions of any holder still writing them: sinks/fence.py), so nothing
         # re-creates them behind the drop.
         dropping: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
-        if request.drop_vectors:
+        # Managed vectors are ours (the user's database holds none of them): they always go.
+        drop_vectors = request.drop_vectors or vt.spec.mode == "managed"
+        if drop_vectors:
             connection = await self._connections.get_by_id(vt.connection_id)
             assert connection is not None  # the foreign key keeps it while the table exists
             creds = open_credentials(self._secrets, connection)
-            dropping = self._tables.dropping(creds, vt.spec.target_schema, vt.platform_vector_ref)
+            dropping = self._tables.dropping(creds, vt.spec, vt.platform_vector_ref)
         async with dropping:
             if not await self._store.delete(p.org_id, p.env_id, vt.id):
                 raise not_found("vector_table_not_found", "Vector table", vt.id)
         return vector_table_pb2.DeleteVectorTableResponse(
-            id=vt.id, deleted=True, vectors_dropped=request.drop_vectors
+            id=vt.id, deleted=True, vectors_dropped=drop_vectors
         )
 
 

@@ -65,6 +65,12 @@ def row_expressions(spec: VectorTableSpec, first_param: int) -> tuple[str, str, 
     return text, " || ".join(calls), params
 
 
+def _expression_params(spec: VectorTableSpec) -> int:
+    """How many values `row_expressions` binds: a prefix per embedding column, a key per
+    mapped column."""
+    return len(spec.embedding_columns) + len(spec.columns)
+
+
 def _row_hash(spec: VectorTableSpec, text: str) -> str:
     columns = ", ".join(f"s.{quote_ident(c.name)}" for c in spec.columns)
     return f"md5({text}) || md5(ROW({columns})::text)"
@@ -121,7 +127,7 @@ def diff_since(spec: VectorTableSpec, target: str) -> SourceQuery:
     """cdc sync: rows whose cursor column is at or past the last parameter (text; NULL for
     all), compared with the target. Deletes are found by `vanished` sweeps instead."""
     assert spec.cursor_column is not None
-    n = len(spec.embedding_columns) + len(spec.columns) + 1  # after the expressions' values
+    n = _expression_params(spec) + 1  # after the expressions' values
     cursor_type = spec.extra.get("cursor_type", "timestamptz")
     cursor = f"s.{quote_ident(spec.cursor_column)}"
     rows, params = source_rows(
@@ -153,4 +159,54 @@ def vanished(spec: VectorTableSpec, target: str) -> str:
     return (
         f"SELECT t.pk_value FROM {target} t"
         f" WHERE NOT EXISTS (SELECT 1 FROM {source} s WHERE s.{pk}::text = t.pk_value)"
+    )
+
+
+def _after_key(spec: VectorTableSpec, n: int) -> str:
+    """`pk > $n` (the last key of the previous page, as text; NULL for the first page)."""
+    pk = f"s.{quote_ident(spec.primary_key_column)}"
+    return f"(${n}::text IS NULL OR {pk} > CAST(${n}::text AS {spec.pk_type}))"
+
+
+def _keys_in(spec: VectorTableSpec, n: int) -> str:
+    """`pk = ANY($n)`, the keys cast to the key's own type so that its index serves."""
+    pk = f"s.{quote_ident(spec.primary_key_column)}"
+    return f"{pk} = ANY(CAST(${n}::text[] AS {spec.pk_type}[]))"
+
+
+def hashes_read(spec: VectorTableSpec, *, since: bool) -> SourceQuery:
+    """(pk, row_hash) a page at a time in key order, for a diff against a store that is not in
+    this database (managed mode). Params: the expressions' values, then $n the last key or
+    NULL, $n+1 the page size, and with `since` $n+2 the cdc cursor (rows at or past it)."""
+    text, _, params = row_expressions(spec, first_param=1)
+    n = len(params) + 1
+    pk = f"s.{quote_ident(spec.primary_key_column)}"
+    where = _after_key(spec, n)
+    if since:
+        assert spec.cursor_column is not None
+        cursor_type = spec.extra.get("cursor_type", "timestamptz")
+        cursor = f"s.{quote_ident(spec.cursor_column)}"
+        where += f" AND {cursor} >= CAST(${n + 2}::text AS {cursor_type})"
+    sql = (
+        f"SELECT {pk}::text AS pk, {_row_hash(spec, text)} AS row_hash"
+        f" FROM {qualified(spec.source_schema, spec.source_table)} s"
+        f" WHERE {where} ORDER BY {pk} LIMIT ${n + 1}"
+    )
+    return SourceQuery(sql, tuple(params))
+
+
+def rows_by_keys(spec: VectorTableSpec) -> SourceQuery:
+    """`source_rows` of the given keys (the last parameter, text[])."""
+    n = _expression_params(spec) + 1
+    rows, params = source_rows(spec, f"WHERE {_keys_in(spec, n)}")
+    assert len(params) == n - 1
+    return SourceQuery(rows, tuple(params))
+
+
+def existing_keys(spec: VectorTableSpec) -> str:
+    """Which of the keys ($1, text[]) still exist in the source."""
+    pk = f"s.{quote_ident(spec.primary_key_column)}"
+    return (
+        f"SELECT {pk}::text AS pk FROM {qualified(spec.source_schema, spec.source_table)} s"
+        f" WHERE {_keys_in(spec, 1)}"
     )

@@ -117,6 +117,8 @@ class GetSyncStatusResponse(_message.Message):
     STALENESS_SECS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
+    ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
     sync_status: _values_pb2.SyncStatus.Value.ValueType
     """The sync state."""
     synced_rows: _builtins.float
@@ -134,6 +136,12 @@ class GetSyncStatusResponse(_message.Message):
     """Seconds since the last successful sync; absent if never synced."""
     last_error: _builtins.str
     """The last sync error; absent if none since the last success."""
+    rows_skipped: _builtins.float
+    """Source rows not stored because the organisation's vector budget (its tier's
+    `max_vectors`, managed mode only) is used up; 0 when every row fits.
+    """
+    warning: _builtins.str
+    """Something to know that is not an error, e.g. why rows were skipped; absent if none."""
     @_builtins.property
     def last_synced_at(self) -> _timestamp_pb2.Timestamp:
         """When the last sync or backfill finished; absent if never."""
@@ -154,19 +162,25 @@ class GetSyncStatusResponse(_message.Message):
         staleness_secs: _builtins.int | None = ...,
         last_error: _builtins.str | None = ...,
         last_error_at: _timestamp_pb2.Timestamp | None = ...,
+        rows_skipped: _builtins.float = ...,
+        warning: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "staleness_secs", b"staleness_secs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "staleness_secs", b"staleness_secs", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_pending", b"rows_pending", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_pending", b"rows_pending", "rows_skipped", b"rows_skipped", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
     _WhichOneofReturnType__staleness_secs: _TypeAlias = _typing.Literal["staleness_secs"]  # noqa: Y015
     _WhichOneofArgType__staleness_secs: _TypeAlias = _typing.Literal["_staleness_secs", b"_staleness_secs"]  # noqa: Y015
+    _WhichOneofReturnType__warning: _TypeAlias = _typing.Literal["warning"]  # noqa: Y015
+    _WhichOneofArgType__warning: _TypeAlias = _typing.Literal["_warning", b"_warning"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__staleness_secs) -> _WhichOneofReturnType__staleness_secs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__warning) -> _WhichOneofReturnType__warning | None: ...
 
 Global___GetSyncStatusResponse: _TypeAlias = GetSyncStatusResponse  # noqa: Y015
 

@@ -32,6 +32,7 @@ class TaskProgress(_message.Message):
     ROWS_PROCESSED_FIELD_NUMBER: _builtins.int
     ROWS_TOTAL_FIELD_NUMBER: _builtins.int
     ROWS_FAILED_FIELD_NUMBER: _builtins.int
+    ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
     last_processed_pk: _builtins.str
     """Primary key of the last row committed; the resume point."""
     rows_processed: _builtins.float
@@ -40,6 +41,8 @@ class TaskProgress(_message.Message):
     """Rows to process in all (as counted when the task started)."""
     rows_failed: _builtins.float
     """Rows that failed permanently (reported, not retried)."""
+    rows_skipped: _builtins.float
+    """Rows not stored because the organisation's vector budget is used up (managed mode)."""
     def __init__(
         self,
         *,
@@ -47,10 +50,11 @@ class TaskProgress(_message.Message):
         rows_processed: _builtins.float = ...,
         rows_total: _builtins.float = ...,
         rows_failed: _builtins.float = ...,
+        rows_skipped: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_processed_pk", b"last_processed_pk", "rows_failed", b"rows_failed", "rows_processed", b"rows_processed", "rows_total", b"rows_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_processed_pk", b"last_processed_pk", "rows_failed", b"rows_failed", "rows_processed", b"rows_processed", "rows_skipped", b"rows_skipped", "rows_total", b"rows_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

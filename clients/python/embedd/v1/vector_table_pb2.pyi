@@ -92,6 +92,7 @@ class VectorTable(_message.Message):
     SYNC_MODE_FIELD_NUMBER: _builtins.int
     SYNC_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     CURSOR_COLUMN_FIELD_NUMBER: _builtins.int
+    MANAGED_COLLECTION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `vt_` prefix."""
     name: _builtins.str
@@ -111,7 +112,7 @@ class VectorTable(_message.Message):
     embedding_dimensions: _builtins.int
     """Vector dimensions; the model's native size when absent."""
     platform_vector_ref: _builtins.str
-    """Name of the vector table in the user's database (platform mode)."""
+    """Name of the vector table in the user's database (platform mode); empty in managed mode."""
     primary_key_column: _builtins.str
     """The source's primary key column (unique and NOT NULL)."""
     sync_mode: _values_pb2.SyncMode.Value.ValueType
@@ -120,6 +121,10 @@ class VectorTable(_message.Message):
     """Seconds between sync polls, 1-86400; 60 when absent."""
     cursor_column: _builtins.str
     """Cursor column for `cdc` sync (e.g. `updated_at`); required with `cdc`."""
+    managed_collection: _builtins.str
+    """Where the vectors live in managed mode: the Qdrant collection alias that queries use
+    (`platform_vector_ref` is empty then). Empty in platform mode.
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
         """The mapped columns; at least one `embedding` column."""
@@ -147,10 +152,11 @@ class VectorTable(_message.Message):
         sync_mode: _values_pb2.SyncMode.Value.ValueType = ...,
         sync_interval_seconds: _builtins.int = ...,
         cursor_column: _builtins.str | None = ...,
+        managed_collection: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "created_at", b"created_at", "cursor_column", b"cursor_column"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "columns", b"columns", "connection_id", b"connection_id", "created_at", b"created_at", "cursor_column", b"cursor_column", "embedding_dimensions", b"embedding_dimensions", "embedding_model", b"embedding_model", "embedding_provider_id", b"embedding_provider_id", "id", b"id", "mode", b"mode", "name", b"name", "platform_vector_ref", b"platform_vector_ref", "primary_key_column", b"primary_key_column", "source_table", b"source_table", "sync_interval_seconds", b"sync_interval_seconds", "sync_mode", b"sync_mode", "sync_status", b"sync_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "columns", b"columns", "connection_id", b"connection_id", "created_at", b"created_at", "cursor_column", b"cursor_column", "embedding_dimensions", b"embedding_dimensions", "embedding_model", b"embedding_model", "embedding_provider_id", b"embedding_provider_id", "id", b"id", "managed_collection", b"managed_collection", "mode", b"mode", "name", b"name", "platform_vector_ref", b"platform_vector_ref", "primary_key_column", b"primary_key_column", "source_table", b"source_table", "sync_interval_seconds", b"sync_interval_seconds", "sync_mode", b"sync_mode", "sync_status", b"sync_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cursor_column: _TypeAlias = _typing.Literal["cursor_column"]  # noqa: Y015
     _WhichOneofArgType__cursor_column: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column"]  # noqa: Y015
