@@ -1,6 +1,7 @@
-"""Generates the committed artefacts from protos/: Python stubs and the Envoy descriptor.
+"""Generates the committed artefacts from protos/: Python stubs, the Envoy descriptor and the
+OpenAPI description.
 
-python tools/gen.py          # write clients/python/embedd/v1/* and envoy/embedd.binpb
+python tools/gen.py          # write clients/python/embedd/v1/*, envoy/embedd.binpb, envoy/openapi.json
 python tools/gen.py --check  # exit 1 and list the files that differ (drift)
 """
 
@@ -15,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import openapi  # tools/openapi.py: envoy/openapi.json
 from embedd_server.devtools.envoy import build_descriptor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,8 @@ def check() -> int:
                 drift.append(f"clients/python/embedd/v1/{name}")
         if not DESCRIPTOR.exists() or not filecmp.cmp(DESCRIPTOR, descriptor, shallow=False):
             drift.append("envoy/embedd.binpb")
+    if openapi.drifted():
+        drift.append("envoy/openapi.json")
     for path in drift:
         print(f"out of date: {path}")
     if drift:
@@ -89,6 +93,7 @@ def main() -> int:
         for new in (Path(tmp) / "embedd" / "v1").iterdir():
             shutil.copy(new, STUB_DIR / new.name)
     (STUB_DIR / "__init__.py").touch()
+    openapi.write()
     return 0
 
 

@@ -8,6 +8,10 @@ Every authenticated call counts once against its organisation's request limit (a
 however long it lasts), and its response carries the X-RateLimit-* headers as initial
 metadata (Envoy passes them on as HTTP headers); a refused call answers RESOURCE_EXHAUSTED /
 429 with RetryInfo and Retry-After.
+
+A stream sends its initial metadata with its first message, not before: Envoy's transcoder
+passes a stream's headers on at once, as a 200, so a stream refused before its first message
+(WatchTask of an unknown task) must end trailers-only to reach REST with its error status.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ _PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+Metadata = tuple[tuple[str, str], ...]
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -64,7 +69,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler  # the API has no client-streaming RPCs
 
-    async def _enter(self, context: Context, method: str) -> str:
+    async def _enter(self, context: Context, method: str) -> tuple[str, Metadata]:
+        """The request id and the X-RateLimit-* headers for the response."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
@@ -76,15 +82,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             decision = await self._limiter.admit(principal.org_id, principal.requests_per_minute)
             if not decision.allowed:
                 raise exceeded(decision)
-            await context.send_initial_metadata(decision.headers())
-        return request_id
+            return request_id, decision.headers()
+        return request_id, ()
 
     def _wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def wrapper(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             request_id = ""
             try:
-                request_id = await self._enter(context, method)
+                request_id, headers = await self._enter(context, method)
+                if headers:
+                    await context.send_initial_metadata(headers)
                 response = await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -100,21 +108,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             request_id = ""
+            unsent: Metadata = ()  # initial metadata not sent yet
             try:
-                request_id = await self._enter(context, method)
+                request_id, unsent = await self._enter(context, method)
                 async for message in behavior(request, context):
+                    if unsent:
+                        await context.send_initial_metadata(unsent)
+                        unsent = ()
                     yield message
+                if unsent:
+                    await context.send_initial_metadata(unsent)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await _abort(context, exc, request_id, started)
+                await _abort(context, exc, request_id, started, unsent)
                 raise
             _access(started, "OK")
 
         return wrapper
 
 
-async def _abort(context: Context, exc: Exception, request_id: str, started: float) -> None:
+async def _abort(
+    context: Context, exc: Exception, request_id: str, started: float, headers: Metadata = ()
+) -> None:
+    """Ends the call with the error; `headers` not sent as initial metadata go with it."""
     request_id = request_id or uuid.uuid4().hex
     if isinstance(exc, ApiError):
         err = exc
@@ -126,7 +143,7 @@ async def _abort(context: Context, exc: Exception, request_id: str, started: flo
     await context.abort(
         errors.grpc_code(err.kind),
         err.message,
-        trailing_metadata=tuple(errors.trailing_metadata(err, request_id)),
+        trailing_metadata=(*errors.trailing_metadata(err, request_id), *headers),
     )
 
 
