@@ -118,6 +118,7 @@ def _swagger(tmp: Path) -> Json:
     merged: Json = {}
     for path in sorted(out.rglob("*.swagger.json")):
         _merge(merged, json.loads(path.read_text()), path.name)
+    _ref_siblings(merged["definitions"])  # or the conversion drops the fields' descriptions
     return merged
 
 
@@ -194,6 +195,7 @@ def correct(doc: Json, files: descriptor_pb2.FileDescriptorSet) -> Json:
     _errors(doc)
     _rate_limit_headers(doc)
     _operation_ids(doc)
+    _ref_siblings(doc["components"]["schemas"])
     _drop_unused_schemas(doc)
     return doc
 
@@ -263,19 +265,47 @@ def _one_update_path(doc: Json) -> None:
         doc["paths"][new][method] = op
 
 
+_PLAIN_JSON: dict[str, Json] = {
+    "protobufStruct": {"type": "object", "additionalProperties": True},
+    "googleprotobufValue": {},
+    "protobufListValue": {"type": "array", "items": {}},
+}
+
+
 def _well_known_types(doc: Json) -> None:
     """Struct, Value and ListValue print as plain JSON (an object, any value, an array), not as
-    the messages the generator describes; a FieldMask is one string of comma-separated paths."""
-    schemas = doc["components"]["schemas"]
-    schemas["protobufStruct"] = {
-        "type": "object",
-        "additionalProperties": True,
-        "description": "Any JSON object.",
-    }
-    schemas["googleprotobufValue"] = {"description": "Any JSON value."}
-    schemas["protobufListValue"] = {"type": "array", "items": {}, "description": "Any JSON array."}
-    schemas.pop("protobufNullValue", None)
-    schemas.pop("protobufFieldMask", None)
+    the messages the generator describes: written in place, with the field's description. (A
+    FieldMask is a parameter: see _update_mask.)"""
+    refs = {f"#/components/schemas/{name}": plain for name, plain in _PLAIN_JSON.items()}
+    for node in _nodes(doc):
+        target = node.get("$ref") or next(iter(node.get("allOf") or [{}])).get("$ref")
+        if target in refs:
+            node.pop("$ref", None)
+            node.pop("allOf", None)
+            node.update({**copy.deepcopy(refs[target]), **node})
+    for name in (*_PLAIN_JSON, "protobufNullValue", "protobufFieldMask"):
+        doc["components"]["schemas"].pop(name, None)
+
+
+def _nodes(doc: Any) -> Iterator[Json]:
+    """Every object in the document."""
+    stack: list[Any] = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _ref_siblings(schemas: Json) -> None:
+    """OpenAPI 3.0 (and Swagger 2.0) ignore whatever sits beside a `$ref` - a field's
+    description, its readOnly - and swagger2openapi drops it: such a field refers through
+    `allOf` instead. Run on the Swagger document too, before the conversion."""
+    for node in _nodes(schemas):
+        if "$ref" in node and len(node) > 1:
+            node["allOf"] = [{"$ref": node.pop("$ref")}]
 
 
 def _body_without_path_fields(doc: Json) -> None:
@@ -451,15 +481,9 @@ def _closed_objects(doc: Json) -> None:
 
 def _drop_boolean_format(doc: Json) -> None:
     """`format: boolean` is Swagger 2 noise of the generator, not an OpenAPI format."""
-    stack: list[Any] = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("type") == "boolean":
-                node.pop("format", None)
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+    for node in _nodes(doc):
+        if node.get("type") == "boolean":
+            node.pop("format", None)
 
 
 def _watch_ndjson(doc: Json) -> None:
