@@ -39,7 +39,8 @@ chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
-install: $(VENV)/.installed $(PROTOC_GEN_SWAGGER) envoy/redoc.standalone.js chromium
+install: $(VENV)/.installed
+install: $(PROTOC_GEN_SWAGGER) envoy/redoc.standalone.js chromium
 
 ## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
 run: install
