@@ -25,7 +25,7 @@ from typing import Any
 
 from embedd_server.domain.ids import PREFIXES
 from embedd_server.domain.validation import MAX_PAGE
-from google.api import field_behavior_pb2
+from google.api import field_behavior_pb2  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
