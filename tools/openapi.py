@@ -31,7 +31,7 @@ from google.protobuf import descriptor_pb2
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 OUTPUT = ROOT / "envoy" / "openapi.json"
-GENERATOR = Path(sys.executable).parent.parent / "grpc-gateway" / "usr" / "bin" / "protoc-gen-swagger"
+GENERATOR = ROOT / ".venv" / "grpc-gateway" / "usr" / "bin" / "protoc-gen-swagger"  # make install
 SWAGGER2OPENAPI = ROOT / "tools" / "npm" / "node_modules" / ".bin" / "swagger2openapi"
 PLUGIN = Path(__file__).resolve().parent / "swagger_plugin.py"
 
@@ -310,7 +310,7 @@ def _ref_siblings(schemas: Json) -> None:
 
 def _body_without_path_fields(doc: Json) -> None:
     """`body: "*"` binds every field that the path does not: the generator still lists the path's
-    fields in the body, and the transcoder refuses them there
+    fields in the body, where the transcoder refuses any value but the path's
     (`reject_binding_body_field_collisions`). Such bodies get their own schema without them."""
     schemas = doc["components"]["schemas"]
     for _, _, op in _operations(doc):
