@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget clean
+.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -18,12 +18,37 @@ $(VENV)/.installed: pyproject.toml $(CLIENT)/pyproject.toml
 	$(PY) -m pip install --quiet -e '$(CLIENT)[cli]' -e '.[dev]'
 	touch $@
 
+# The OpenAPI tooling (tools/openapi.py, `make gen`, the tests): grpc-gateway's protoc-gen-swagger
+# unpacked from Debian's package (not installed), swagger2openapi and Redoc from npm (Redoc's
+# bundle is what /docs loads), Debian's chromium for the /docs browser test.
+SWAGGER_DEB := golang-grpc-gateway=1.6.4-2+b23
+PROTOC_GEN_SWAGGER := $(VENV)/grpc-gateway/usr/bin/protoc-gen-swagger
+NPM_TOOLS := tools/npm/node_modules/.installed
+
+$(PROTOC_GEN_SWAGGER):
+	rm -rf $(VENV)/grpc-gateway && mkdir -p $(VENV)/grpc-gateway
+	cd $(VENV)/grpc-gateway && { apt-get download -qq $(SWAGGER_DEB) 2>/dev/null \
+		|| { apt-get update -qq && apt-get download -qq $(SWAGGER_DEB); }; }
+	dpkg -x $(VENV)/grpc-gateway/golang-grpc-gateway_*.deb $(VENV)/grpc-gateway
+
+$(NPM_TOOLS): tools/npm/package-lock.json
+	cd tools/npm && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+envoy/redoc.standalone.js: $(NPM_TOOLS)
+	cp tools/npm/node_modules/redoc/bundles/redoc.standalone.js $@
+
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 # The TypeScript client's toolchain (protoc-gen-es, tsc) and runtime, exactly as locked.
 $(TS)/node_modules/.installed: $(TS)/package-lock.json
 	npm ci --prefix $(TS) --no-audit --no-fund --loglevel=error
 	touch $@
 
 install: $(VENV)/.installed $(TS)/node_modules/.installed
+install: $(PROTOC_GEN_SWAGGER) envoy/redoc.standalone.js chromium
 
 ## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
 run: install
@@ -33,7 +58,7 @@ run: install
 test: install proto-lint proto-breaking lint typecheck
 	$(PY) -m pytest -q
 
-## Regenerates the committed Python stubs and the Envoy descriptor from protos/.
+## Regenerates the committed Python stubs, the Envoy descriptor and envoy/openapi.json from protos/.
 gen: install
 	$(PY) tools/gen.py
 
@@ -79,4 +104,4 @@ bench-budget: install
 	$(PY) -m bench.bench_budget
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/npm/node_modules envoy/redoc.standalone.js

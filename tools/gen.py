@@ -1,8 +1,8 @@
 """Generates the committed artefacts from protos/: the Python stubs, the TypeScript client's
-messages and services, and the Envoy descriptor.
+messages and services, the Envoy descriptor and the OpenAPI description.
 
-python tools/gen.py          # write clients/python/embedd/v1/*, clients/typescript/src/gen/**
-                             # and envoy/embedd.binpb
+python tools/gen.py          # write clients/python/embedd/v1/*, clients/typescript/src/gen/**,
+                             # envoy/embedd.binpb and envoy/openapi.json
 python tools/gen.py --check  # exit 1 and list the files that differ (drift)
 
 The TypeScript code comes from protoc-gen-es (pinned in clients/typescript/package-lock.json,
@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import openapi  # tools/openapi.py: envoy/openapi.json
 from embedd_server.devtools.envoy import build_descriptor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ PROTOS = ROOT / "protos"
 PY_STUBS = Path("clients/python/embedd/v1")
 TS_GEN = Path("clients/typescript/src/gen")
 DESCRIPTOR = Path("envoy/embedd.binpb")
+OPENAPI = Path("envoy/openapi.json")
 PROTOC_GEN_ES = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
 BIN = Path(sys.executable).parent
 
@@ -71,14 +73,14 @@ def generate(out: Path) -> None:
         *_sources("google/rpc"),
     )
     build_descriptor(out / DESCRIPTOR)
+    (out / OPENAPI).write_text(openapi.generate())
 
 
 def generated_files(root: Path) -> set[Path]:
     """The generated files under a tree (relative paths); `__init__.py` files are kept by hand."""
     files = {p.relative_to(root) for p in (root / PY_STUBS).glob("*_pb2*")}
     files |= {p.relative_to(root) for p in (root / TS_GEN).rglob("*_pb.ts")}
-    if (root / DESCRIPTOR).exists():
-        files.add(DESCRIPTOR)
+    files |= {f for f in (DESCRIPTOR, OPENAPI) if (root / f).exists()}
     return files
 
 

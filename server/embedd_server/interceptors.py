@@ -15,6 +15,10 @@ Every authenticated call counts once against its organisation's request limit (a
 however long it lasts), and its response carries the X-RateLimit-* headers as initial
 metadata (Envoy passes them on as HTTP headers); a refused call answers RESOURCE_EXHAUSTED /
 429 with RetryInfo and Retry-After. Health checking and reflection are not limited.
+
+The headers go out with the response, or with a stream's first message, never before: Envoy's
+transcoder passes a stream's headers on at once, as a 200, so a call refused before its first
+message (WatchTask of an unknown task) must end trailers-only to reach REST with its status.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 async for message in behavior(request, context):
                     await call.send_headers(context)
                     yield message
+                await call.send_headers(context)  # a stream that ended without a message
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

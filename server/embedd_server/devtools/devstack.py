@@ -108,6 +108,7 @@ def _quickstart(env: dict[str, str]) -> str:
     return f"""
 Embedd dev stack is up.
   REST  {env["EMBEDD_URL"]}        gRPC  {env["EMBEDD_GRPC"]}
+  API reference: {env["EMBEDD_URL"]}/docs (OpenAPI: {env["EMBEDD_URL"]}/v1/openapi.json)
   Demo database: {demo} (public.products)
   Local embedding model: {model} ({why})
   The API key, endpoints and demo credentials are in .embedd/dev.env

@@ -112,6 +112,16 @@ def http_filters(config: dict[str, Any]) -> list[dict[str, Any]]:
     return filters
 
 
+def _resolve_direct_response_files(config: dict[str, Any]) -> None:
+    """Files Envoy answers with itself (/v1/openapi.json, /docs): the repository's copies."""
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for host in hcm["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            body = route.get("direct_response", {}).get("body", {})
+            if "filename" in body:
+                body["filename"] = str((REPO_ROOT / body["filename"]).resolve())
+
+
 def render_config(
     template: Path,
     *,
@@ -125,7 +135,9 @@ def render_config(
     """Load `template` (envoy/envoy.yaml) and point it at the given addresses and descriptor.
 
     Ports may be 0 (any free port; `EnvoyProcess` reports the bound one). The admin
-    interface always listens on 127.0.0.1; the descriptor path becomes absolute.
+    interface always listens on 127.0.0.1; the descriptor path and the paths of the files Envoy
+    serves itself (envoy/openapi.json, envoy/docs.html, envoy/redoc.standalone.js) become
+    absolute, the latter pointing at the repository's copies.
     """
     loaded = yaml.safe_load(template.read_text())
     if not isinstance(loaded, dict):
@@ -139,6 +151,7 @@ def render_config(
 
     transcoder = _find_filter(http_filters(config), TRANSCODER_FILTER)
     transcoder["typed_config"]["proto_descriptor"] = str(descriptor.resolve())
+    _resolve_direct_response_files(config)
 
     cluster = config["static_resources"]["clusters"][0]
     try:
