@@ -382,7 +382,10 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         creds = open_credentials(self._secrets, connection)
         spec = await self._tables.validate(creds, spec)
         if needs_rebackfill(vt.spec, spec):
-            # The rebackfill task is the next backfill (as the seed says); one at a time.
+            # The rebackfill task is the next backfill (as the seed says); one at a time. It
+            # fills the next version of the store (a managed table's next collection) while
+            # the live one keeps serving.
+            spec = dataclasses.replace(spec, store_version=vt.spec.store_version + 1)
             await self._store.begin_rebackfill(
                 vt, name=name, provider_id=provider.id, pending=spec, task_id=new_id("task")
             )
