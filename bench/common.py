@@ -70,13 +70,16 @@ PRODUCT_COLUMNS = (
 )
 
 
-async def platform_connection(client: EmbeddClient, pg_port: int, password: str) -> str:
-    """The id of a platform connection to the bench source database as `bench_user`."""
+async def platform_connection(
+    client: EmbeddClient, pg_port: int, password: str, mode: str = "platform"
+) -> str:
+    """The id of a connection (platform mode unless `mode` says otherwise) to the bench
+    source database as `bench_user`."""
     conn = await client.connections.CreateConnection(
         connection_pb2.CreateConnectionRequest(
             provider=values_pb2.ConnectionProvider.postgresql,
-            name="bench",
-            mode=values_pb2.Mode.platform,
+            name=f"bench-{mode}",
+            mode=values_pb2.Mode.Value.Value(mode),
             credentials=connection_pb2.PostgresCredentials(
                 host="127.0.0.1", port=pg_port, database="bench_source", user="bench_user", password=password
             ),
@@ -85,14 +88,16 @@ async def platform_connection(client: EmbeddClient, pg_port: int, password: str)
     return conn.id
 
 
-async def platform_records(client: EmbeddClient, pg_port: int, password: str) -> tuple[str, str]:
+async def platform_records(
+    client: EmbeddClient, pg_port: int, password: str, mode: str = "platform"
+) -> tuple[str, str]:
     """(connection id, local provider id) for the bench source database as `bench_user`."""
     emb = await client.embedding_providers.CreateEmbeddingProvider(
         embedding_provider_pb2.CreateEmbeddingProviderRequest(
             name="local", provider=values_pb2.EmbeddingProviderType.local, default_model="local-lexical-384"
         )
     )
-    return await platform_connection(client, pg_port, password), emb.id
+    return await platform_connection(client, pg_port, password, mode), emb.id
 
 
 async def openai_provider(client: EmbeddClient, base_url: str, api_key: str) -> str:

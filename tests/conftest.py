@@ -6,6 +6,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from embedd_server.devtools.pg import LocalPostgres, create_database, create_rol
 from embedd_server.logs import configure_logging
 
 from tests.harness import (
+    MODES,
     ROOT,
     UNTHROTTLED,
     CountingRegistry,
@@ -185,3 +187,31 @@ async def user_db(pg: LocalPostgres) -> UserDb:
         novector_db="novector",
         owner_dsn=pg.superuser_dsn("shop"),
     )
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Where a test's vector tables keep their vectors: a test that takes it runs in both modes."""
+    return str(request.param)
+
+
+ITEM_ROWS = 200
+
+
+@pytest.fixture
+async def source(user_db: UserDb) -> AsyncIterator[tuple[str, asyncpg.Connection[Any]]]:
+    """A fresh source table `items_<hex>` owned by the test, and an owner connection to it."""
+    name = f"items_{secrets.token_hex(3)}"
+    conn = await asyncpg.connect(user_db.owner_dsn)
+    await conn.execute(
+        f"CREATE TABLE {name} (id int PRIMARY KEY, title text, body text, price numeric(8,2),"
+        " updated_at timestamptz NOT NULL DEFAULT now());"
+        f"INSERT INTO {name} SELECT g, 'item ' || g, 'body of item ' || g, g"
+        f" FROM generate_series(1, {ITEM_ROWS}) g;"
+        f"GRANT SELECT ON {name} TO embedd_user;"
+    )
+    try:
+        yield name, conn
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {name}")
+        await conn.close()

@@ -30,6 +30,8 @@ from embedd_server.secretbox import SecretBox
 from embedd_server.services.connections import Checker
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where vector tables keep their vectors; the behavioural tests run in both (tests/modes.py).
+MODES = ("platform", "managed")
 # The request limit of test organisations: tests measure the service, not a free tier's 25 rpm.
 UNTHROTTLED = 10_000_000
 

@@ -549,5 +549,3 @@ def test_bad_config_raises_with_log_tail(tmp_path: Path) -> None:
     )
     with pytest.raises(EnvoyError, match=r"missing\.binpb"):
         EnvoyProcess(config, work_dir=tmp_path).start()
-
-

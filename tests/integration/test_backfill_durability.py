@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import warnings
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,6 +25,7 @@ from embedd_server import app
 from embedd_server.config import load_settings
 from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
+from qdrant_client import QdrantClient
 
 from tests.conftest import UserDb
 from tests.harness import UNTHROTTLED, Counter, CountingRegistry, counting, drop_control_plane, wait_for
@@ -57,12 +60,14 @@ async def control(pg: LocalPostgres, user_db: UserDb) -> AsyncIterator[str]:
     await drop_control_plane(pg, name, user_db.owner_dsn)
 
 
-async def make_table(client: EmbeddClient, user_db: UserDb, source: str, name: str) -> str:
+async def make_table(
+    client: EmbeddClient, user_db: UserDb, source: str, name: str, mode: str = "platform"
+) -> str:
     conn = await client.connections.CreateConnection(
         connection_pb2.CreateConnectionRequest(
             provider=values_pb2.ConnectionProvider.postgresql,
             name="src",
-            mode=values_pb2.Mode.platform,
+            mode=values_pb2.Mode.Value.Value(mode),
             credentials=connection_pb2.PostgresCredentials(**user_db.credentials()),  # type: ignore[arg-type]
         )
     )
@@ -106,22 +111,45 @@ async def assert_exactly_once(user_db: UserDb, ref: str, source: str) -> None:
     assert (row["n"], row["distinct_n"], row["no_vector"], missing) == (total, total, 0, 0)
 
 
+def assert_exactly_once_in_qdrant(path: Path, alias: str, source_keys: set[str]) -> None:
+    """Managed mode, read from the embedded Qdrant's folder once no server holds it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # local mode's warning about collections over 20,000 points
+        client = QdrantClient(path=str(path))
+    try:
+        keys: list[str] = []
+        offset: Any = None
+        while True:
+            points, offset = client.scroll(
+                alias, limit=5000, offset=offset, with_payload=["pk"], with_vectors=True
+            )
+            keys += [p.payload["pk"] for p in points if p.payload and p.vector is not None]
+            if offset is None:
+                break
+    finally:
+        client.close()
+    assert (len(keys), set(keys)) == (len(source_keys), source_keys)
+
+
 async def _processed(ctl: asyncpg.Connection[Any], task_id: str, rows: int) -> bool:
     return bool(await ctl.fetchval("SELECT rows_processed >= $2 FROM tasks WHERE id = $1", task_id, rows))
 
 
 async def test_killed_server_resumes_from_its_checkpoint(
-    user_db: UserDb, big_table: str, control: str
+    user_db: UserDb, big_table: str, control: str, mode: str, tmp_path: Path
 ) -> None:
     key = new_secret_key()
-    # Small chunks and a short lease: many checkpoints to die between, a quick takeover.
+    # Small chunks and a short lease: many checkpoints to die between, a quick takeover. Managed
+    # mode: the embedded Qdrant's folder passes from the killed server to the next one.
     settings = {"engine_chunk_rows": "20", "engine_inflight_chunks": "2", "engine_lease_s": "2"}
+    if mode == "managed":
+        settings["qdrant_path"] = str(tmp_path / "qdrant")
     first = ServerProcess(control, key, **settings).start()
     second: ServerProcess | None = None
     try:
         api_key = create_org(control, key)
         async with EmbeddClient(f"127.0.0.1:{first.port}", api_key) as c:
-            vt_id = await make_table(c, user_db, big_table, "crash")
+            vt_id = await make_table(c, user_db, big_table, "crash", mode)
             task = await c.sync.BackfillVectorTable(
                 sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id)
             )
@@ -143,7 +171,11 @@ async def test_killed_server_resumes_from_its_checkpoint(
                     break
         assert final.status == values_pb2.TaskStatus.completed, final
         assert final.attempts == 2 and final.progress.rows_processed == BIG_ROWS
-        await assert_exactly_once(user_db, ref, big_table)
+        if mode == "platform":
+            await assert_exactly_once(user_db, ref, big_table)
+        else:
+            second.stop()  # it holds the folder
+            assert_exactly_once_in_qdrant(tmp_path / "qdrant", ref, {str(n) for n in range(1, BIG_ROWS + 1)})
     finally:
         first.stop()
         if second is not None:

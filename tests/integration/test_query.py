@@ -1,6 +1,7 @@
-"""Semantic query (the seed's step 6): REST through Envoy and gRPC, filters of every operator
-and type against a brute-force oracle, both search paths, errors, and the property test that
-filters are never bypassed (random filters over random rows, PostgreSQL vs Python)."""
+"""Semantic query (the seed's step 6), in both modes: REST through Envoy and gRPC, filters of
+every operator and type against a brute-force oracle, both search paths, errors, and the
+property test that filters are never bypassed (random filters over random rows, PostgreSQL vs
+Python; tests/integration/test_qdrant_filters.py has Qdrant's)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from embedd.v1 import query_pb2
 from embedd_client import EmbeddClient
 from embedd_server import app
 from embedd_server.config import Settings
+from embedd_server.devtools.serverproc import free_port
 from embedd_server.domain.filters import parse_filters
 from embedd_server.providers.local import lexical_vector
 from embedd_server.services.query import struct_to_python
@@ -32,6 +34,7 @@ from tests.conftest import UserDb
 from tests.filter_strategies import PROP_COLUMNS, PROP_TYPES, ROW, random_filters
 from tests.harness import UNTHROTTLED, Org, delete_vector_tables, grpc_error, rest_error
 from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt, wait_synced
+from tests.modes import MODES, StoreView
 from tests.oracle import evaluate, matches
 
 EXTRA_COLUMNS = [
@@ -93,42 +96,42 @@ async def _org(service: app.Service, rest: httpx.AsyncClient) -> Org:
     return Org(org_id, key, read_key, f"127.0.0.1:{service.port}", rest)
 
 
-async def _table(org: Org, user_db: UserDb, name: str, columns: list[dict[str, Any]]) -> Table:
-    made = await create_vt(org, user_db, name=name, columns=columns)
+async def _table(
+    service: app.Service, org: Org, user_db: UserDb, mode: str, name: str, columns: list[dict[str, Any]]
+) -> Table:
+    made = await create_vt(org, user_db, mode, name=name, columns=columns)
     r = await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")
     assert r.status_code == 200, r.text
     assert (await wait_synced(org, made["id"]))["sync_status"] == "synced"
-    conn = await asyncpg.connect(user_db.owner_dsn)
-    try:
-        ref = made["platform_vector_ref"]
-        rows = await conn.fetch(
-            f'SELECT pk_value, embedding::text AS e, metadata::text AS m, embedded_text FROM "{ref}"'
-        )
-    finally:
-        await conn.close()
+    rows = await StoreView(service, user_db, made).rows()
+    ids = list(rows)
     return Table(
         id=made["id"],
-        ids=[r["pk_value"] for r in rows],
-        vectors=np.array([json.loads(r["e"]) for r in rows], dtype=np.float64),
-        metadata=[json.loads(r["m"]) for r in rows],
-        texts=[r["embedded_text"] for r in rows],
+        ids=ids,
+        vectors=np.array([rows[pk].vector for pk in ids], dtype=np.float64),
+        metadata=[rows[pk].metadata for pk in ids],
+        texts=[rows[pk].text for pk in ids],
         types={c["name"]: c["filter_type"] for c in columns if c.get("filter_type")},
     )
 
 
 @dataclass
 class Shop:
+    mode: str  # which store holds the vectors: the same tests run against both
     org: Org
     seed: Table  # the seed's exact mapping
     ext: Table  # plus integer and datetime metadata
 
 
-@pytest.fixture(scope="module")
-async def shop(service: app.Service, rest: httpx.AsyncClient, user_db: UserDb) -> AsyncIterator[Shop]:
+@pytest.fixture(scope="module", params=MODES)
+async def shop(
+    request: pytest.FixtureRequest, service: app.Service, rest: httpx.AsyncClient, user_db: UserDb
+) -> AsyncIterator[Shop]:
+    mode = request.param
     org = await _org(service, rest)
-    seed = await _table(org, user_db, "products-search", SEED_COLUMNS)
-    ext = await _table(org, user_db, "products-ext", [*SEED_COLUMNS, *EXTRA_COLUMNS])
-    yield Shop(org, seed, ext)
+    seed = await _table(service, org, user_db, mode, "products-search", SEED_COLUMNS)
+    ext = await _table(service, org, user_db, mode, "products-ext", [*SEED_COLUMNS, *EXTRA_COLUMNS])
+    yield Shop(mode, org, seed, ext)
     await delete_vector_tables(org.grpc_target, org.key)
 
 
@@ -265,6 +268,8 @@ async def test_min_score_limit_and_embedded_text(shop: Shop) -> None:
 async def test_hnsw_path_is_filtered_sorted_and_full(shop: Shop, server_settings: Settings) -> None:
     """The index path, forced on a server of its own (exact threshold 0, on the same control
     plane and secret key): relaxed-order iterative scan, re-sorted."""
+    if shop.mode == "managed":
+        pytest.skip("platform mode's two search paths; embedded Qdrant always searches exactly")
     other = await app.start(
         server_settings.model_copy(
             update={"engine_enabled": False, "query_exact_threshold": 0, "qdrant_path": None}
@@ -289,6 +294,31 @@ async def test_hnsw_path_is_filtered_sorted_and_full(shop: Shop, server_settings
                 assert all(evaluate(filters, r["metadata"], shop.ext.types) for r in results)
                 overlap = {r["id"] for r in results} & {i for i, _ in expected}
                 assert len(overlap) >= len(expected) - 2, (len(overlap), filters)
+    finally:
+        await other.stop(1.0)
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")  # it is unreachable, as meant
+async def test_an_unreachable_qdrant_is_503_not_500(shop: Shop, server_settings: Settings) -> None:
+    """A server whose Qdrant (by URL) does not answer: managed queries say so, platform ones work."""
+    other = await app.start(
+        server_settings.model_copy(
+            update={
+                "engine_enabled": False,
+                "qdrant_path": None,
+                "qdrant_url": f"http://127.0.0.1:{free_port()}",
+            }
+        )
+    )
+    try:
+        request = query_pb2.QueryVectorTableRequest(vector_table_id=shop.seed.id, query="tent", limit=3)
+        async with EmbeddClient(f"127.0.0.1:{other.port}", shop.org.key) as c:
+            if shop.mode == "platform":
+                assert len((await c.query.QueryVectorTable(request)).results) == 3
+            else:
+                code, reason, _, message = await grpc_error(c.query.QueryVectorTable(request))
+                assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "managed_mode_unavailable")
+                assert "cannot be reached" in message
     finally:
         await other.stop(1.0)
 

@@ -1,5 +1,6 @@
-"""Vector tables in platform mode: the seed's steps 4-5, catalog validation, the physical
-table, backfill to completion, tasks, progress streams, per-row failures, deletion."""
+"""Vector tables: the seed's steps 4-5, catalog validation, the physical table, and - in both
+modes (the `mode` fixture) - backfill to completion, tasks, progress streams, per-row
+failures, deletion."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import asyncpg
 import grpc
 import pytest
 from embedd.v1 import sync_pb2, task_pb2, values_pb2, vector_table_pb2
+from embedd_server import app
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.harness import Org, grpc_error, rest_error, wait_for
+from tests.modes import StoreView, connection
 
 SEED_COLUMNS = [
     {"name": "name", "role": "embedding", "ordinal": 1, "name_prefix": "Product: "},
@@ -25,18 +28,7 @@ SEED_COLUMNS = [
 
 
 async def platform(org: Org, user_db: UserDb) -> tuple[str, str]:
-    conn = await org.http(
-        "POST",
-        "/v1/providers/postgresql/connections",
-        {"name": "product-db", "mode": "platform", "credentials": user_db.credentials()},
-    )
-    emb = await org.http(
-        "POST",
-        "/v1/embedding-providers",
-        {"name": "local", "provider": "local", "default_model": "local-lexical-384"},
-    )
-    assert conn.status_code == 200 and emb.status_code == 200, (conn.text, emb.text)
-    return conn.json()["id"], emb.json()["id"]
+    return await connection(org, user_db, "platform")
 
 
 def seed_body(conn_id: str, emb_id: str, **changes: Any) -> dict[str, Any]:
@@ -55,9 +47,9 @@ def seed_body(conn_id: str, emb_id: str, **changes: Any) -> dict[str, Any]:
     return body
 
 
-async def create_vt(org: Org, user_db: UserDb, **changes: Any) -> dict[str, Any]:
-    conn_id, emb_id = await platform(org, user_db)
-    r = await org.http("POST", "/v1/vector-tables", seed_body(conn_id, emb_id, **changes))
+async def create_vt(org: Org, user_db: UserDb, mode: str = "platform", **changes: Any) -> dict[str, Any]:
+    conn_id, emb_id = await connection(org, user_db, mode)
+    r = await org.http("POST", "/v1/vector-tables", seed_body(conn_id, emb_id, mode=mode, **changes))
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -284,8 +276,8 @@ async def test_create_over_grpc_reports_violations(org: Org, user_db: UserDb) ->
     assert vt.source_table == "public.products" and vt.sync_mode == values_pb2.SyncMode.batch
 
 
-async def test_backfill_end_to_end(org: Org, user_db: UserDb) -> None:
-    made = await create_vt(org, user_db)
+async def test_backfill_end_to_end(org: Org, user_db: UserDb, service: app.Service, mode: str) -> None:
+    made = await create_vt(org, user_db, mode)
     r = await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")
     assert r.status_code == 200, r.text
     task = r.json()
@@ -309,37 +301,40 @@ async def test_backfill_end_to_end(org: Org, user_db: UserDb) -> None:
     listed = (await org.http("GET", f"/v1/tasks?target_id={made['id']}")).json()["tasks"]
     assert [t["id"] for t in listed] == [task["task_id"]]
 
+    # Every source row exactly once, with the seed's text and metadata.
+    stored = await StoreView(service, user_db, made).rows()
     conn = await asyncpg.connect(user_db.owner_dsn)
     try:
+        products = {
+            str(r["id"]): r
+            for r in await conn.fetch("SELECT id, name, description, category, price, in_stock FROM products")
+        }
         ref = made["platform_vector_ref"]
-        dup = await conn.fetchval(f'SELECT count(*) - count(DISTINCT pk_value) FROM "{ref}"')
-        missing = await conn.fetchval(
-            f"SELECT count(*) FROM products p WHERE NOT EXISTS"
-            f' (SELECT 1 FROM "{ref}" v WHERE v.pk_value = p.id::text)'
-        )
-        first = await conn.fetchrow(
-            f'SELECT v.*, p.name, p.description, p.price, p.in_stock, p.category FROM "{ref}" v'
-            " JOIN products p ON p.id::text = v.pk_value ORDER BY p.id LIMIT 1"
-        )
         indexes = [
             r["indexdef"]
             for r in await conn.fetch("SELECT indexdef FROM pg_indexes WHERE tablename = $1", ref)
         ]
     finally:
         await conn.close()
-    assert dup == 0 and missing == 0
-    assert first["embedded_text"] == f"Product: {first['name']}\nDescription: {first['description']}"
-    meta = json.loads(first["metadata"])
-    assert meta == {
-        "name": first["name"],
-        "description": first["description"],
-        "category": first["category"],
-        "price": float(first["price"]),
-        "in_stock": first["in_stock"],
-    }
-    assert len(first["row_hash"]) == 64
-    assert any("hnsw" in d for d in indexes)
-    assert any("metadata ->> 'category'" in d for d in indexes)
+    assert set(stored) == set(products)
+    for pk, row in stored.items():
+        p = products[pk]
+        assert row.text == f"Product: {p['name']}\nDescription: {p['description']}"
+        assert row.metadata == {
+            "name": p["name"],
+            "description": p["description"],
+            "category": p["category"],
+            "price": float(p["price"]),
+            "in_stock": p["in_stock"],
+        }
+    if mode == "platform":
+        assert any("hnsw" in d for d in indexes)
+        assert any("metadata ->> 'category'" in d for d in indexes)
+    else:  # no table in the user's database; the collection's HNSW is on again after the load
+        assert indexes == [] and ref == ""
+        assert service.qdrant is not None
+        info = await service.qdrant.call("get_collection", made["managed_collection"])
+        assert info.config.hnsw_config.m == 16 and info.points_count == PRODUCT_ROWS
 
 
 async def test_second_backfill_while_one_is_queued_is_409(
@@ -367,7 +362,7 @@ async def test_second_backfill_while_one_is_queued_is_409(
         await conn.close()
 
 
-async def test_rows_without_text_are_reported_not_hidden(org: Org, user_db: UserDb) -> None:
+async def test_rows_without_text_are_reported_not_hidden(org: Org, user_db: UserDb, mode: str) -> None:
     conn = await asyncpg.connect(user_db.owner_dsn)
     try:
         await conn.execute(
@@ -379,7 +374,7 @@ async def test_rows_without_text_are_reported_not_hidden(org: Org, user_db: User
     finally:
         await conn.close()
     cols = [{"name": "title", "role": "embedding"}, {"name": "body", "role": "embedding"}]
-    made = await create_vt(org, user_db, name="notes", source_table="notes", columns=cols)
+    made = await create_vt(org, user_db, mode, name="notes", source_table="notes", columns=cols)
     task = (await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")).json()
     status = await wait_synced(org, made["id"])
     assert status["sync_status"] == "synced" and status["synced_rows"] == 90 and status["total_rows"] == 100
@@ -389,8 +384,8 @@ async def test_rows_without_text_are_reported_not_hidden(org: Org, user_db: User
     assert "NULL" in got["failures"][0]["error"]
 
 
-async def test_watch_streams_progress_over_rest_and_grpc(org: Org, user_db: UserDb) -> None:
-    made = await create_vt(org, user_db)
+async def test_watch_streams_progress_over_rest_and_grpc(org: Org, user_db: UserDb, mode: str) -> None:
+    made = await create_vt(org, user_db, mode)
     task = (await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")).json()
     lines = []
     async with org.rest.stream("GET", f"/v1/tasks/{task['task_id']}/watch", headers=org.headers()) as resp:
@@ -423,3 +418,15 @@ async def test_delete_keeps_or_drops_the_vectors(org: Org, user_db: UserDb) -> N
         await conn.close()
     status, code, _ = rest_error(await org.http("GET", f"/v1/vector-tables/{kept['id']}"))
     assert (status, code) == (404, "vector_table_not_found")
+
+
+async def test_managed_delete_drops_the_collection(org: Org, user_db: UserDb, service: app.Service) -> None:
+    """Managed vectors are the service's, not the user's: they always go with the table."""
+    made = await create_vt(org, user_db, "managed", name="gone")
+    assert (await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")).status_code == 200
+    assert (await wait_synced(org, made["id"]))["sync_status"] == "synced"
+    view = StoreView(service, user_db, made)
+    assert await view.collections() == [f"{view.ref}_v1"] and await view.alias_target() == f"{view.ref}_v1"
+    r = await org.http("DELETE", f"/v1/vector-tables/{made['id']}")
+    assert r.json() == {"id": made["id"], "deleted": True, "vectors_dropped": True}
+    assert await view.collections() == [] and await view.alias_target() is None

@@ -140,6 +140,10 @@ class KeyRevokedError(AuthenticationError):
     """`key_revoked`: the API key was revoked."""
 
 
+class TierLimitReachedError(PermissionDeniedError):
+    """`tier_limit_reached`: the organisation has every managed vector table its tier allows."""
+
+
 class SourceTableAccessDeniedError(PermissionDeniedError):
     """`source_table_access_denied`: the connection's role may not read the source table."""
 
@@ -228,6 +232,7 @@ ERROR_CLASSES: Mapping[str, type[EmbeddError]] = {
     "key_revoked": KeyRevokedError,
     "permission_denied": PermissionDeniedError,
     "source_table_access_denied": SourceTableAccessDeniedError,
+    "tier_limit_reached": TierLimitReachedError,
     "connection_not_found": ConnectionNotFoundError,
     "embedding_provider_not_found": EmbeddingProviderNotFoundError,
     "vector_table_not_found": VectorTableNotFoundError,

@@ -96,7 +96,7 @@ async def _dev_key(orgs: OrgStore, previous: str | None) -> str:
     return secret
 
 
-def _quickstart(env: dict[str, str]) -> str:
+def _quickstart(env: dict[str, str], qdrant: str) -> str:
     demo = "postgresql://{DEMO_DB_USER}@{DEMO_DB_HOST}:{DEMO_DB_PORT}/{DEMO_DB_NAME}".format(**env)
     model = env["EMBEDD_LOCAL_MODEL"]
     why = (
@@ -111,6 +111,7 @@ Embedd dev stack is up.
   API reference: {env["EMBEDD_URL"]}/docs (OpenAPI: {env["EMBEDD_URL"]}/v1/openapi.json)
   Demo database: {demo} (public.products)
   Local embedding model: {model} ({why})
+  Managed mode (vectors in Qdrant): {qdrant}
   The API key, endpoints and demo credentials are in .embedd/dev.env
 
 Try it (steps 1 and 2 of the README's quickstart):
@@ -137,6 +138,8 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
         grpc_port=ports.grpc,
         secret_key_file=data_dir / "secret.key",
         log_format="console",
+        # Managed mode's embedded Qdrant (EMBEDD_QDRANT_URL, when set, takes precedence).
+        qdrant_path=data_dir / "qdrant",
     )
     service = await app.start(settings)
     config = render_config(
@@ -164,7 +167,7 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
             "EMBEDD_LOCAL_MODEL": best_local_model(),
         }
         _write_env(data_dir / "dev.env", env)
-        print(_quickstart(env), flush=True)
+        print(_quickstart(env, service.qdrant.location if service.qdrant else "off"), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

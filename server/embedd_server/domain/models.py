@@ -118,6 +118,8 @@ class VectorTable:
     pending_spec: VectorTableSpec | None = None
     # Seconds since last_synced_at by the control plane's clock (never negative), when read.
     staleness_s: float | None = None
+    # Source rows not stored because the organisation's vector budget is used up (managed).
+    rows_skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,8 @@ class Task:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # Rows not stored because the organisation's vector budget was used up (managed mode).
+    rows_skipped: int = 0
 
     @property
     def done(self) -> bool:

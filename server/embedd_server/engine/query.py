@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import structlog
-from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.errors import ApiError, Kind
@@ -295,6 +295,13 @@ class QueryEngine:
                     f"Run the backfill again: POST /v1/vector-tables/{vt.id}/backfill."
                 ) from exc
             raise
+        except ResponseHandlingException as exc:  # the Qdrant server did not answer
+            raise ApiError(
+                Kind.UNAVAILABLE,
+                "managed_mode_unavailable",
+                "The managed vector store (Qdrant) cannot be reached right now; retry in a "
+                "moment. If it persists, the server's operator checks EMBEDD_QDRANT_URL.",
+            ) from exc
 
     async def _search_platform(
         self,

@@ -52,6 +52,9 @@ class RebackfillJob:
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
+    # Vectors the new store may take (managed mode's tier); None: no limit.
+    budget: int | None = None
+    rows_skipped: int = 0
 
     async def run(self) -> tuple[int, int]:
         """Builds, swaps and cleans up; returns (vectors, source rows)."""
@@ -64,7 +67,7 @@ class RebackfillJob:
             await replacement.create()
             await replacement.reuse_vectors(self.live, self.source)
         else:
-            await BackfillJob(
+            fill = BackfillJob(
                 task=self.task,
                 spec=self.spec,
                 store=replacement,
@@ -74,7 +77,10 @@ class RebackfillJob:
                 chunk_rows=self.chunk_rows,
                 inflight=self.inflight,
                 maintenance_work_mem=self.maintenance_work_mem,
-            ).run()
+                budget=self.budget,
+            )
+            await fill.run()
+            self.budget = fill.budget
         await self._catch_up(replacement)  # changes made while the replacement filled
         await replacement.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
         await self._catch_up(replacement)  # the index build took a while too
@@ -82,4 +88,10 @@ class RebackfillJob:
         return await replacement.promoted().count(), await self.source.count()
 
     async def _catch_up(self, replacement: VectorStore) -> None:
-        await SyncJob(spec=self.spec, store=replacement, source=self.source, embedder=self.embedder).run()
+        job = SyncJob(
+            spec=self.spec, store=replacement, source=self.source, embedder=self.embedder, budget=self.budget
+        )
+        outcome = await job.run()
+        self.budget = job.budget
+        # A full diff: the rows over the budget, as the replacement ends up
+        self.rows_skipped = outcome.skipped

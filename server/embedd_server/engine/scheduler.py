@@ -63,7 +63,9 @@ class SyncScheduler:
             if outcome.failures:
                 pk, why = outcome.failures[0]
                 note = f"{len(outcome.failures)} row(s) could not be embedded (e.g. {pk}: {why})"
-            await lease.finish(cursor=outcome.cursor, swept=full, counts=counts, note=note)
+            await lease.finish(
+                cursor=outcome.cursor, swept=full, counts=counts, note=note, skipped=outcome.skipped
+            )
             if outcome.changed:
                 log.info("synced", changes=describe(outcome))
         except LeaseLost as exc:
@@ -103,6 +105,8 @@ class SyncScheduler:
                 embedder=session.embedder,
                 cursor=cursor,
                 full=full,
+                # managed mode: new rows only while the organisation's vector budget lasts
+                budget=await self._vts.vector_budget(vt.org_id) if spec.mode == "managed" else None,
             ).run()
             counts = None
             if outcome.changed:

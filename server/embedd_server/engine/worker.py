@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 
 from embedd_server.domain.leases import LeaseLost
-from embedd_server.domain.models import VectorTable
+from embedd_server.domain.models import Task, VectorTable
 from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
 from embedd_server.engine.context import EngineDeps, Fence, PermanentError, cancel_and_wait
 from embedd_server.engine.leases import while_leased
@@ -156,9 +156,16 @@ class Worker:
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
+                budget=await self._budget(vt, task),
             )
             synced = await _guard(job.run())
-        return functools.partial(lease.complete_fill, vt.id, synced_rows=synced, total_rows=job.rows_total)
+        return functools.partial(
+            lease.complete_fill,
+            vt.id,
+            synced_rows=synced,
+            total_rows=job.rows_total,
+            rows_skipped=job.rows_skipped,
+        )
 
     async def _rebackfill(self, lease: TaskLease, vt: VectorTable) -> Completion:
         spec = vt.pending_spec
@@ -178,9 +185,28 @@ class Worker:
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
+                budget=await self._budget(vt, lease.task),
             )
             vectors, total = await _guard(job.run())
-        return functools.partial(lease.complete_swap, vt.id, spec, synced_rows=vectors, total_rows=total)
+        return functools.partial(
+            lease.complete_swap,
+            vt.id,
+            spec,
+            synced_rows=vectors,
+            total_rows=total,
+            rows_skipped=job.rows_skipped,
+        )
+
+    async def _budget(self, vt: VectorTable, task: Task) -> int | None:
+        """The vectors a managed fill may write: the organisation's budget beside its other
+        tables (this table's own vectors are what the fill replaces), less what this task
+        wrote before it was resumed. Platform mode: no limit."""
+        if vt.spec.mode != "managed":
+            return None
+        budget = await self._vts.vector_budget(vt.org_id, excluding=vt.id)
+        if budget is not None and task.last_processed_pk is not None:
+            budget = max(budget - (task.rows_processed - task.rows_failed), 0)
+        return budget
 
 
 async def _guard(work: Awaitable[T]) -> T:

@@ -24,6 +24,7 @@ def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None)
         rows_processed=t.rows_processed,
         rows_total=t.rows_total,
         rows_failed=t.rows_failed,
+        rows_skipped=t.rows_skipped,
     )
     msg = task_pb2.Task(
         id=t.id,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
 
 from embedd_server.auth import current_principal
-from embedd_server.domain import catalog, models
+from embedd_server.domain import catalog, models, tiers
 from embedd_server.domain.errors import ApiError, Kind, not_found
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
@@ -237,9 +237,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if not 1 <= interval <= _MAX_INTERVAL_S:
             v.add("sync_interval_seconds", f"must be between 1 and {_MAX_INTERVAL_S}")
         sync_mode = "cdc" if new.sync_mode == _SYNC_MODE.cdc else "batch"
-        cursor = (
-            new.cursor_column if new.HasField("cursor_column") and new.cursor_column else None
-        )
+        cursor = new.cursor_column if new.HasField("cursor_column") and new.cursor_column else None
         if sync_mode == "cdc" and cursor is None:
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
         elif cursor is not None:
@@ -252,9 +250,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             raise not_found("connection_not_found", "Connection", new.connection_id)
         provider = await self._providers.get(p.org_id, p.env_id, new.embedding_provider_id)
         if provider is None:
-            raise not_found(
-                "embedding_provider_not_found", "Embedding provider", new.embedding_provider_id
-            )
+            raise not_found("embedding_provider_not_found", "Embedding provider", new.embedding_provider_id)
         mode = connection.mode if new.mode == _MODE.unspecified else _MODE.Value.Name(new.mode)
         if mode != connection.mode:
             v.add("mode", f"must match the connection's mode ({connection.mode!r})")
@@ -422,13 +418,17 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         )
 
 
-def sync_status_to_proto(vt: models.VectorTable) -> sync_pb2.GetSyncStatusResponse:
+def sync_status_to_proto(
+    vt: models.VectorTable, warning: str | None = None
+) -> sync_pb2.GetSyncStatusResponse:
     """The sync status; every number clamped into its field (a count past the field's range,
     or a staleness that clock skew made negative, must not fail the call)."""
     numbers = {
         "synced_rows": vt.synced_rows,
         "total_rows": vt.total_rows,
-        "rows_pending": max(vt.total_rows - vt.synced_rows, 0),
+        # rows over the vector budget are not pending: nothing will store them as things stand
+        "rows_pending": max(vt.total_rows - vt.synced_rows - vt.rows_skipped, 0),
+        "rows_skipped": vt.rows_skipped,
     }
     if vt.staleness_s is not None:  # computed by the control plane, from its own clock
         numbers["staleness_secs"] = int(vt.staleness_s)
@@ -441,6 +441,8 @@ def sync_status_to_proto(vt: models.VectorTable) -> sync_pb2.GetSyncStatusRespon
     set_counters(msg, **numbers)
     if vt.last_error:
         msg.last_error = vt.last_error
+    if warning:
+        msg.warning = warning
     return msg
 
 
@@ -474,7 +476,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     async def GetSyncStatus(
         self, request: sync_pb2.GetSyncStatusRequest, context: Context
     ) -> sync_pb2.GetSyncStatusResponse:
-        return sync_status_to_proto(await self._get(request.vector_table_id))
+        vt = await self._get(request.vector_table_id)
+        warning = None
+        if vt.rows_skipped:
+            warning = tiers.skipped_warning(await self._store.org_tier(vt.org_id), vt.rows_skipped)
+        return sync_status_to_proto(vt, warning)
 
     async def PauseSync(
         self, request: sync_pb2.PauseSyncRequest, context: Context

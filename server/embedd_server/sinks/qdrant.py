@@ -57,6 +57,11 @@ def collection_name(ref: str, version: int) -> str:
     return f"{ref}_v{version}"
 
 
+def point_namespace(ref: str) -> uuid.UUID:
+    """The UUID namespace of a table's point ids: id = uuid5(namespace, primary key)."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"embedd:{ref}")
+
+
 class QdrantStore:
     """One vector table's collection (`version`), served under the alias `ref`."""
 
@@ -78,7 +83,7 @@ class QdrantStore:
         # source as read, which the next diff corrects by its hash).
         self._confirm = confirm
         self.collection = collection_name(ref, version)
-        self._namespace = uuid.uuid5(uuid.NAMESPACE_URL, f"embedd:{ref}")
+        self._namespace = point_namespace(ref)
 
     @property
     def ref(self) -> str:
@@ -231,7 +236,7 @@ class QdrantStore:
                 models.Batch(
                     ids=[self.point_id(r.pk) for r in part],
                     vectors=list(vectors[start : start + WRITE_BATCH]),
-                    payloads=[_payload(r) for r in part],
+                    payloads=[point_payload(r) for r in part],
                 ),
             )
 
@@ -333,5 +338,6 @@ class QdrantStore:
         ]
 
 
-def _payload(row: SourceRow) -> dict[str, Any]:
+def point_payload(row: SourceRow) -> dict[str, Any]:
+    """What a point carries besides its vector (module doc)."""
     return {"pk": row.pk, METADATA: json.loads(row.metadata), "text": row.text, "row_hash": row.row_hash}

@@ -6,12 +6,20 @@ exclusive lock on its folder (one process per folder). So local mode runs every 
 worker thread of its own (calls are serialised, the loop stays free), and a second process on
 the same folder is refused with a message that says what to do. A server URL uses the
 asynchronous gRPC/HTTP client as is.
+
+Local mode keeps each collection's points in SQLite and commits every point on its own; with
+SQLite's defaults (rollback journal, synchronous=FULL) each commit waits for the disk, and a
+load ran at ~580 points/s. Each collection's database is switched to WAL with
+synchronous=NORMAL, which measured ~6,300 points/s (docs/managed-mode.md has the numbers and
+what it means for durability: a crashed or killed process loses nothing; a power cut may lose
+the last commits, which the next sync cycle's diff stores again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import sqlite3
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,6 +57,7 @@ class QdrantBackend:
                 "or run several replicas against a Qdrant server (EMBEDD_QDRANT_URL)."
             ) from exc
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-local")
+        self._tune_local_storage()
 
     @property
     def is_local(self) -> bool:
@@ -60,7 +69,28 @@ class QdrantBackend:
             return await getattr(self._remote, method)(*args, **kwargs)
         assert self._local is not None and self._executor is not None
         bound = functools.partial(_quiet, getattr(self._local, method), *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, bound)
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, bound)
+        if method == "create_collection":
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._tune_local_storage)
+        return result
+
+    def _tune_local_storage(self) -> None:
+        """WAL and synchronous=NORMAL for every collection's SQLite file (module doc). This
+        reaches into qdrant-client's local engine (`QdrantLocal.collections[...].storage`);
+        tests/unit/test_qdrant_backend.py fails if a new version moves it."""
+        for db in self.local_databases():
+            db.execute("PRAGMA journal_mode=WAL")  # a no-op when it already is
+            db.execute("PRAGMA synchronous=NORMAL")
+
+    def local_databases(self) -> list[sqlite3.Connection]:
+        """The SQLite connection of each collection of the local engine."""
+        engine = getattr(self._local, "_client", None)
+        found = []
+        for collection in getattr(engine, "collections", {}).values():
+            db = getattr(getattr(collection, "storage", None), "storage", None)
+            if isinstance(db, sqlite3.Connection):
+                found.append(db)
+        return found
 
     async def aclose(self) -> None:
         if self._remote is not None:

@@ -179,6 +179,9 @@ def hashes_read(spec: VectorTableSpec, *, since: bool) -> SourceQuery:
     this database (managed mode). Params: the expressions' values, then $n the last key or
     NULL, $n+1 the page size, and with `since` $n+2 the cdc cursor (rows at or past it)."""
     text, _, params = row_expressions(spec, first_param=1)
+    # Only the text's values (the prefixes, bound first): PostgreSQL refuses a parameter the
+    # statement does not use, as it cannot type it.
+    params = params[: len(spec.embedding_columns)]
     n = len(params) + 1
     pk = f"s.{quote_ident(spec.primary_key_column)}"
     where = _after_key(spec, n)

@@ -44,6 +44,7 @@ def task_from_row(r: asyncpg.Record) -> Task:
         created_at=r["created_at"],
         started_at=r["started_at"],
         finished_at=r["finished_at"],
+        rows_skipped=r["rows_skipped"],
     )
 
 
@@ -242,40 +243,51 @@ class TaskLease:
         async with self._fenced() as conn:
             await self._finish(conn, "completed", None)
 
-    async def complete_fill(self, vt_id: str, *, synced_rows: int, total_rows: int) -> None:
+    async def _skipped(self, conn: Executor, rows_skipped: int) -> None:
+        await conn.execute("UPDATE tasks SET rows_skipped = $2 WHERE id = $1", self.task.id, rows_skipped)
+
+    async def complete_fill(
+        self, vt_id: str, *, synced_rows: int, total_rows: int, rows_skipped: int = 0
+    ) -> None:
         """Completed, and the table synced (unless paused meanwhile) and due for its first
-        sync poll - in one transaction: whoever sees it synced sees the task completed."""
+        sync poll - in one transaction: whoever sees it synced sees the task completed.
+        `rows_skipped`: rows over the vector budget (managed mode), on the task and the table."""
         async with self._fenced() as conn:
             await self._finish(conn, "completed", None)
+            await self._skipped(conn, rows_skipped)
             await conn.execute(
                 "UPDATE vector_tables SET"
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
                 " synced_rows = $2, total_rows = $3, last_synced_at = clock_timestamp(),"
-                " last_error = NULL, last_error_at = NULL, sync_failures = 0,"
+                " last_error = NULL, last_error_at = NULL, sync_failures = 0, rows_skipped = $4,"
                 " next_sync_at = clock_timestamp()"
                 " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
                 " updated_at = clock_timestamp() WHERE id = $1",
                 vt_id,
                 synced_rows,
                 total_rows,
+                rows_skipped,
             )
 
     async def complete_swap(
-        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int
+        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int, rows_skipped: int = 0
     ) -> None:
         """Completed, and the swapped-in table's spec is the live one."""
         async with self._fenced() as conn:
             await self._finish(conn, "completed", None)
+            await self._skipped(conn, rows_skipped)
             await conn.execute(
                 "UPDATE vector_tables SET spec = $2::jsonb, pending_spec = NULL,"
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
                 " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
                 " last_error = NULL, last_error_at = NULL, sync_failures = 0, sync_cursor = NULL,"
+                " rows_skipped = $5,"
                 " next_sync_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
                 vt_id,
                 json.dumps(spec.to_json()),
                 synced_rows,
                 total_rows,
+                rows_skipped,
             )
 
     async def fail(self, error: str, *, retry: bool) -> None:

@@ -10,11 +10,13 @@ from typing import Any
 
 import asyncpg
 
+from embedd_server.domain import tiers
 from embedd_server.domain.errors import not_found
 from embedd_server.domain.leases import Lease, LeaseLost
 from embedd_server.domain.models import Page, VectorTable
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.store.db import Executor
 from embedd_server.store.paging import fetch_page
 from embedd_server.store.tasks import insert_task
 
@@ -53,7 +55,25 @@ def _vt(r: asyncpg.Record) -> VectorTable:
         last_error=r["last_error"],
         last_error_at=r["last_error_at"],
         staleness_s=r.get("staleness_s"),
+        rows_skipped=r["rows_skipped"],
     )
+
+
+# Managed vector tables of one organisation, every environment (tier limits are per organisation).
+_MANAGED = "FROM vector_tables WHERE org_id = $1 AND spec->>'mode' = 'managed'"
+
+
+async def _check_table_limit(conn: Executor, org_id: str) -> None:
+    """Raises `tier_limit_reached` when the organisation has all the managed tables its tier
+    allows. The organisation's row is locked first (FOR NO KEY UPDATE: foreign-key checks of
+    other inserts do not wait), so two concurrent creates cannot both take the last place."""
+    tier_name = await conn.fetchval("SELECT tier FROM orgs WHERE id = $1 FOR NO KEY UPDATE", org_id)
+    t = tiers.tier(tier_name)
+    if t.max_tables is None:
+        return
+    count = await conn.fetchval("SELECT count(*) " + _MANAGED, org_id)
+    if count >= t.max_tables:
+        raise tiers.table_limit_reached(t)
 
 
 class VectorTableStore:
@@ -75,20 +95,25 @@ class VectorTableStore:
         platform_vector_ref: str,
     ) -> VectorTable:
         """The new row; a 404 when its connection or provider was deleted meanwhile (the
-        foreign keys decide, so a concurrent delete cannot leave a dangling table)."""
+        foreign keys decide, so a concurrent delete cannot leave a dangling table); a 403 when
+        a managed table would pass the organisation's tier's table limit."""
         try:
-            row = await self._pool.fetchrow(
-                "INSERT INTO vector_tables (id, org_id, env_id, name, connection_id, embedding_provider_id,"
-                " spec, platform_vector_ref) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING *",
-                id,
-                org_id,
-                env_id,
-                name,
-                connection_id,
-                embedding_provider_id,
-                json.dumps(spec.to_json()),
-                platform_vector_ref,
-            )
+            async with self._pool.acquire() as conn, conn.transaction():
+                if spec.mode == "managed":
+                    await _check_table_limit(conn, org_id)
+                row = await conn.fetchrow(
+                    "INSERT INTO vector_tables (id, org_id, env_id, name, connection_id,"
+                    " embedding_provider_id, spec, platform_vector_ref)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8) RETURNING *",
+                    id,
+                    org_id,
+                    env_id,
+                    name,
+                    connection_id,
+                    embedding_provider_id,
+                    json.dumps(spec.to_json()),
+                    platform_vector_ref,
+                )
         except asyncpg.ForeignKeyViolationError as exc:
             if exc.constraint_name == "vector_tables_embedding_provider_id_fkey":
                 raise not_found(
@@ -108,6 +133,23 @@ class VectorTableStore:
             vt_id,
         )
         return _vt(row) if row else None
+
+    async def vector_budget(self, org_id: str, *, excluding: str | None = None) -> int | None:
+        """Managed vectors the organisation may still add: its tier's `max_vectors` less the
+        vectors its managed tables hold (but `excluding`'s, which a fill replaces); None:
+        unlimited."""
+        row = await self._pool.fetchrow(
+            "SELECT o.tier, (SELECT coalesce(sum(synced_rows), 0)::bigint "  # noqa: S608 - constants
+            + _MANAGED
+            + " AND id IS DISTINCT FROM $2::text) AS used FROM orgs o WHERE o.id = $1",
+            org_id,
+            excluding,
+        )
+        return tiers.vector_budget(row["tier"], row["used"]) if row else 0
+
+    async def org_tier(self, org_id: str) -> str:
+        tier_name: str = await self._pool.fetchval("SELECT tier FROM orgs WHERE id = $1", org_id)
+        return tier_name
 
     async def get_by_id(self, vt_id: str) -> VectorTable | None:
         """Unscoped: for the engine, which works on behalf of the task's organisation."""
@@ -288,9 +330,18 @@ class SyncLease:
         )
 
     async def finish(
-        self, *, cursor: str | None, swept: bool, counts: tuple[int, int] | None, note: str | None = None
+        self,
+        *,
+        cursor: str | None,
+        swept: bool,
+        counts: tuple[int, int] | None,
+        note: str | None = None,
+        skipped: int = 0,
     ) -> None:
-        """A successful cycle: fresh as of its claim, next poll scheduled, lease released."""
+        """A successful cycle: fresh as of its claim, next poll scheduled, lease released.
+        `skipped`: new rows over the vector budget. A full cycle saw every such row, so its
+        count replaces the table's; a cdc cycle saw only recent ones, so they are added (the
+        next sweep counts them all again)."""
         await self._write(
             "UPDATE vector_tables SET"
             " sync_status = CASE WHEN sync_status = 'error' THEN 'synced' ELSE sync_status END,"
@@ -298,6 +349,7 @@ class SyncLease:
             " last_error_at = CASE WHEN $9::text IS NULL THEN NULL ELSE clock_timestamp() END,"
             " sync_failures = 0, sync_cursor = $5,"
             " last_delete_sweep_at = CASE WHEN $6 THEN $4 ELSE last_delete_sweep_at END,"
+            " rows_skipped = CASE WHEN $6 THEN $10 ELSE rows_skipped + $10 END,"
             " synced_rows = coalesce($7, synced_rows), total_rows = coalesce($8, total_rows),"
             " next_sync_at = clock_timestamp()"
             " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
@@ -309,6 +361,7 @@ class SyncLease:
             counts[0] if counts else None,
             counts[1] if counts else None,
             note,
+            skipped,
         )
 
     async def fail(self, error: str, *, max_backoff_s: float) -> None:
