@@ -23,7 +23,9 @@ DEFAULT_EF_SEARCH comes from.
 
 Last line: {"grpc_p50_ms", "rest_p50_ms", "sql_p50_ms", "grpc_p99_ms", "rest_p99_ms",
 "sql_p99_ms", "qps_rest", "recall_unfiltered", "recall_filtered", "filtered_p50_ms",
-"filtered_full_page_share"}.
+"filtered_full_page_share", "ratelimit_cost_p50_ms"}. `ratelimit_cost_p50_ms`: gRPC p50 with
+rate limits on less gRPC p50 of a second server on the same control plane with them off
+(`EMBEDD_RATE_LIMITS_ENABLED=false`), queries alternating between the two.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.filters import parse_filters
-from embedd_server.engine.query import EXACT_THRESHOLD
 from embedd_server.network_policy import PERMISSIVE
 from embedd_server.providers.local import lexical_vector
 from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
@@ -68,6 +69,7 @@ from embedd_server.sinks.pgvector_search import (
     run_search,
     session_settings,
 )
+from embedd_server.sinks.pgvector_store import EXACT_THRESHOLD
 from embedd_server.sources.postgres import connect
 from google.protobuf import json_format
 
@@ -307,9 +309,40 @@ async def main(rows: int, n_queries: int) -> dict[str, Any]:
                         user="bench_user",
                         password=password,
                     )
-                    return await measure(client, http, vt, creds, prices, n_queries)
+                    result = await measure(client, http, vt, creds, prices, n_queries)
+                    result["ratelimit_cost_p50_ms"] = await rate_limit_cost(
+                        client, control, key, api_key, vt.id, n_queries
+                    )
+                    return result
         finally:
             server.stop()
+
+
+async def rate_limit_cost(
+    client: EmbeddClient, control: str, key: str, api_key: str, vt_id: str, n_queries: int
+) -> float:
+    """p50 of gRPC queries to the server under test (rate limits on) less p50 of the same
+    queries to a second server on the same control plane with rate limits off, alternating
+    one query each so that drift hits both alike."""
+    other = ServerProcess(control, key, rate_limits_enabled="false", engine_enabled="false").start()
+    try:
+        async with EmbeddClient(f"127.0.0.1:{other.port}", api_key) as plain:
+            texts = query_texts(50)
+            on: list[float] = []
+            off: list[float] = []
+            for i in range(2 * n_queries + 50):
+                request = query_pb2.QueryVectorTableRequest(
+                    vector_table_id=vt_id, query=texts[i % 50], limit=LIMIT
+                )
+                for c, out in ((client, on), (plain, off)):
+                    started = time.perf_counter()
+                    await c.query.QueryVectorTable(request)
+                    if i >= 50:  # the second server's warm-up: its caches and pools
+                        out.append((time.perf_counter() - started) * 1000)
+    finally:
+        other.stop()
+    log("rate limits on / off p50 ms", round(statistics.median(on), 3), round(statistics.median(off), 3))
+    return round(statistics.median(on) - statistics.median(off), 3)
 
 
 async def measure(
