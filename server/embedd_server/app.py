@@ -287,7 +287,9 @@ async def start(
             ),
             server,
         )
-        sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(
+            SyncServicer(vector_tables, tasks, worker, providers), server
+        )
         query_engine = QueryEngine(
             connections=connections,
             providers=providers,

@@ -140,6 +140,26 @@ class KeyRevokedError(AuthenticationError):
     """`key_revoked`: the API key was revoked."""
 
 
+class ImportColumnNotVectorError(InvalidRequestError):
+    """`import_column_not_vector`: `embedding_import.column` is not a pgvector `vector(n)` or
+    `halfvec(n)` column."""
+
+
+class ImportDimensionsMismatchError(InvalidRequestError):
+    """`import_dimensions_mismatch`: the imported vectors' size is not the vector table's
+    `embedding_dimensions`."""
+
+
+class ImportModelMismatchError(InvalidRequestError):
+    """`import_model_mismatch`: the imported vectors were made with another model than the
+    vector table's `embedding_model`."""
+
+
+class BatchStrategyUnsupportedError(InvalidRequestError):
+    """`batch_strategy_unsupported`: `embedding_strategy` 'batch' with a provider that has no
+    batch API the service speaks (OpenAI's only)."""
+
+
 class SourceTableAccessDeniedError(PermissionDeniedError):
     """`source_table_access_denied`: the connection's role may not read the source table."""
 
@@ -224,6 +244,10 @@ class VectorsNotDroppedError(UnavailableError):
 
 ERROR_CLASSES: Mapping[str, type[EmbeddError]] = {
     "validation_error": ValidationError,
+    "import_column_not_vector": ImportColumnNotVectorError,
+    "import_dimensions_mismatch": ImportDimensionsMismatchError,
+    "import_model_mismatch": ImportModelMismatchError,
+    "batch_strategy_unsupported": BatchStrategyUnsupportedError,
     "unauthorized": UnauthorizedError,
     "key_revoked": KeyRevokedError,
     "permission_denied": PermissionDeniedError,

@@ -118,6 +118,19 @@ class VectorTable:
     pending_spec: VectorTableSpec | None = None
     # Seconds since last_synced_at by the control plane's clock (never negative), when read.
     staleness_s: float | None = None
+    # Rows the last fill imported; tokens the fills sent through the provider's batch API.
+    rows_imported: int = 0
+    batch_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A batch-strategy fill's batches (docs/batch.md): submitted and completed, and their rows."""
+
+    submitted: int = 0
+    completed: int = 0
+    rows_submitted: int = 0
+    rows_completed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,12 @@ class Task:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # The strategy the request chose (None: the vector table's), and what the fill imported
+    # and sent through the provider's batch API.
+    embedding_strategy: str | None = None
+    rows_imported: int = 0
+    batch_tokens: int = 0
+    batches: BatchProgress | None = None
 
     @property
     def done(self) -> bool:

@@ -49,6 +49,7 @@ class RebackfillJob:
     embedder: Embedder
     checkpoint: Checkpoint
     confirm: Callable[[], Awaitable[None]]  # the lease is still ours (raises LeaseLost)
+    use_import: bool = False  # take vectors from the import where they serve (BackfillJob)
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
@@ -71,6 +72,7 @@ class RebackfillJob:
                 source=self.source,
                 embedder=self.embedder,
                 checkpoint=self.checkpoint,
+                use_import=self.use_import,
                 chunk_rows=self.chunk_rows,
                 inflight=self.inflight,
                 maintenance_work_mem=self.maintenance_work_mem,

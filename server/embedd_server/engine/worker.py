@@ -24,6 +24,7 @@ import structlog
 
 from embedd_server.domain.leases import LeaseLost
 from embedd_server.domain.models import VectorTable
+from embedd_server.domain.vector_tables import import_applies
 from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
 from embedd_server.engine.context import EngineDeps, Fence, PermanentError, cancel_and_wait
 from embedd_server.engine.leases import while_leased
@@ -132,6 +133,7 @@ class Worker:
                 failures=p.failures,
                 # a re-backfill leaves the live table's numbers alone until the swap
                 live_table=vt.id if live else None,
+                rows_imported=p.rows_imported,
             )
 
         return checkpoint
@@ -156,6 +158,7 @@ class Worker:
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
+                use_import=import_applies(vt.spec, first_fill=vt.last_synced_at is None),
             )
             synced = await _guard(job.run())
         return functools.partial(lease.complete_fill, vt.id, synced_rows=synced, total_rows=job.rows_total)
@@ -175,6 +178,7 @@ class Worker:
                 embedder=session.embedder,
                 checkpoint=self._checkpoint(lease, vt, live=False),
                 confirm=lease.renew,
+                use_import=import_applies(spec, first_fill=False),
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,

@@ -56,6 +56,12 @@ _DEFAULT_MAX_WINDOW = 32.0
 SaveLearned = Callable[[str, LearnedLimits], Awaitable[None]]
 
 
+def has_batch_api(provider: str) -> bool:
+    """Whether the service can fill through this provider's batch API (docs/batch.md): OpenAI's
+    Batch API (also at a base URL that serves it). Gemini's batch mode is left out."""
+    return provider == "openai"
+
+
 def max_inputs_per_request(provider: str) -> int | None:
     """The provider API's own maximum inputs per request; None for the local provider."""
     client = _CLIENTS.get(provider)
