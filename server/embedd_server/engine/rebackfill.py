@@ -22,6 +22,7 @@ import structlog
 from embedd_server.domain.models import Task
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.engine.backfill import BackfillJob, Checkpoint
+from embedd_server.engine.batch_backfill import Waiting
 from embedd_server.engine.sync import SyncJob
 from embedd_server.providers.base import Embedder
 from embedd_server.sinks.base import VectorStore
@@ -50,12 +51,16 @@ class RebackfillJob:
     checkpoint: Checkpoint
     confirm: Callable[[], Awaitable[None]]  # the lease is still ours (raises LeaseLost)
     use_import: bool = False  # take vectors from the import where they serve (BackfillJob)
+    # Fills the replacement through the provider's batch API instead (engine/batch_backfill.py):
+    # Waiting until it is done, then the catch-up and the swap follow in that step.
+    batch_fill: Callable[[VectorStore], Awaitable[Waiting | None]] | None = None
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
 
-    async def run(self) -> tuple[int, int]:
-        """Builds, swaps and cleans up; returns (vectors, source rows)."""
+    async def run(self) -> tuple[int, int] | Waiting:
+        """Builds, swaps and cleans up; returns (vectors, source rows), or how long to wait
+        for a batch fill."""
         replacement = self.live.replacement(self.spec)
         if await replacement.swapped():
             log.info("the swap committed before its holder stopped; recording it")
@@ -64,6 +69,10 @@ class RebackfillJob:
         if same_vectors(self.live_spec, self.spec):
             await replacement.create()
             await replacement.reuse_vectors(self.live, self.source)
+        elif self.batch_fill is not None:
+            waiting = await self.batch_fill(replacement)
+            if waiting is not None:
+                return waiting
         else:
             await BackfillJob(
                 task=self.task,
