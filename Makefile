@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed clean
+.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -106,6 +106,11 @@ bench-budget: install
 # Managed mode: backfill into embedded Qdrant vs a raw qdrant-client load; query p50 and filtered recall.
 bench-managed: install
 	$(PY) -m bench.bench_managed
+
+# Provider requests and tokens of a fill by the normal API, the Batch API and an import,
+# on the demo data (docs/batch.md).
+bench-paths: install
+	$(PY) -m bench.bench_paths
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/npm/node_modules envoy/redoc.standalone.js

@@ -62,6 +62,10 @@ def server_settings(control_dsn: str, tmp_path_factory: pytest.TempPathFactory) 
         connect_timeout_s=5.0,
         cdc_sweep_s=2.0,
         sync_max_backoff_s=4.0,
+        # Batch-strategy fills (docs/batch.md): small batches, polled often (the fake OpenAI's
+        # batch clock runs fast in those tests).
+        batch_rows_per_batch=200,
+        batch_poll_s=0.1,
         # Managed mode: real Qdrant, in embedded local mode (a folder of the session's own).
         qdrant_path=tmp_path_factory.mktemp("qdrant"),
     )

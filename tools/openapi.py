@@ -45,8 +45,28 @@ _METHODS = ("get", "put", "post", "delete", "patch")
 # Counts carried as `double` so that JSON prints numbers (proto JSON prints 64-bit integers
 # as strings); the transcoder prints a whole double without a fraction (`5000`).
 WHOLE_NUMBERS = {
-    "v1GetSyncStatusResponse": ("synced_rows", "total_rows", "rows_pending", "rows_skipped"),
-    "v1TaskProgress": ("rows_processed", "rows_total", "rows_failed", "rows_skipped"),
+    "v1GetSyncStatusResponse": (
+        "synced_rows",
+        "total_rows",
+        "rows_pending",
+        "rows_skipped",
+        "rows_imported",
+        "batch_tokens",
+        "estimated_saving_tokens",
+    ),
+    "v1TaskProgress": (
+        "rows_processed",
+        "rows_total",
+        "rows_failed",
+        "rows_skipped",
+        "rows_imported",
+        "batches_submitted",
+        "batches_completed",
+        "batch_rows_submitted",
+        "batch_rows_completed",
+        "batch_tokens",
+        "estimated_saving_tokens",
+    ),
 }
 
 # Every error our server or Envoy answers: the status, and what it means on this API.

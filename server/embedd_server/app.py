@@ -37,6 +37,7 @@ from embedd_server.auth import Authenticator
 from embedd_server.config import Settings
 from embedd_server.cursors import CursorSealer
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
+from embedd_server.engine.batch_backfill import BatchSettings
 from embedd_server.engine.context import EngineDeps, EngineSettings
 from embedd_server.engine.query import QueryEmbeddingCache, QueryEngine, UserPools
 from embedd_server.engine.scheduler import SyncScheduler
@@ -155,6 +156,13 @@ def engine_settings(settings: Settings) -> EngineSettings:
         connect_timeout_s=settings.connect_timeout_s,
         max_sync_backoff_s=settings.sync_max_backoff_s,
         cdc_sweep_s=settings.cdc_sweep_s,
+        batch=BatchSettings(
+            rows_per_batch=settings.batch_rows_per_batch,
+            max_file_bytes=settings.batch_max_file_bytes,
+            max_in_flight=settings.batch_max_in_flight,
+            inputs_per_request=settings.batch_inputs_per_request,
+            poll_s=settings.batch_poll_s,
+        ),
     )
 
 
@@ -287,7 +295,9 @@ async def start(
             ),
             server,
         )
-        sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServicer(vector_tables, tasks, worker), server)
+        sync_pb2_grpc.add_SyncServiceServicer_to_server(
+            SyncServicer(vector_tables, tasks, worker, providers), server
+        )
         query_engine = QueryEngine(
             connections=connections,
             providers=providers,

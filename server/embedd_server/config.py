@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     sync_max_backoff_s: float = 600.0
     # cdc mode: a full comparison (finds deletes and late commits) at least this often.
     cdc_sweep_s: float = 600.0
+    # Fills with embedding_strategy "batch" (docs/batch.md): rows per provider batch (OpenAI
+    # takes up to 50,000 inputs; the vectors of one batch are held in memory while written),
+    # input file size (OpenAI: 200 MB), batches in flight per fill, inputs per request of a
+    # file, and how often a waiting fill polls its batches.
+    batch_rows_per_batch: int = Field(default=10_000, ge=1, le=50_000)
+    batch_max_file_bytes: int = Field(default=150 * 1024 * 1024, ge=1024, le=200 * 1024 * 1024)
+    batch_max_in_flight: int = Field(default=10, ge=1)
+    batch_inputs_per_request: int = Field(default=512, ge=1, le=2048)
+    batch_poll_s: float = Field(default=60.0, gt=0)
     # maintenance_work_mem for HNSW builds in the user's database ("" keeps the server's).
     index_maintenance_work_mem: str = "1GB"
     # A filtered query whose filter selects at most this many rows ranks them exactly;

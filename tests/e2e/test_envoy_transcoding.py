@@ -499,6 +499,13 @@ async def test_watch_streams_ndjson_incrementally(client: httpx.AsyncClient, sta
         "rows_total": 30,
         "rows_failed": 0,
         "rows_skipped": 0,
+        "rows_imported": 0,
+        "batches_submitted": 0,
+        "batches_completed": 0,
+        "batch_rows_submitted": 0,
+        "batch_rows_completed": 0,
+        "batch_tokens": 0,
+        "estimated_saving_tokens": 0,
     }
     # Counts are doubles in the proto so that JSON prints numbers; whole ones print without
     # a fraction, exactly as the seed shows them.

@@ -58,6 +58,8 @@ from aiohttp import web
 from embedd_server.domain import catalog
 from embedd_server.providers.local import lexical_vector
 
+from tests.fakes.openai_batches import FakeBatches
+
 _PIECE = re.compile(r"\w+|[^\w\s]")
 
 
@@ -303,14 +305,30 @@ def _native(provider: str, model: str) -> catalog.ModelInfo | None:
 
 
 class FakeOpenAI(FakeProvider):
-    """`POST /v1/embeddings`, Bearer auth, `{"error": {...}}` errors, `x-ratelimit-*` headers."""
+    """`POST /v1/embeddings`, Bearer auth, `{"error": {...}}` errors, `x-ratelimit-*` headers;
+    and the Files and Batch APIs (`batches`: tests/fakes/openai_batches.py), whose clock runs
+    `batch_time_scale` times real time."""
 
     kind = "openai"
     max_inputs = 2048
     model_name = "text-embedding-3-small"  # as 429 messages name it
 
+    def __init__(
+        self,
+        *,
+        batch_durations: tuple[float, float, float] = (60.0, 600.0, 60.0),
+        batch_window_s: float = 86_400.0,
+        batch_time_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batches = FakeBatches(
+            self, durations=batch_durations, window_s=batch_window_s, time_scale=batch_time_scale
+        )
+
     def routes(self, app: web.Application) -> None:
         app.router.add_post(f"{self.prefix}/embeddings", self.handle)
+        self.batches.routes(app, self.prefix)
 
     def error(self, status: int, message: str, **extra: Any) -> web.Response:
         err = {"message": message, "type": extra.pop("type", "invalid_request_error"), "param": None}
@@ -475,6 +493,9 @@ class FakeCompatible(FakeOpenAI):
         self.max_inputs = max_batch
         self.max_concurrency = max_concurrency
         self._in_flight = 0
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(f"{self.prefix}/embeddings", self.handle)  # no Files or Batch API
 
     def model_info(self, model: str) -> catalog.ModelInfo | None:
         dims = self.models.get(model)

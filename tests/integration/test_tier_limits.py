@@ -16,8 +16,10 @@ from embedd.v1 import values_pb2, vector_table_pb2
 from embedd_server import app
 from embedd_server.domain.tiers import TIERS
 
-from tests.conftest import UserDb
+from tests.conftest import PRODUCT_ROWS, UserDb
+from tests.fakes.providers import FakeOpenAI
 from tests.harness import UNTHROTTLED, Org, delete_vector_tables, grpc_error, rest_error, wait_for
+from tests.integration.test_batch_backfill import FAST, KEY, backfill, make_table
 from tests.integration.test_sync import ROWS, table_body
 from tests.integration.test_vector_tables import seed_body, wait_synced
 from tests.modes import StoreView, connection
@@ -147,3 +149,22 @@ async def test_the_vector_budget_skips_new_rows_only(
 
 async def _skipped_is(org: Org, vt_id: str, expected: int) -> bool:
     return bool((await _status(org, vt_id)).get("rows_skipped", 0) == expected)
+
+
+async def test_a_batch_api_fill_stops_at_the_vector_budget(
+    free_org: Org, user_db: UserDb, service: app.Service, control_dsn: str
+) -> None:
+    """The batch fill cannot cut its provider's output files short, so the budget is applied
+    where it writes (engine/budget.py); the rows past it are counted as skipped."""
+    async with FakeOpenAI(api_key=KEY, **FAST) as fake:  # type: ignore[arg-type]
+        vt = await make_table(free_org, user_db, fake, "managed", embedding_strategy="batch")
+        other = (
+            await _create(free_org, vt["connection_id"], vt["embedding_provider_id"], "managed", "o")
+        ).json()
+        assert FREE.max_vectors is not None
+        await _set_synced_rows(control_dsn, other["id"], FREE.max_vectors - 150)
+        task = await backfill(free_org, vt["id"])
+    assert task["status"] == "completed" and task["progress"]["rows_skipped"] == PRODUCT_ROWS - 150
+    assert len(await StoreView(service, user_db, vt).rows()) == 150
+    status = await _status(free_org, vt["id"])
+    assert status["rows_skipped"] == PRODUCT_ROWS - 150 and "warning" in status

@@ -88,6 +88,9 @@ def test_field_behavior_and_printed_fields() -> None:
         "vector_table_id",
         "rows_pending",
         "rows_skipped",
+        "rows_imported",
+        "batch_tokens",
+        "estimated_saving_tokens",
     }
     assert status["additionalProperties"] is False
     assert "additionalProperties" not in table  # requests: the transcoder ignores unknown fields

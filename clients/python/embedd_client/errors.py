@@ -144,6 +144,26 @@ class TierLimitReachedError(PermissionDeniedError):
     """`tier_limit_reached`: the organisation has every managed vector table its tier allows."""
 
 
+class ImportColumnNotVectorError(InvalidRequestError):
+    """`import_column_not_vector`: `embedding_import.column` is not a pgvector `vector(n)` or
+    `halfvec(n)` column."""
+
+
+class ImportDimensionsMismatchError(InvalidRequestError):
+    """`import_dimensions_mismatch`: the imported vectors' size is not the vector table's
+    `embedding_dimensions`."""
+
+
+class ImportModelMismatchError(InvalidRequestError):
+    """`import_model_mismatch`: the imported vectors were made with another model than the
+    vector table's `embedding_model`."""
+
+
+class BatchStrategyUnsupportedError(InvalidRequestError):
+    """`batch_strategy_unsupported`: `embedding_strategy` 'batch' with a provider that has no
+    batch API the service speaks (OpenAI's only)."""
+
+
 class SourceTableAccessDeniedError(PermissionDeniedError):
     """`source_table_access_denied`: the connection's role may not read the source table."""
 
@@ -228,6 +248,10 @@ class VectorsNotDroppedError(UnavailableError):
 
 ERROR_CLASSES: Mapping[str, type[EmbeddError]] = {
     "validation_error": ValidationError,
+    "import_column_not_vector": ImportColumnNotVectorError,
+    "import_dimensions_mismatch": ImportDimensionsMismatchError,
+    "import_model_mismatch": ImportModelMismatchError,
+    "batch_strategy_unsupported": BatchStrategyUnsupportedError,
     "unauthorized": UnauthorizedError,
     "key_revoked": KeyRevokedError,
     "permission_denied": PermissionDeniedError,

@@ -48,6 +48,15 @@ MODELS: tuple[ModelInfo, ...] = (
 )
 
 
+# A batch API bills half the normal price (OpenAI's Batch API: docs/facts.md, "Batch APIs").
+BATCH_PRICE_SHARE = 0.5
+
+
+def batch_saving(batch_tokens: int) -> int:
+    """What the batch discount saved, in tokens at the normal API's price."""
+    return int(batch_tokens * (1 - BATCH_PRICE_SHARE))
+
+
 def models_of(provider: str | None = None) -> list[ModelInfo]:
     return [m for m in MODELS if provider is None or m.provider == provider]
 

@@ -120,6 +120,19 @@ class VectorTable:
     staleness_s: float | None = None
     # Source rows not stored because the organisation's vector budget is used up (managed).
     rows_skipped: int = 0
+    # Rows the last fill imported; tokens the fills sent through the provider's batch API.
+    rows_imported: int = 0
+    batch_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """A batch-strategy fill's batches (docs/batch.md): submitted and completed, and their rows."""
+
+    submitted: int = 0
+    completed: int = 0
+    rows_submitted: int = 0
+    rows_completed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +156,12 @@ class Task:
     finished_at: dt.datetime | None
     # Rows not stored because the organisation's vector budget was used up (managed mode).
     rows_skipped: int = 0
+    # The strategy the request chose (None: the vector table's), and what the fill imported
+    # and sent through the provider's batch API.
+    embedding_strategy: str | None = None
+    rows_imported: int = 0
+    batch_tokens: int = 0
+    batches: BatchProgress | None = None
 
     @property
     def done(self) -> bool:

@@ -33,6 +33,46 @@ class ColumnSpec:
     filter_type: str | None = None
 
 
+EMBEDDING_STRATEGIES = ("standard", "batch")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSpec:
+    """Where vectors made before already are (docs/import.md): `column` of the source table,
+    or of the table `table_schema.table` keyed by `key_column`. The catalog check fills
+    `key_type`."""
+
+    column: str
+    embedding_model: str
+    embedding_dimensions: int
+    table_schema: str | None = None
+    table: str | None = None
+    key_column: str | None = None
+    # The text (or its md5) each vector was made from; None: the declaration is trusted.
+    text_column: str | None = None
+    # SQL type of `key_column` (a separate table's), to join on the key's own type.
+    key_type: str = ""
+
+    @property
+    def separate(self) -> bool:
+        return self.table is not None
+
+
+def import_applies(spec: VectorTableSpec, *, first_fill: bool) -> bool:
+    """Whether a fill of `spec` takes vectors from its import (docs/import.md): the vectors
+    were made with the model and size `spec` embeds with, and either each is checked against
+    its row's text (`text_column`) or this is the table's first fill - the moment the user's
+    declaration is about. Later fills (re-backfills, a second backfill) cannot know the rows
+    kept their text since, so they trust only what they can check."""
+    imp = spec.embedding_import
+    if imp is None:
+        return False
+    same_model = (
+        imp.embedding_model == spec.embedding_model and imp.embedding_dimensions == spec.embedding_dimensions
+    )
+    return same_model and (imp.text_column is not None or first_fill)
+
+
 @dataclass(frozen=True, slots=True)
 class VectorTableSpec:
     """What a vector table maps, as stored in the control plane (`vector_tables.spec`)."""
@@ -55,6 +95,9 @@ class VectorTableSpec:
     # Which generation of the store holds this spec's vectors (managed mode's collections
     # are versioned: a re-backfill builds the next one and swaps the alias to it).
     store_version: int = 1
+    # Vectors to import instead of embedding (None: none), and how fills embed the rest.
+    embedding_import: ImportSpec | None = None
+    embedding_strategy: str = "standard"
 
     @property
     def embedding_columns(self) -> list[ColumnSpec]:
@@ -74,6 +117,8 @@ class VectorTableSpec:
     def from_json(cls, data: dict[str, Any]) -> VectorTableSpec:
         data = dict(data)
         data["columns"] = tuple(ColumnSpec(**c) for c in data["columns"])
+        if data.get("embedding_import") is not None:
+            data["embedding_import"] = ImportSpec(**data["embedding_import"])
         return cls(**data)
 
 

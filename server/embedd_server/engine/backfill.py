@@ -14,6 +14,10 @@ harmless ("every source row exactly once"). The store is either kind (sinks/base
 
 A managed table may carry a vector budget (its organisation's tier): the fill stops where
 the budget ends, and what it did not write is counted as skipped.
+
+With `use_import` the chunks come with the vectors of the table's import (docs/import.md):
+a row whose imported vector serves is written with it, and only the others are sent to the
+provider.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Progress:
     rows_processed: int
     rows_total: int
     failures: list[tuple[str, str]]
+    rows_imported: int = 0
 
 
 # Persists a committed chunk's progress (fenced: raises LeaseLost when the task is not ours).
@@ -75,9 +80,12 @@ class BackfillJob:
     maintenance_work_mem: str = ""
     # Vectors this fill may still add (managed mode's tier); None: no limit.
     budget: int | None = None
+    # Take vectors from the table's import where they serve (domain.vector_tables.import_applies).
+    use_import: bool = False
     rows_processed: int = 0
     rows_total: int = 0
     rows_skipped: int = 0
+    rows_imported: int = 0
 
     async def run(self) -> int:
         """Fills the store; returns the number of vectors it holds at the end."""
@@ -86,6 +94,7 @@ class BackfillJob:
         self.rows_total = await self.source.count()
         resumed = self.task.last_processed_pk is not None
         self.rows_processed = self.task.rows_processed if resumed else 0
+        self.rows_imported = self.task.rows_imported if resumed else 0
         # Load first, index after - into an empty store, or when resuming such a load.
         bulk = (not resumed and await store.is_empty()) or (resumed and not await store.has_index())
         if bulk:
@@ -113,7 +122,7 @@ class BackfillJob:
     async def _read(self, send: MemoryObjectSendStream[list[SourceRow]], after: str | None) -> None:
         async with send:
             while True:
-                rows = await self.source.chunk(after, self.chunk_rows)
+                rows = await self.source.chunk(after, self.chunk_rows, imported=self.use_import)
                 if not rows:
                     return
                 await send.send(rows)
@@ -134,7 +143,7 @@ class BackfillJob:
                 tg.start_soon(self._embed, pending)
 
     async def _embed(self, pending: _Pending) -> None:
-        texts = [r.text for r in pending.rows if r.text]
+        texts = [r.text for r in pending.rows if r.text and r.imported is None]
         try:
             pending.result = await self.embedder.embed(texts, InputType.DOCUMENT) if texts else None
         except Exception as exc:  # handed to the writer, which fails the pipeline in order
@@ -152,13 +161,16 @@ class BackfillJob:
                 if pending.error is not None:
                     raise pending.error
                 rows, batch, failures = self._within_budget(
-                    pending.rows, *embedded(pending.rows, pending.result)
+                    pending.rows, *with_imported(pending.rows, pending.result)
                 )
                 if batch.rows:
                     await self.store.write(batch, upsert=upsert)
                 upsert = upsert_all
                 self.rows_processed += len(rows)
-                await self.checkpoint(Progress(rows[-1].pk, self.rows_processed, self.rows_total, failures))
+                self.rows_imported += sum(1 for r in batch.rows if r.imported is not None)
+                await self.checkpoint(
+                    Progress(rows[-1].pk, self.rows_processed, self.rows_total, failures, self.rows_imported)
+                )
                 if len(rows) < len(pending.rows):
                     raise _BudgetSpent
 
@@ -179,6 +191,24 @@ class BackfillJob:
         kept = {r.pk for r in rows[:cut]}
         part = Batch(batch.rows[:keep], batch.vectors[:keep])
         return rows[:cut], part, [(pk, why) for pk, why in failures if pk in kept]
+
+
+def with_imported(
+    rows: Sequence[SourceRow], result: EmbedResult | None
+) -> tuple[Batch, list[tuple[str, str]]]:
+    """`embedded`, where rows with an imported vector (and text) keep it and `result` holds
+    the provider's vectors of the others with text, in order. The batch keeps the rows'
+    order."""
+    usable = {r.pk for r in rows if r.imported is not None and r.text}
+    if not usable:
+        return embedded(rows, result)
+    batch, failures = embedded([r for r in rows if r.pk not in usable], result)
+    fresh = dict(zip((r.pk for r in batch.rows), batch.vectors, strict=True))
+    kept = [r for r in rows if r.pk in usable or r.pk in fresh]
+    vectors = np.stack(
+        [r.imported if r.imported is not None and r.pk in usable else fresh[r.pk] for r in kept]
+    )
+    return Batch(kept, vectors.astype(np.float32, copy=False)), failures
 
 
 def embedded(rows: Sequence[SourceRow], result: EmbedResult | None) -> tuple[Batch, list[tuple[str, str]]]:

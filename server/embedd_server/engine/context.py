@@ -15,6 +15,7 @@ import asyncpg
 
 from embedd_server.domain.models import VectorTable
 from embedd_server.domain.vector_tables import VectorTableSpec
+from embedd_server.engine.batch_backfill import BatchSettings
 from embedd_server.engine.stores import StoreFactory
 from embedd_server.network_policy import PERMISSIVE, NetworkPolicy
 from embedd_server.providers.base import Embedder
@@ -48,6 +49,8 @@ class EngineSettings:
     cdc_sweep_s: float = 600.0
     # Where the users' databases may be (the server's network policy).
     network: NetworkPolicy = PERMISSIVE
+    # Fills through a provider's batch API (docs/batch.md).
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ import structlog
 from embedd_server.domain.models import Task
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.engine.backfill import BackfillJob, Checkpoint
+from embedd_server.engine.batch_backfill import Waiting
 from embedd_server.engine.sync import SyncJob
 from embedd_server.providers.base import Embedder
 from embedd_server.sinks.base import VectorStore
@@ -49,6 +50,10 @@ class RebackfillJob:
     embedder: Embedder
     checkpoint: Checkpoint
     confirm: Callable[[], Awaitable[None]]  # the lease is still ours (raises LeaseLost)
+    use_import: bool = False  # take vectors from the import where they serve (BackfillJob)
+    # Fills the replacement through the provider's batch API instead (engine/batch_backfill.py):
+    # Waiting until it is done, then the catch-up and the swap follow in that step.
+    batch_fill: Callable[[VectorStore], Awaitable[Waiting | None]] | None = None
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
@@ -56,8 +61,9 @@ class RebackfillJob:
     budget: int | None = None
     rows_skipped: int = 0
 
-    async def run(self) -> tuple[int, int]:
-        """Builds, swaps and cleans up; returns (vectors, source rows)."""
+    async def run(self) -> tuple[int, int] | Waiting:
+        """Builds, swaps and cleans up; returns (vectors, source rows), or how long to wait
+        for a batch fill."""
         replacement = self.live.replacement(self.spec)
         if await replacement.swapped():
             log.info("the swap committed before its holder stopped; recording it")
@@ -66,6 +72,10 @@ class RebackfillJob:
         if same_vectors(self.live_spec, self.spec):
             await replacement.create()
             await replacement.reuse_vectors(self.live, self.source)
+        elif self.batch_fill is not None:
+            waiting = await self.batch_fill(replacement)
+            if waiting is not None:
+                return waiting
         else:
             fill = BackfillJob(
                 task=self.task,
@@ -74,6 +84,7 @@ class RebackfillJob:
                 source=self.source,
                 embedder=self.embedder,
                 checkpoint=self.checkpoint,
+                use_import=self.use_import,
                 chunk_rows=self.chunk_rows,
                 inflight=self.inflight,
                 maintenance_work_mem=self.maintenance_work_mem,

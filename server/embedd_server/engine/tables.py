@@ -3,6 +3,7 @@ create the physical table, drop it. Errors are ApiErrors that name the offending
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from embedd_server.domain.vector_tables import (
     allowed_filter_types,
     default_filter_type,
 )
+from embedd_server.engine.imports import check_import
 from embedd_server.engine.stores import StoreFactory
 from embedd_server.network_policy import REASON, NetworkPolicy, NetworkPolicyDenied
 from embedd_server.sinks.fence import evict_all
@@ -144,9 +146,20 @@ def check_against_catalog(spec: VectorTableSpec, table: SourceTable | None, user
     extra = dict(spec.extra)
     if spec.cursor_column is not None:
         extra["cursor_type"] = table.columns[spec.cursor_column].sql_type
-    return VectorTableSpec(
-        **{**spec.to_json(), "columns": tuple(columns), "pk_type": pk.sql_type, "extra": extra}
-    )
+    return dataclasses.replace(spec, columns=tuple(columns), pk_type=pk.sql_type, extra=extra)
+
+
+async def _with_import(
+    conn: asyncpg.Connection[Any], spec: VectorTableSpec, source: SourceTable | None, user: str
+) -> VectorTableSpec:
+    """The spec with its import checked and completed from the catalog (engine/imports.py)."""
+    imp = spec.embedding_import
+    if imp is None:
+        return spec
+    holder = source
+    if imp.table_schema is not None and imp.table is not None:
+        holder = await inspect_table(conn, imp.table_schema, imp.table)
+    return dataclasses.replace(spec, embedding_import=check_import(spec, imp, holder, user))
 
 
 class TableManager:
@@ -166,7 +179,9 @@ class TableManager:
         Returns the completed spec."""
         async with user_database(creds, self._timeout, self._policy) as conn:
             table = await inspect_table(conn, spec.source_schema, spec.source_table)
-            completed = check_against_catalog(spec, table, creds.user)
+            completed = await _with_import(
+                conn, check_against_catalog(spec, table, creds.user), table, creds.user
+            )
             if completed.mode == "managed":
                 await self._stores.open(completed, ref, None).create()
                 return completed

@@ -24,13 +24,18 @@ import structlog
 
 from embedd_server.domain.leases import LeaseLost
 from embedd_server.domain.models import Task, VectorTable
+from embedd_server.domain.vector_tables import VectorTableSpec, import_applies
 from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
-from embedd_server.engine.context import EngineDeps, Fence, PermanentError, cancel_and_wait
+from embedd_server.engine.batch_backfill import BatchBackfillJob, Waiting
+from embedd_server.engine.budget import within_budget
+from embedd_server.engine.context import EngineDeps, Fence, PermanentError, TableSession, cancel_and_wait
 from embedd_server.engine.leases import while_leased
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.network_policy import NetworkPolicyDenied
 from embedd_server.providers.base import ProviderError
+from embedd_server.sinks.base import VectorStore
 from embedd_server.sinks.fence import Holder
+from embedd_server.store.embedding_batches import BatchLedger
 from embedd_server.store.tasks import TaskLease
 
 log = structlog.get_logger(__name__)
@@ -94,7 +99,7 @@ class Worker:
                 self._execute(lease), lease.renew, self._settings.lease_s, self._deps.clock
             )
             await complete()
-            log.info("task completed", task_type=task.task_type)
+            log.info("task attempt done", task_type=task.task_type)
         except LeaseLost as exc:
             log.warning("lease lost; the task is not ours any more", reason=str(exc))
         except asyncio.CancelledError:
@@ -132,6 +137,7 @@ class Worker:
                 failures=p.failures,
                 # a re-backfill leaves the live table's numbers alone until the swap
                 live_table=vt.id if live else None,
+                rows_imported=p.rows_imported,
             )
 
         return checkpoint
@@ -144,6 +150,8 @@ class Worker:
             raise PermanentError("the vector table was deleted")
         if task.task_type == "rebackfill":
             return await self._rebackfill(lease, vt)
+        if (task.embedding_strategy or vt.spec.embedding_strategy) == "batch":
+            return await self._batch_fill(lease, vt)
         await lease.start(vt.id)
         async with self._deps.session(vt, Fence(Holder.TASK, lease.renew)) as session:
             job = BackfillJob(
@@ -157,6 +165,7 @@ class Worker:
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
                 budget=await self._budget(vt, task),
+                use_import=import_applies(vt.spec, first_fill=vt.last_synced_at is None),
             )
             synced = await _guard(job.run())
         return functools.partial(
@@ -167,12 +176,88 @@ class Worker:
             rows_skipped=job.rows_skipped,
         )
 
+    async def _batch_fill(self, lease: TaskLease, vt: VectorTable) -> Completion:
+        """One step of a fill through the provider's batch API: parks the task until the next
+        poll, or completes it (docs/batch.md)."""
+        await lease.start(vt.id)
+        async with self._deps.session(vt, Fence(Holder.TASK, lease.renew)) as session:
+            first_fill = vt.last_synced_at is None
+            store = session.store(vt.spec)
+            # A managed table's vector budget, as it stands at this step: what the
+            # organisation's other tables leave, less what this table's store holds.
+            budget = (
+                await self._vts.vector_budget(vt.org_id, excluding=vt.id)
+                if vt.spec.mode == "managed"
+                else None
+            )
+            if budget is not None:
+                budget = max(budget - await store.count(), 0)
+            job = await self._batch_job(
+                lease, vt, vt.spec, within_budget(store, budget), session, first_fill=first_fill, live=True
+            )
+            outcome = await _guard(job.step())
+        if isinstance(outcome, Waiting):
+            return functools.partial(lease.park, outcome.delay_s)
+        skipped = 0
+        if budget is not None:  # rows neither stored nor failed were over the budget
+            skipped = max(job.rows_total - outcome - lease.task.rows_failed, 0)
+        return functools.partial(
+            lease.complete_fill, vt.id, synced_rows=outcome, total_rows=job.rows_total, rows_skipped=skipped
+        )
+
+    async def _batch_job(
+        self,
+        lease: TaskLease,
+        vt: VectorTable,
+        spec: VectorTableSpec,
+        store: VectorStore,
+        session: TableSession,
+        *,
+        first_fill: bool,
+        live: bool,
+    ) -> BatchBackfillJob:
+        record = await self._deps.providers.get_by_id(vt.embedding_provider_id)
+        if record is None:
+            raise PermanentError("the vector table's embedding provider was deleted")
+        batch = self._settings.batch
+        api, requests = self._deps.embedders.batch(
+            record,
+            spec.embedding_model,
+            spec.embedding_dimensions,
+            inputs_per_request=batch.inputs_per_request,
+        )
+        return BatchBackfillJob(
+            task=lease.task,
+            spec=spec,
+            store=store,
+            source=session.source(spec),
+            embedder=session.embedder,
+            api=api,
+            requests=requests,
+            # a re-backfill leaves the live table's numbers alone until the swap
+            ledger=BatchLedger(lease, vt.id if live else None),
+            confirm=lease.renew,
+            settings=batch,
+            chunk_rows=self._settings.chunk_rows,
+            use_import=import_applies(spec, first_fill=first_fill),
+            maintenance_work_mem=self._settings.maintenance_work_mem,
+        )
+
     async def _rebackfill(self, lease: TaskLease, vt: VectorTable) -> Completion:
         spec = vt.pending_spec
         if spec is None:
             return lease.complete  # swapped already (the control plane was updated before a crash)
         await lease.start(vt.id)
         async with self._deps.session(vt, Fence(Holder.TASK, lease.renew), spec) as session:
+
+            async def batch_fill(replacement: VectorStore) -> Waiting | None:
+                job = await self._batch_job(
+                    lease, vt, spec, replacement, session, first_fill=False, live=False
+                )
+                outcome = await job.step()
+                return outcome if isinstance(outcome, Waiting) else None
+
+            batched = (lease.task.embedding_strategy or spec.embedding_strategy) == "batch"
             job = RebackfillJob(
                 task=lease.task,
                 live_spec=vt.spec,
@@ -182,12 +267,17 @@ class Worker:
                 embedder=session.embedder,
                 checkpoint=self._checkpoint(lease, vt, live=False),
                 confirm=lease.renew,
+                use_import=import_applies(spec, first_fill=False),
+                batch_fill=batch_fill if batched else None,
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
                 budget=await self._budget(vt, lease.task),
             )
-            vectors, total = await _guard(job.run())
+            outcome = await _guard(job.run())
+        if isinstance(outcome, Waiting):
+            return functools.partial(lease.park, outcome.delay_s)
+        vectors, total = outcome
         return functools.partial(
             lease.complete_swap,
             vt.id,

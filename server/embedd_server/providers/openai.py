@@ -38,6 +38,18 @@ _INPUT_INDEX = re.compile(r"input\[(\d+)\]")
 _STATED_MAX = re.compile(r"(?:maximum length|maximum allowed batch size|not be larger than) (\d+)")
 
 
+def embeddings_body(
+    model: str, texts: Sequence[str], dimensions: int | None, encoding: str
+) -> dict[str, Any]:
+    """The body of `POST /embeddings` (also each request of a Batch API input file).
+    `dimensions` only for models that can shorten their vectors (text-embedding-3-*): a
+    compatible server's own model has one size."""
+    body: dict[str, Any] = {"model": model, "input": list(texts), "encoding_format": encoding}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    return body
+
+
 class OpenAIEmbedder(RemoteEmbedder):
     provider = "openai"
     default_base_url = "https://api.openai.com/v1"
@@ -48,9 +60,9 @@ class OpenAIEmbedder(RemoteEmbedder):
     _encoding = "base64"
 
     def build_request(self, texts: Sequence[str], input_type: InputType) -> Request:
-        body: dict[str, Any] = {"model": self._model, "input": list(texts), "encoding_format": self._encoding}
-        if self._reducible:  # text-embedding-3-*; a compatible server's own model has one size
-            body["dimensions"] = self._dimensions
+        body = embeddings_body(
+            self._model, texts, self._dimensions if self._reducible else None, self._encoding
+        )
         headers = {"Content-Type": "application/json"}
         if self._api_key:  # a compatible server may run without authentication
             headers["Authorization"] = f"Bearer {self._api_key}"

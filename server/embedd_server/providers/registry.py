@@ -40,6 +40,7 @@ from embedd_server.providers.http import DEFAULT_POLICY, TEST_POLICY, RetryPolic
 from embedd_server.providers.limiter import AdaptiveLimiter, RateLimits
 from embedd_server.providers.local import LEXICAL_MODEL, MINILM_MODEL, LexicalEmbedder, MiniLMEmbedder
 from embedd_server.providers.openai import OpenAIEmbedder
+from embedd_server.providers.openai_batch import EmbeddingRequests, OpenAIBatchAPI
 from embedd_server.providers.remote import DimensionsMismatch, RemoteEmbedder
 from embedd_server.providers.voyage import VoyageEmbedder
 from embedd_server.secretbox import SecretBox, SecretBoxError
@@ -54,6 +55,12 @@ _CLIENTS: dict[str, type[RemoteEmbedder]] = {
 _DEFAULT_MAX_WINDOW = 32.0
 
 SaveLearned = Callable[[str, LearnedLimits], Awaitable[None]]
+
+
+def has_batch_api(provider: str) -> bool:
+    """Whether the service can fill through this provider's batch API (docs/batch.md): OpenAI's
+    Batch API (also at a base URL that serves it). Gemini's batch mode is left out."""
+    return provider == "openai"
 
 
 def max_inputs_per_request(provider: str) -> int | None:
@@ -225,6 +232,34 @@ class EmbedderRegistry:
             policy=policy or self._policy,
             remember=None if limiter else self._remember(record, server),
         )
+
+    def batch(
+        self, record: EmbeddingProvider, model: str, dimensions: int, *, inputs_per_request: int
+    ) -> tuple[OpenAIBatchAPI, EmbeddingRequests]:
+        """The record's Batch API and the requests its input files hold for `model` (docs/batch.md),
+        or ProviderError when the provider has none."""
+        if not has_batch_api(record.provider):
+            raise ProviderError(
+                "provider_error", f"provider {record.provider!r} has no batch API this service uses"
+            )
+        info = catalog.find_model(record.provider, model)
+        declared = dimensions or record.declared_dimensions(model)
+        if info is None and declared and catalog.serves_own_models(record.provider, record.base_url):
+            info = catalog.ModelInfo(record.provider, model, declared)
+        if info is None:
+            raise ProviderError(
+                "provider_error", f"provider {record.provider!r} has no model {model!r} in the catalog"
+            )
+        api = OpenAIBatchAPI(
+            self._session,
+            api_key=self._api_key(record),
+            base_url=record.base_url or OpenAIEmbedder.default_base_url,
+            policy=self._policy,
+        )
+        requests = EmbeddingRequests(
+            model, dimensions or info.dimensions, bool(info.reducible_to), inputs_per_request
+        )
+        return api, requests
 
     async def test(self, record: EmbeddingProvider) -> ProviderTestResult:
         """One tiny real call with the record's default model, with a short retry policy and

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from embedd.v1 import task_pb2, task_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
-from embedd_server.domain import models
+from embedd_server.domain import catalog, models
 from embedd_server.domain.errors import not_found
 from embedd_server.domain.validation import check_id, page_request
 from embedd_server.engine.progress import watch
@@ -19,12 +19,20 @@ _STATUS = values_pb2.TaskStatus
 
 
 def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None) -> task_pb2.Task:
+    batches = t.batches or models.BatchProgress()
     progress = set_counters(
         task_pb2.TaskProgress(last_processed_pk=t.last_processed_pk or ""),
         rows_processed=t.rows_processed,
         rows_total=t.rows_total,
         rows_failed=t.rows_failed,
         rows_skipped=t.rows_skipped,
+        rows_imported=t.rows_imported,
+        batches_submitted=batches.submitted,
+        batches_completed=batches.completed,
+        batch_rows_submitted=batches.rows_submitted,
+        batch_rows_completed=batches.rows_completed,
+        batch_tokens=t.batch_tokens,
+        estimated_saving_tokens=catalog.batch_saving(t.batch_tokens),
     )
     msg = task_pb2.Task(
         id=t.id,
@@ -38,6 +46,8 @@ def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None)
         failures=[task_pb2.TaskFailure(pk_value=pk, error=err) for pk, err in failures or ()],
     )
     set_counters(msg, attempts=t.attempts, max_attempts=t.max_attempts)
+    if t.embedding_strategy:
+        msg.embedding_strategy = values_pb2.EmbeddingStrategy.Value.Value(t.embedding_strategy)
     if t.last_error:
         msg.last_error = t.last_error
     return msg

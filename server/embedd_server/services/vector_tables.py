@@ -34,6 +34,12 @@ from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, set_counters, timestamp
+from embedd_server.services.embedding_options import (
+    check_strategy,
+    import_from_request,
+    import_to_proto,
+    strategy_name,
+)
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.tasks import TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -42,6 +48,7 @@ _ROLE = values_pb2.ColumnRole
 _FILTER = values_pb2.FilterType
 _MODE = values_pb2.Mode
 _SYNC_MODE = values_pb2.SyncMode
+_STRATEGY = values_pb2.EmbeddingStrategy
 _MAX_INTERVAL_S = 86_400
 _MAX_COLUMNS = 100
 
@@ -83,6 +90,9 @@ def to_proto(vt: models.VectorTable) -> vector_table_pb2.VectorTable:
         msg.platform_vector_ref = vt.platform_vector_ref
     if s.cursor_column:
         msg.cursor_column = s.cursor_column
+    if s.embedding_import is not None:
+        msg.embedding_import.CopyFrom(import_to_proto(s.embedding_import))
+    msg.embedding_strategy = _STRATEGY.Value.Value(s.embedding_strategy)
     return msg
 
 
@@ -139,8 +149,17 @@ _MUTABLE = (
     "sync_mode",
     "sync_interval_seconds",
     "cursor_column",
+    "embedding_strategy",
 )
-_IMMUTABLE = ("id", "connection_id", "source_table", "mode", "primary_key_column", "platform_vector_ref")
+_IMMUTABLE = (
+    "id",
+    "connection_id",
+    "source_table",
+    "mode",
+    "primary_key_column",
+    "platform_vector_ref",
+    "embedding_import",
+)
 
 
 async def get_table(store: VectorTableStore, vt_id: str) -> models.VectorTable:
@@ -166,6 +185,7 @@ _GIVEN: dict[str, tuple[Callable[[vector_table_pb2.VectorTable], bool], str]] = 
     "columns": (lambda t: len(t.columns) > 0, "the complete list of mapped columns"),
     "sync_mode": (lambda t: t.sync_mode != _SYNC_MODE.unspecified, "'batch' or 'cdc'"),
     "sync_interval_seconds": (lambda t: t.sync_interval_seconds != 0, f"1 to {_MAX_INTERVAL_S} seconds"),
+    "embedding_strategy": (lambda t: t.embedding_strategy != _STRATEGY.unspecified, "'standard' or 'batch'"),
 }
 
 
@@ -242,6 +262,8 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
         elif cursor is not None:
             check_identifier(v, cursor, "cursor_column")
+        imported = import_from_request(v, new.embedding_import) if new.HasField("embedding_import") else None
+        strategy = strategy_name(new.embedding_strategy) or "standard"
         v.raise_if_any()
         assert source is not None
 
@@ -265,6 +287,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             model_field="embedding_model",
             dimensions_field="embedding_dimensions",
         )
+        check_strategy(strategy, provider.provider, "embedding_strategy")
 
         creds = open_credentials(self._secrets, connection)
         spec = VectorTableSpec(
@@ -279,6 +302,8 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             cursor_column=cursor,
             target_schema=creds.schema,
             mode=mode,
+            embedding_import=imported,
+            embedding_strategy=strategy,
         )
         vt_id = new_id("vector_table")
         ref = vector_ref(vt_id, new.name)
@@ -341,6 +366,11 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             check_identifier(v, cursor, "cursor_column")
         if "sync_mode" in fields and new.sync_mode == _SYNC_MODE.unspecified:
             v.add("sync_mode", "is required: 'batch' or 'cdc'")
+        strategy = current.embedding_strategy
+        if "embedding_strategy" in fields:
+            strategy = strategy_name(new.embedding_strategy) or ""
+            if not strategy:
+                v.add("embedding_strategy", "is required: 'standard' or 'batch'")
         v.raise_if_any()
 
         provider_id = (
@@ -364,8 +394,10 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             model_field="embedding_model",
             dimensions_field="embedding_dimensions",
         )
+        check_strategy(strategy, provider.provider, "embedding_strategy")
         spec = dataclasses.replace(
             current,
+            embedding_strategy=strategy,
             embedding_model=model,
             embedding_dimensions=dims,
             columns=tuple(columns),
@@ -429,6 +461,9 @@ def sync_status_to_proto(
         # rows over the vector budget are not pending: nothing will store them as things stand
         "rows_pending": max(vt.total_rows - vt.synced_rows - vt.rows_skipped, 0),
         "rows_skipped": vt.rows_skipped,
+        "rows_imported": vt.rows_imported,
+        "batch_tokens": vt.batch_tokens,
+        "estimated_saving_tokens": catalog.batch_saving(vt.batch_tokens),
     }
     if vt.staleness_s is not None:  # computed by the control plane, from its own clock
         numbers["staleness_secs"] = int(vt.staleness_s)
@@ -447,10 +482,17 @@ def sync_status_to_proto(
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
-    def __init__(self, store: VectorTableStore, tasks: TaskStore, worker: Worker | None) -> None:
+    def __init__(
+        self,
+        store: VectorTableStore,
+        tasks: TaskStore,
+        worker: Worker | None,
+        providers: EmbeddingProviderStore,
+    ) -> None:
         self._store = store
         self._tasks = tasks
         self._worker = worker
+        self._providers = providers
 
     async def _get(self, vt_id: str) -> models.VectorTable:
         return await get_table(self._store, vt_id)
@@ -460,8 +502,19 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> sync_pb2.BackfillVectorTableResponse:
         vt = await self._get(request.vector_table_id)
         task_type = "rebackfill" if vt.pending_spec is not None else "backfill"
+        chosen = strategy_name(request.embedding_strategy)
+        if chosen is not None:
+            provider = await self._providers.get_by_id(vt.embedding_provider_id)
+            assert provider is not None  # the foreign key keeps it while the table exists
+            check_strategy(chosen, provider.provider, "embedding_strategy")
+        strategy = chosen or (vt.pending_spec or vt.spec).embedding_strategy
         task = await self._tasks.enqueue(
-            id=new_id("task"), org_id=vt.org_id, env_id=vt.env_id, task_type=task_type, target_id=vt.id
+            id=new_id("task"),
+            org_id=vt.org_id,
+            env_id=vt.env_id,
+            task_type=task_type,
+            target_id=vt.id,
+            embedding_strategy=strategy,
         )
         if self._worker is not None:
             self._worker.wake()

@@ -13,7 +13,7 @@ each store encodes them its own way.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from embedd_server.domain.filters import Node
@@ -40,6 +40,8 @@ class SourceRow:
     text: str | None
     metadata: str
     row_hash: str
+    # A vector made before, read from the table's import (L2-normalised); None: embed the text.
+    imported: Vectors | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,20 +76,46 @@ def _row_hash(spec: VectorTableSpec, text: str) -> str:
     return f"md5({text}) || md5(ROW({columns})::text)"
 
 
-def keyset_read(spec: VectorTableSpec) -> SourceQuery:
+def keyset_read(spec: VectorTableSpec, *, imported: bool = False) -> SourceQuery:
     """One chunk in primary-key order after a key: params ($1 last key as text or NULL,
     $2 limit, then the expressions' values). Columns: pk, text, metadata (jsonb as text),
-    row_hash."""
+    row_hash; with `imported`, also the row's imported vector (`imported_vector`)."""
     text, metadata, params = row_expressions(spec, first_param=3)
     pk = f"s.{quote_ident(spec.primary_key_column)}"
+    vector, join = _imported_vector(spec, text) if imported else ("", "")
     sql = (
         f"SELECT {pk}::text AS pk, {text} AS text, ({metadata})::text AS metadata,"
-        f" {_row_hash(spec, text)} AS row_hash"
-        f" FROM {qualified(spec.source_schema, spec.source_table)} s"
+        f" {_row_hash(spec, text)} AS row_hash{vector}"
+        f" FROM {qualified(spec.source_schema, spec.source_table)} s{join}"
         f" WHERE $1::text IS NULL OR {pk} > CAST($1::text AS {spec.pk_type})"
         f" ORDER BY {pk} LIMIT $2"
     )
     return SourceQuery(sql, tuple(params))
+
+
+def _imported_vector(spec: VectorTableSpec, text: str) -> tuple[str, str]:
+    """(`, <the row's imported vector as real[]> AS imported_vector`, the join that brings it)
+    for a spec with an import (docs/import.md). A vector is taken only when present and, with
+    a text column, made from the text this table embeds (the text itself or its md5)."""
+    imp = spec.embedding_import
+    assert imp is not None, "only a spec with an import reads imported vectors"
+    holder, join = "s", ""
+    if imp.table_schema is not None and imp.table is not None:
+        holder = "i"
+        key, pk = (
+            f"i.{quote_ident(imp.key_column or spec.primary_key_column)}",
+            f"s.{quote_ident(spec.primary_key_column)}",
+        )
+        # Same key type: the key's own index serves the join; otherwise compare as text.
+        on = f"{key} = {pk}" if imp.key_type == spec.pk_type else f"{key}::text = {pk}::text"
+        join = f" LEFT JOIN {qualified(imp.table_schema, imp.table)} i ON {on}"
+    vector = f"{holder}.{quote_ident(imp.column)}"
+    match = f"{vector} IS NOT NULL"
+    if imp.text_column is not None:
+        made_from = f"{holder}.{quote_ident(imp.text_column)}"
+        match += f" AND ({made_from} = {text} OR {made_from} = md5({text}))"
+    # vector and halfvec both cast to real[], which needs no codec on the reading connection.
+    return f", CASE WHEN {match} THEN {vector}::real[] END AS imported_vector", join
 
 
 def count_rows(spec: VectorTableSpec) -> str:

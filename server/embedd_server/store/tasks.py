@@ -9,6 +9,7 @@ taken over - gets `LeaseLost` and writes nothing, not even the vector table's re
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,11 +19,30 @@ import asyncpg
 
 from embedd_server.domain.errors import ApiError, Kind
 from embedd_server.domain.leases import Lease, LeaseLost
-from embedd_server.domain.models import Page, Task
+from embedd_server.domain.models import BatchProgress, Page, Task
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.store.db import Executor
 from embedd_server.store.paging import fetch_page
+
+# Tasks as the API shows them: with their provider batches counted (docs/batch.md).
+_WITH_BATCHES = (
+    "SELECT t.*, b.* FROM tasks t LEFT JOIN LATERAL (SELECT"
+    " count(*) FILTER (WHERE e.state IN ('submitted', 'written')) AS batches_submitted,"
+    " count(*) FILTER (WHERE e.state = 'written') AS batches_completed,"
+    " coalesce(sum(cardinality(e.keys)) FILTER (WHERE e.state IN ('submitted', 'written')), 0)"
+    "   AS batch_rows_submitted,"
+    " coalesce(sum(cardinality(e.keys)) FILTER (WHERE e.state = 'written'), 0) AS batch_rows_completed"
+    " FROM embedding_batches e WHERE e.task_id = t.id) b ON true"
+)
+
+
+def _batches(r: asyncpg.Record) -> BatchProgress | None:
+    if r.get("batches_submitted") is None:
+        return None  # not read with _WITH_BATCHES
+    return BatchProgress(
+        r["batches_submitted"], r["batches_completed"], r["batch_rows_submitted"], r["batch_rows_completed"]
+    )
 
 
 def task_from_row(r: asyncpg.Record) -> Task:
@@ -45,22 +65,34 @@ def task_from_row(r: asyncpg.Record) -> Task:
         started_at=r["started_at"],
         finished_at=r["finished_at"],
         rows_skipped=r["rows_skipped"],
+        embedding_strategy=r["embedding_strategy"],
+        rows_imported=r["rows_imported"],
+        batch_tokens=r["batch_tokens"],
+        batches=_batches(r),
     )
 
 
 async def insert_task(
-    conn: Executor, *, id: str, org_id: str, env_id: str, task_type: str, target_id: str
+    conn: Executor,
+    *,
+    id: str,
+    org_id: str,
+    env_id: str,
+    task_type: str,
+    target_id: str,
+    embedding_strategy: str | None = None,
 ) -> Task:
     """A new pending task; `backfill_in_progress` while a fill is queued or running."""
     try:
         row = await conn.fetchrow(
-            "INSERT INTO tasks (id, org_id, env_id, task_type, target_id) VALUES ($1, $2, $3, $4, $5)"
-            " RETURNING *",
+            "INSERT INTO tasks (id, org_id, env_id, task_type, target_id, embedding_strategy)"
+            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
             id,
             org_id,
             env_id,
             task_type,
             target_id,
+            embedding_strategy,
         )
     except asyncpg.UniqueViolationError as exc:
         raise ApiError(
@@ -79,14 +111,29 @@ class TaskStore:
     def __init__(self, pool: asyncpg.Pool[Any]) -> None:
         self._pool = pool
 
-    async def enqueue(self, *, id: str, org_id: str, env_id: str, task_type: str, target_id: str) -> Task:
+    async def enqueue(
+        self,
+        *,
+        id: str,
+        org_id: str,
+        env_id: str,
+        task_type: str,
+        target_id: str,
+        embedding_strategy: str | None = None,
+    ) -> Task:
         return await insert_task(
-            self._pool, id=id, org_id=org_id, env_id=env_id, task_type=task_type, target_id=target_id
+            self._pool,
+            id=id,
+            org_id=org_id,
+            env_id=env_id,
+            task_type=task_type,
+            target_id=target_id,
+            embedding_strategy=embedding_strategy,
         )
 
     async def get(self, org_id: str, env_id: str, task_id: str) -> Task | None:
         row = await self._pool.fetchrow(
-            "SELECT * FROM tasks WHERE org_id = $1 AND env_id = $2 AND id = $3", org_id, env_id, task_id
+            f"{_WITH_BATCHES} WHERE org_id = $1 AND env_id = $2 AND id = $3", org_id, env_id, task_id
         )
         return task_from_row(row) if row else None
 
@@ -95,7 +142,7 @@ class TaskStore:
     ) -> Page[Task]:
         return await fetch_page(
             self._pool,
-            "SELECT * FROM tasks WHERE org_id = $1 AND env_id = $2"
+            f"{_WITH_BATCHES} WHERE org_id = $1 AND env_id = $2"
             " AND ($3::text IS NULL OR target_id = $3) AND ($4::text IS NULL OR status = $4)",
             [org_id, env_id, target_id, status],
             page,
@@ -186,6 +233,11 @@ class TaskLease:
                 vt_id,
             )
 
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Executor]:
+        """A fenced transaction for writes made elsewhere on the task's behalf (its provider
+        batches: store/embedding_batches.py): LeaseLost unless the task is still ours."""
+        return self._fenced()
+
     async def checkpoint(
         self,
         *,
@@ -194,39 +246,64 @@ class TaskLease:
         rows_total: int,
         failures: Sequence[tuple[str, str]],
         live_table: str | None,
+        rows_imported: int = 0,
     ) -> None:
         """Progress after a committed chunk, and the live vector table's numbers with it (a
         re-backfill passes None: the live table's numbers change only at the swap)."""
-        task_id = self.task.id
         async with self._fenced() as conn:
-            await conn.execute(
-                "UPDATE tasks SET last_processed_pk = $2, rows_processed = $3, rows_total = $4,"
-                " updated_at = clock_timestamp() WHERE id = $1",
-                task_id,
-                last_pk,
-                rows_processed,
-                rows_total,
+            await self.record_progress(
+                conn,
+                last_pk=last_pk,
+                rows_processed=rows_processed,
+                rows_total=rows_total,
+                failures=failures,
+                live_table=live_table,
+                rows_imported=rows_imported,
             )
-            if failures:
-                await conn.executemany(
-                    "INSERT INTO task_failures (task_id, pk_value, error) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (task_id, pk_value) DO UPDATE SET error = EXCLUDED.error",
-                    [(task_id, pk, err) for pk, err in failures],
-                )
-                # a re-read chunk may report the same row again: count distinct rows only
-                await conn.execute(
-                    "UPDATE tasks SET rows_failed = (SELECT count(*) FROM task_failures WHERE task_id = $1)"
-                    " WHERE id = $1",
-                    task_id,
-                )
-            if live_table is not None:
-                await conn.execute(
-                    "UPDATE vector_tables SET synced_rows = $2, total_rows = $3,"
-                    " updated_at = clock_timestamp() WHERE id = $1",
-                    live_table,
-                    rows_processed,
-                    max(rows_total, rows_processed),
-                )
+
+    async def record_progress(
+        self,
+        conn: Executor,
+        *,
+        last_pk: str | None,
+        rows_processed: int,
+        rows_total: int,
+        failures: Sequence[tuple[str, str]],
+        live_table: str | None,
+        rows_imported: int = 0,
+    ) -> None:
+        """`checkpoint`'s writes, inside a transaction of `transaction()`."""
+        task_id = self.task.id
+        await conn.execute(
+            "UPDATE tasks SET last_processed_pk = $2, rows_processed = $3, rows_total = $4,"
+            " rows_imported = $5, updated_at = clock_timestamp() WHERE id = $1",
+            task_id,
+            last_pk,
+            rows_processed,
+            rows_total,
+            rows_imported,
+        )
+        if failures:
+            await conn.executemany(
+                "INSERT INTO task_failures (task_id, pk_value, error) VALUES ($1, $2, $3)"
+                " ON CONFLICT (task_id, pk_value) DO UPDATE SET error = EXCLUDED.error",
+                [(task_id, pk, err) for pk, err in failures],
+            )
+            # a re-read chunk may report the same row again: count distinct rows only
+            await conn.execute(
+                "UPDATE tasks SET rows_failed = (SELECT count(*) FROM task_failures WHERE task_id = $1)"
+                " WHERE id = $1",
+                task_id,
+            )
+        if live_table is not None:
+            await conn.execute(
+                "UPDATE vector_tables SET synced_rows = $2, total_rows = $3, rows_imported = $4,"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                live_table,
+                rows_processed,
+                max(rows_total, rows_processed),
+                rows_imported,
+            )
 
     async def _finish(self, conn: Executor, status: str, error: str | None) -> None:
         await conn.execute(
@@ -303,6 +380,20 @@ class TaskLease:
                 self.task.target_id,
                 error,
                 None if retry else "error",
+            )
+
+    async def park(self, delay_s: float) -> None:
+        """Lets go of the task until `delay_s` from now (a batch-strategy fill waiting for its
+        provider batches: docs/batch.md): it stays running, held by nobody, and is claimed
+        again - by any process, under a new epoch - once that lease lapses. The attempt does
+        not count against `max_attempts`: waiting is not failing."""
+        async with self._fenced() as conn:
+            await conn.execute(
+                "UPDATE tasks SET lease_owner = NULL, attempts = greatest(attempts - 1, 0),"
+                " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                self.task.id,
+                delay_s,
             )
 
     async def release(self) -> None:

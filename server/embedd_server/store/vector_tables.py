@@ -56,6 +56,8 @@ def _vt(r: asyncpg.Record) -> VectorTable:
         last_error_at=r["last_error_at"],
         staleness_s=r.get("staleness_s"),
         rows_skipped=r["rows_skipped"],
+        rows_imported=r["rows_imported"],
+        batch_tokens=r["batch_tokens"],
     )
 
 
@@ -257,7 +259,13 @@ class VectorTableStore:
         spec keeps serving until the swap. `backfill_in_progress` while a fill is queued."""
         async with self._pool.acquire() as conn, conn.transaction():
             await insert_task(
-                conn, id=task_id, org_id=vt.org_id, env_id=vt.env_id, task_type="rebackfill", target_id=vt.id
+                conn,
+                id=task_id,
+                org_id=vt.org_id,
+                env_id=vt.env_id,
+                task_type="rebackfill",
+                target_id=vt.id,
+                embedding_strategy=pending.embedding_strategy,
             )
             await conn.execute(
                 "UPDATE vector_tables SET name = $2, embedding_provider_id = $3, pending_spec = $4::jsonb,"

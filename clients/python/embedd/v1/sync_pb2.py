@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/sync.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x1a\x42\x61\x63kfillVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xcc\x01\n\x1b\x42\x61\x63kfillVectorTableResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetSyncStatusRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x98\x03\n\x15GetSyncStatusResponse\x12\x30\n\x0bsync_status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x13\n\x0bsynced_rows\x18\x02 \x01(\x01\x12\x12\n\ntotal_rows\x18\x03 \x01(\x01\x12\x32\n\x0elast_synced_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fvector_table_id\x18\x05 \x01(\t\x12\x14\n\x0crows_pending\x18\x06 \x01(\x01\x12\x1b\n\x0estaleness_secs\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x31\n\rlast_error_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crows_skipped\x18\n \x01(\x01\x12\x14\n\x07warning\x18\x0b \x01(\tH\x02\x88\x01\x01\x42\x11\n\x0f_staleness_secsB\r\n\x0b_last_errorB\n\n\x08_warning\"1\n\x10PauseSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x11PauseSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t\"2\n\x11ResumeSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x12ResumeSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t2\xbd\x04\n\x0bSyncService\x12\x9a\x01\n\x13\x42\x61\x63kfillVectorTable\x12%.embedd.v1.BackfillVectorTableRequest\x1a&.embedd.v1.BackfillVectorTableResponse\"4\x82\xd3\xe4\x93\x02.\",/v1/vector-tables/{vector_table_id}/backfill\x12\x8b\x01\n\rGetSyncStatus\x12\x1f.embedd.v1.GetSyncStatusRequest\x1a .embedd.v1.GetSyncStatusResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/vector-tables/{vector_table_id}/sync/status\x12~\n\tPauseSync\x12\x1b.embedd.v1.PauseSyncRequest\x1a\x1c.embedd.v1.PauseSyncResponse\"6\x82\xd3\xe4\x93\x02\x30\"./v1/vector-tables/{vector_table_id}/sync/pause\x12\x82\x01\n\nResumeSync\x12\x1c.embedd.v1.ResumeSyncRequest\x1a\x1d.embedd.v1.ResumeSyncResponse\"7\x82\xd3\xe4\x93\x02\x31\"//v1/vector-tables/{vector_table_id}/sync/resumeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/sync.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x1a\x42\x61\x63kfillVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x12\x65mbedding_strategy\x18\x02 \x01(\x0e\x32\".embedd.v1.EmbeddingStrategy.ValueB\x04\xe2\x41\x01\x01\"\xcc\x01\n\x1b\x42\x61\x63kfillVectorTableResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetSyncStatusRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe6\x03\n\x15GetSyncStatusResponse\x12\x30\n\x0bsync_status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x13\n\x0bsynced_rows\x18\x02 \x01(\x01\x12\x12\n\ntotal_rows\x18\x03 \x01(\x01\x12\x32\n\x0elast_synced_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fvector_table_id\x18\x05 \x01(\t\x12\x14\n\x0crows_pending\x18\x06 \x01(\x01\x12\x1b\n\x0estaleness_secs\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x31\n\rlast_error_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crows_skipped\x18\n \x01(\x01\x12\x14\n\x07warning\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x15\n\rrows_imported\x18\x14 \x01(\x01\x12\x14\n\x0c\x62\x61tch_tokens\x18\x15 \x01(\x01\x12\x1f\n\x17\x65stimated_saving_tokens\x18\x16 \x01(\x01\x42\x11\n\x0f_staleness_secsB\r\n\x0b_last_errorB\n\n\x08_warning\"1\n\x10PauseSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x11PauseSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t\"2\n\x11ResumeSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x12ResumeSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t2\xc0\x04\n\x0bSyncService\x12\x9d\x01\n\x13\x42\x61\x63kfillVectorTable\x12%.embedd.v1.BackfillVectorTableRequest\x1a&.embedd.v1.BackfillVectorTableResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/vector-tables/{vector_table_id}/backfill:\x01*\x12\x8b\x01\n\rGetSyncStatus\x12\x1f.embedd.v1.GetSyncStatusRequest\x1a .embedd.v1.GetSyncStatusResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/vector-tables/{vector_table_id}/sync/status\x12~\n\tPauseSync\x12\x1b.embedd.v1.PauseSyncRequest\x1a\x1c.embedd.v1.PauseSyncResponse\"6\x82\xd3\xe4\x93\x02\x30\"./v1/vector-tables/{vector_table_id}/sync/pause\x12\x82\x01\n\nResumeSync\x12\x1c.embedd.v1.ResumeSyncRequest\x1a\x1d.embedd.v1.ResumeSyncResponse\"7\x82\xd3\xe4\x93\x02\x31\"//v1/vector-tables/{vector_table_id}/sync/resumeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BACKFILLVECTORTABLEREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
   _globals['_BACKFILLVECTORTABLEREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
+  _globals['_BACKFILLVECTORTABLEREQUEST'].fields_by_name['embedding_strategy']._loaded_options = None
+  _globals['_BACKFILLVECTORTABLEREQUEST'].fields_by_name['embedding_strategy']._serialized_options = b'\342A\001\001'
   _globals['_GETSYNCSTATUSREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
   _globals['_GETSYNCSTATUSREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
   _globals['_PAUSESYNCREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
@@ -44,29 +46,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMESYNCREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
   _globals['_RESUMESYNCREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
   _globals['_SYNCSERVICE'].methods_by_name['BackfillVectorTable']._loaded_options = None
-  _globals['_SYNCSERVICE'].methods_by_name['BackfillVectorTable']._serialized_options = b'\202\323\344\223\002.\",/v1/vector-tables/{vector_table_id}/backfill'
+  _globals['_SYNCSERVICE'].methods_by_name['BackfillVectorTable']._serialized_options = b'\202\323\344\223\0021\",/v1/vector-tables/{vector_table_id}/backfill:\001*'
   _globals['_SYNCSERVICE'].methods_by_name['GetSyncStatus']._loaded_options = None
   _globals['_SYNCSERVICE'].methods_by_name['GetSyncStatus']._serialized_options = b'\202\323\344\223\0021\022//v1/vector-tables/{vector_table_id}/sync/status'
   _globals['_SYNCSERVICE'].methods_by_name['PauseSync']._loaded_options = None
   _globals['_SYNCSERVICE'].methods_by_name['PauseSync']._serialized_options = b'\202\323\344\223\0020\"./v1/vector-tables/{vector_table_id}/sync/pause'
   _globals['_SYNCSERVICE'].methods_by_name['ResumeSync']._loaded_options = None
   _globals['_SYNCSERVICE'].methods_by_name['ResumeSync']._serialized_options = b'\202\323\344\223\0021\"//v1/vector-tables/{vector_table_id}/sync/resume'
-  _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_start=155
-  _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_end=214
-  _globals['_BACKFILLVECTORTABLERESPONSE']._serialized_start=217
-  _globals['_BACKFILLVECTORTABLERESPONSE']._serialized_end=421
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=423
-  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=476
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=479
-  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=887
-  _globals['_PAUSESYNCREQUEST']._serialized_start=889
-  _globals['_PAUSESYNCREQUEST']._serialized_end=938
-  _globals['_PAUSESYNCRESPONSE']._serialized_start=940
-  _globals['_PAUSESYNCRESPONSE']._serialized_end=1051
-  _globals['_RESUMESYNCREQUEST']._serialized_start=1053
-  _globals['_RESUMESYNCREQUEST']._serialized_end=1103
-  _globals['_RESUMESYNCRESPONSE']._serialized_start=1105
-  _globals['_RESUMESYNCRESPONSE']._serialized_end=1217
-  _globals['_SYNCSERVICE']._serialized_start=1220
-  _globals['_SYNCSERVICE']._serialized_end=1793
+  _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_start=156
+  _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_end=285
+  _globals['_BACKFILLVECTORTABLERESPONSE']._serialized_start=288
+  _globals['_BACKFILLVECTORTABLERESPONSE']._serialized_end=492
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_start=494
+  _globals['_GETSYNCSTATUSREQUEST']._serialized_end=547
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_start=550
+  _globals['_GETSYNCSTATUSRESPONSE']._serialized_end=1036
+  _globals['_PAUSESYNCREQUEST']._serialized_start=1038
+  _globals['_PAUSESYNCREQUEST']._serialized_end=1087
+  _globals['_PAUSESYNCRESPONSE']._serialized_start=1089
+  _globals['_PAUSESYNCRESPONSE']._serialized_end=1200
+  _globals['_RESUMESYNCREQUEST']._serialized_start=1202
+  _globals['_RESUMESYNCREQUEST']._serialized_end=1252
+  _globals['_RESUMESYNCRESPONSE']._serialized_start=1254
+  _globals['_RESUMESYNCRESPONSE']._serialized_end=1366
+  _globals['_SYNCSERVICE']._serialized_start=1369
+  _globals['_SYNCSERVICE']._serialized_end=1945
 # @@protoc_insertion_point(module_scope)

@@ -25,16 +25,22 @@ class BackfillVectorTableRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VECTOR_TABLE_ID_FIELD_NUMBER: _builtins.int
+    EMBEDDING_STRATEGY_FIELD_NUMBER: _builtins.int
     vector_table_id: _builtins.str
     """The vector table's identifier."""
+    embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType
+    """How this task embeds (`standard` or `batch`); the vector table's `embedding_strategy`
+    when absent. Over REST, an optional JSON body.
+    """
     def __init__(
         self,
         *,
         vector_table_id: _builtins.str = ...,
+        embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["vector_table_id", b"vector_table_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embedding_strategy", b"embedding_strategy", "vector_table_id", b"vector_table_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -119,6 +125,9 @@ class GetSyncStatusResponse(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
     ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    ROWS_IMPORTED_FIELD_NUMBER: _builtins.int
+    BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_SAVING_TOKENS_FIELD_NUMBER: _builtins.int
     sync_status: _values_pb2.SyncStatus.Value.ValueType
     """The sync state."""
     synced_rows: _builtins.float
@@ -142,6 +151,18 @@ class GetSyncStatusResponse(_message.Message):
     """
     warning: _builtins.str
     """Something to know that is not an error, e.g. why rows were skipped; absent if none."""
+    rows_imported: _builtins.float
+    """Rows whose vectors the last fill took from the table's `embedding_import` instead of
+    calling the provider.
+    """
+    batch_tokens: _builtins.float
+    """Tokens this table's fills sent through the provider's batch API (billed at half the
+    normal price).
+    """
+    estimated_saving_tokens: _builtins.float
+    """The batch API's saving so far, in tokens at the normal API's price: half of
+    `batch_tokens`.
+    """
     @_builtins.property
     def last_synced_at(self) -> _timestamp_pb2.Timestamp:
         """When the last sync or backfill finished; absent if never."""
@@ -164,10 +185,13 @@ class GetSyncStatusResponse(_message.Message):
         last_error_at: _timestamp_pb2.Timestamp | None = ...,
         rows_skipped: _builtins.float = ...,
         warning: _builtins.str | None = ...,
+        rows_imported: _builtins.float = ...,
+        batch_tokens: _builtins.float = ...,
+        estimated_saving_tokens: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "staleness_secs", b"staleness_secs", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_pending", b"rows_pending", "rows_skipped", b"rows_skipped", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "batch_tokens", b"batch_tokens", "estimated_saving_tokens", b"estimated_saving_tokens", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_imported", b"rows_imported", "rows_pending", b"rows_pending", "rows_skipped", b"rows_skipped", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015

@@ -33,6 +33,13 @@ class TaskProgress(_message.Message):
     ROWS_TOTAL_FIELD_NUMBER: _builtins.int
     ROWS_FAILED_FIELD_NUMBER: _builtins.int
     ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
+    ROWS_IMPORTED_FIELD_NUMBER: _builtins.int
+    BATCHES_SUBMITTED_FIELD_NUMBER: _builtins.int
+    BATCHES_COMPLETED_FIELD_NUMBER: _builtins.int
+    BATCH_ROWS_SUBMITTED_FIELD_NUMBER: _builtins.int
+    BATCH_ROWS_COMPLETED_FIELD_NUMBER: _builtins.int
+    BATCH_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_SAVING_TOKENS_FIELD_NUMBER: _builtins.int
     last_processed_pk: _builtins.str
     """Primary key of the last row committed; the resume point."""
     rows_processed: _builtins.float
@@ -43,6 +50,20 @@ class TaskProgress(_message.Message):
     """Rows that failed permanently (reported, not retried)."""
     rows_skipped: _builtins.float
     """Rows not stored because the organisation's vector budget is used up (managed mode)."""
+    rows_imported: _builtins.float
+    """Rows whose vectors were imported (the vector table's `embedding_import`), not embedded."""
+    batches_submitted: _builtins.float
+    """Batch strategy: batches submitted to the provider's batch API so far."""
+    batches_completed: _builtins.float
+    """Batch strategy: batches whose results are written."""
+    batch_rows_submitted: _builtins.float
+    """Batch strategy: rows in submitted batches."""
+    batch_rows_completed: _builtins.float
+    """Batch strategy: rows of completed batches (written, re-embedded or failed)."""
+    batch_tokens: _builtins.float
+    """Batch strategy: tokens the provider's batch API embedded (billed at half price)."""
+    estimated_saving_tokens: _builtins.float
+    """Batch strategy: the saving, in tokens at the normal API's price (half of `batch_tokens`)."""
     def __init__(
         self,
         *,
@@ -51,10 +72,17 @@ class TaskProgress(_message.Message):
         rows_total: _builtins.float = ...,
         rows_failed: _builtins.float = ...,
         rows_skipped: _builtins.float = ...,
+        rows_imported: _builtins.float = ...,
+        batches_submitted: _builtins.float = ...,
+        batches_completed: _builtins.float = ...,
+        batch_rows_submitted: _builtins.float = ...,
+        batch_rows_completed: _builtins.float = ...,
+        batch_tokens: _builtins.float = ...,
+        estimated_saving_tokens: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_processed_pk", b"last_processed_pk", "rows_failed", b"rows_failed", "rows_processed", b"rows_processed", "rows_skipped", b"rows_skipped", "rows_total", b"rows_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_rows_completed", b"batch_rows_completed", "batch_rows_submitted", b"batch_rows_submitted", "batch_tokens", b"batch_tokens", "batches_completed", b"batches_completed", "batches_submitted", b"batches_submitted", "estimated_saving_tokens", b"estimated_saving_tokens", "last_processed_pk", b"last_processed_pk", "rows_failed", b"rows_failed", "rows_imported", b"rows_imported", "rows_processed", b"rows_processed", "rows_skipped", b"rows_skipped", "rows_total", b"rows_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -78,6 +106,7 @@ class Task(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    EMBEDDING_STRATEGY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `task_` prefix."""
     task_type: _values_pb2.TaskType.Value.ValueType
@@ -92,6 +121,8 @@ class Task(_message.Message):
     """Attempts allowed before the task fails."""
     last_error: _builtins.str
     """The last error; absent if none."""
+    embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType
+    """How the task embeds: `standard` or `batch`."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the task was queued (RFC 3339, UTC)."""
@@ -127,10 +158,11 @@ class Task(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         failures: _abc.Iterable[Global___TaskFailure] | None = ...,
+        embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "failures", b"failures", "finished_at", b"finished_at", "id", b"id", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "embedding_strategy", b"embedding_strategy", "failures", b"failures", "finished_at", b"finished_at", "id", b"id", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015

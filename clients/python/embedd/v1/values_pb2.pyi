@@ -496,6 +496,50 @@ class ColumnRole(_message.Message):
 Global___ColumnRole: _TypeAlias = ColumnRole  # noqa: Y015
 
 @_typing.final
+class EmbeddingStrategy(_message.Message):
+    """How a backfill or re-backfill has its rows embedded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Value:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[EmbeddingStrategy._Value.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        unspecified: EmbeddingStrategy._Value.ValueType  # 0
+        """Not set."""
+        standard: EmbeddingStrategy._Value.ValueType  # 1
+        """The provider's normal embeddings API, chunk by chunk as rows are read."""
+        batch: EmbeddingStrategy._Value.ValueType  # 2
+        """The provider's asynchronous batch API (OpenAI's Batch API): half the price, results
+        within the provider's completion window (24 h). Sync cycles use the normal API.
+        """
+
+    class Value(_Value, metaclass=_ValueEnumTypeWrapper):
+        """The embedding strategy."""
+
+    unspecified: EmbeddingStrategy.Value.ValueType  # 0
+    """Not set."""
+    standard: EmbeddingStrategy.Value.ValueType  # 1
+    """The provider's normal embeddings API, chunk by chunk as rows are read."""
+    batch: EmbeddingStrategy.Value.ValueType  # 2
+    """The provider's asynchronous batch API (OpenAI's Batch API): half the price, results
+    within the provider's completion window (24 h). Sync cycles use the normal API.
+    """
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmbeddingStrategy: _TypeAlias = EmbeddingStrategy  # noqa: Y015
+
+@_typing.final
 class FilterType(_message.Message):
     """How a metadata column is typed for filtering."""
 

@@ -29,7 +29,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedd/v1/vector_table.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n\x06\x43olumn\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x04role\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.ColumnRole.ValueB\x04\xe2\x41\x01\x02\x12\x1a\n\x07ordinal\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1e\n\x0bname_prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12;\n\x0b\x66ilter_type\x18\x05 \x01(\x0e\x32\x1b.embedd.v1.FilterType.ValueB\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x42\n\n\x08_ordinalB\x0e\n\x0c_name_prefixB\x0e\n\x0c_filter_type\"\x8f\x05\n\x0bVectorTable\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\rconnection_id\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12#\n\x15\x65mbedding_provider_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0csource_table\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12*\n\x04mode\x18\x06 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x05\xe2\x41\x02\x01\x05\x12\x36\n\x0bsync_status\x18\x07 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.ValueB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x65mbedding_model\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\"\n\x14\x65mbedding_dimensions\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01\x12!\n\x13platform_vector_ref\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x07\x63olumns\x18\x0b \x03(\x0b\x32\x11.embedd.v1.ColumnB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12!\n\x12primary_key_column\x18\r \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x32\n\tsync_mode\x18\x0e \x01(\x0e\x32\x19.embedd.v1.SyncMode.ValueB\x04\xe2\x41\x01\x01\x12#\n\x15sync_interval_seconds\x18\x0f \x01(\x05\x42\x04\xe2\x41\x01\x01\x12 \n\rcursor_column\x18\x10 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12 \n\x12managed_collection\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x42\x10\n\x0e_cursor_column\"N\n\x18\x43reateVectorTableRequest\x12\x32\n\x0cvector_table\x18\x01 \x01(\x0b\x32\x16.embedd.v1.VectorTableB\x04\xe2\x41\x01\x02\"6\n\x15GetVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"D\n\x17ListVectorTablesRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x18ListVectorTablesResponse\x12-\n\rvector_tables\x18\x01 \x03(\x0b\x32\x16.embedd.v1.VectorTable\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x85\x01\n\x18UpdateVectorTableRequest\x12\x32\n\x0cvector_table\x18\x01 \x01(\x0b\x32\x16.embedd.v1.VectorTableB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"U\n\x18\x44\x65leteVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64rop_vectors\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"Q\n\x19\x44\x65leteVectorTableResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x17\n\x0fvectors_dropped\x18\x03 \x01(\x08\x32\xd1\x05\n\x12VectorTableService\x12y\n\x11\x43reateVectorTable\x12#.embedd.v1.CreateVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"\'\x82\xd3\xe4\x93\x02!\"\x11/v1/vector-tables:\x0cvector_table\x12w\n\x0eGetVectorTable\x12 .embedd.v1.GetVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"+\x82\xd3\xe4\x93\x02%\x12#/v1/vector-tables/{vector_table_id}\x12v\n\x10ListVectorTables\x12\".embedd.v1.ListVectorTablesRequest\x1a#.embedd.v1.ListVectorTablesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/vector-tables\x12\xc0\x01\n\x11UpdateVectorTable\x12#.embedd.v1.UpdateVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"n\x82\xd3\xe4\x93\x02h\x1a#/v1/vector-tables/{vector_table.id}:\x0cvector_tableZ32#/v1/vector-tables/{vector_table.id}:\x0cvector_table\x12\x8b\x01\n\x11\x44\x65leteVectorTable\x12#.embedd.v1.DeleteVectorTableRequest\x1a$.embedd.v1.DeleteVectorTableResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/vector-tables/{vector_table_id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65mbedd/v1/vector_table.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\x01\n\x06\x43olumn\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12/\n\x04role\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.ColumnRole.ValueB\x04\xe2\x41\x01\x02\x12\x1a\n\x07ordinal\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1e\n\x0bname_prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12;\n\x0b\x66ilter_type\x18\x05 \x01(\x0e\x32\x1b.embedd.v1.FilterType.ValueB\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x42\n\n\x08_ordinalB\x0e\n\x0c_name_prefixB\x0e\n\x0c_filter_type\"\x92\x06\n\x0bVectorTable\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\rconnection_id\x18\x03 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12#\n\x15\x65mbedding_provider_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\x0csource_table\x18\x05 \x01(\tB\x05\xe2\x41\x02\x02\x05\x12*\n\x04mode\x18\x06 \x01(\x0e\x32\x15.embedd.v1.Mode.ValueB\x05\xe2\x41\x02\x01\x05\x12\x36\n\x0bsync_status\x18\x07 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.ValueB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x65mbedding_model\x18\x08 \x01(\tB\x04\xe2\x41\x01\x01\x12\"\n\x14\x65mbedding_dimensions\x18\t \x01(\x05\x42\x04\xe2\x41\x01\x01\x12!\n\x13platform_vector_ref\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x07\x63olumns\x18\x0b \x03(\x0b\x32\x11.embedd.v1.ColumnB\x04\xe2\x41\x01\x02\x12\x34\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12!\n\x12primary_key_column\x18\r \x01(\tB\x05\xe2\x41\x02\x02\x05\x12\x32\n\tsync_mode\x18\x0e \x01(\x0e\x32\x19.embedd.v1.SyncMode.ValueB\x04\xe2\x41\x01\x01\x12#\n\x15sync_interval_seconds\x18\x0f \x01(\x05\x42\x04\xe2\x41\x01\x01\x12 \n\rcursor_column\x18\x10 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12 \n\x12managed_collection\x18\x11 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x10\x65mbedding_import\x18\x12 \x01(\x0b\x32\x1a.embedd.v1.EmbeddingImportB\x05\xe2\x41\x02\x01\x05\x12\x44\n\x12\x65mbedding_strategy\x18\x13 \x01(\x0e\x32\".embedd.v1.EmbeddingStrategy.ValueB\x04\xe2\x41\x01\x01\x42\x10\n\x0e_cursor_column\"\xec\x01\n\x0f\x45mbeddingImport\x12\x14\n\x06\x63olumn\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\x05table\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x12\x1d\n\nkey_column\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01H\x01\x88\x01\x01\x12\x1e\n\x0btext_column\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01H\x02\x88\x01\x01\x12\x1d\n\x0f\x65mbedding_model\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\"\n\x14\x65mbedding_dimensions\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x01\x42\x08\n\x06_tableB\r\n\x0b_key_columnB\x0e\n\x0c_text_column\"N\n\x18\x43reateVectorTableRequest\x12\x32\n\x0cvector_table\x18\x01 \x01(\x0b\x32\x16.embedd.v1.VectorTableB\x04\xe2\x41\x01\x02\"6\n\x15GetVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"D\n\x17ListVectorTablesRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"^\n\x18ListVectorTablesResponse\x12-\n\rvector_tables\x18\x01 \x03(\x0b\x32\x16.embedd.v1.VectorTable\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x85\x01\n\x18UpdateVectorTableRequest\x12\x32\n\x0cvector_table\x18\x01 \x01(\x0b\x32\x16.embedd.v1.VectorTableB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"U\n\x18\x44\x65leteVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1a\n\x0c\x64rop_vectors\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"Q\n\x19\x44\x65leteVectorTableResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x08\x12\x17\n\x0fvectors_dropped\x18\x03 \x01(\x08\x32\xd1\x05\n\x12VectorTableService\x12y\n\x11\x43reateVectorTable\x12#.embedd.v1.CreateVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"\'\x82\xd3\xe4\x93\x02!\"\x11/v1/vector-tables:\x0cvector_table\x12w\n\x0eGetVectorTable\x12 .embedd.v1.GetVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"+\x82\xd3\xe4\x93\x02%\x12#/v1/vector-tables/{vector_table_id}\x12v\n\x10ListVectorTables\x12\".embedd.v1.ListVectorTablesRequest\x1a#.embedd.v1.ListVectorTablesResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/vector-tables\x12\xc0\x01\n\x11UpdateVectorTable\x12#.embedd.v1.UpdateVectorTableRequest\x1a\x16.embedd.v1.VectorTable\"n\x82\xd3\xe4\x93\x02h\x1a#/v1/vector-tables/{vector_table.id}:\x0cvector_tableZ32#/v1/vector-tables/{vector_table.id}:\x0cvector_table\x12\x8b\x01\n\x11\x44\x65leteVectorTable\x12#.embedd.v1.DeleteVectorTableRequest\x1a$.embedd.v1.DeleteVectorTableResponse\"+\x82\xd3\xe4\x93\x02%*#/v1/vector-tables/{vector_table_id}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -80,6 +80,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VECTORTABLE'].fields_by_name['cursor_column']._serialized_options = b'\342A\001\001'
   _globals['_VECTORTABLE'].fields_by_name['managed_collection']._loaded_options = None
   _globals['_VECTORTABLE'].fields_by_name['managed_collection']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORTABLE'].fields_by_name['embedding_import']._loaded_options = None
+  _globals['_VECTORTABLE'].fields_by_name['embedding_import']._serialized_options = b'\342A\002\001\005'
+  _globals['_VECTORTABLE'].fields_by_name['embedding_strategy']._loaded_options = None
+  _globals['_VECTORTABLE'].fields_by_name['embedding_strategy']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['column']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['column']._serialized_options = b'\342A\001\002'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['table']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['table']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['key_column']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['key_column']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['text_column']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['text_column']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['embedding_model']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['embedding_model']._serialized_options = b'\342A\001\001'
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['embedding_dimensions']._loaded_options = None
+  _globals['_EMBEDDINGIMPORT'].fields_by_name['embedding_dimensions']._serialized_options = b'\342A\001\001'
   _globals['_CREATEVECTORTABLEREQUEST'].fields_by_name['vector_table']._loaded_options = None
   _globals['_CREATEVECTORTABLEREQUEST'].fields_by_name['vector_table']._serialized_options = b'\342A\001\002'
   _globals['_GETVECTORTABLEREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
@@ -109,21 +125,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLUMN']._serialized_start=198
   _globals['_COLUMN']._serialized_end=440
   _globals['_VECTORTABLE']._serialized_start=443
-  _globals['_VECTORTABLE']._serialized_end=1098
-  _globals['_CREATEVECTORTABLEREQUEST']._serialized_start=1100
-  _globals['_CREATEVECTORTABLEREQUEST']._serialized_end=1178
-  _globals['_GETVECTORTABLEREQUEST']._serialized_start=1180
-  _globals['_GETVECTORTABLEREQUEST']._serialized_end=1234
-  _globals['_LISTVECTORTABLESREQUEST']._serialized_start=1236
-  _globals['_LISTVECTORTABLESREQUEST']._serialized_end=1304
-  _globals['_LISTVECTORTABLESRESPONSE']._serialized_start=1306
-  _globals['_LISTVECTORTABLESRESPONSE']._serialized_end=1400
-  _globals['_UPDATEVECTORTABLEREQUEST']._serialized_start=1403
-  _globals['_UPDATEVECTORTABLEREQUEST']._serialized_end=1536
-  _globals['_DELETEVECTORTABLEREQUEST']._serialized_start=1538
-  _globals['_DELETEVECTORTABLEREQUEST']._serialized_end=1623
-  _globals['_DELETEVECTORTABLERESPONSE']._serialized_start=1625
-  _globals['_DELETEVECTORTABLERESPONSE']._serialized_end=1706
-  _globals['_VECTORTABLESERVICE']._serialized_start=1709
-  _globals['_VECTORTABLESERVICE']._serialized_end=2430
+  _globals['_VECTORTABLE']._serialized_end=1229
+  _globals['_EMBEDDINGIMPORT']._serialized_start=1232
+  _globals['_EMBEDDINGIMPORT']._serialized_end=1468
+  _globals['_CREATEVECTORTABLEREQUEST']._serialized_start=1470
+  _globals['_CREATEVECTORTABLEREQUEST']._serialized_end=1548
+  _globals['_GETVECTORTABLEREQUEST']._serialized_start=1550
+  _globals['_GETVECTORTABLEREQUEST']._serialized_end=1604
+  _globals['_LISTVECTORTABLESREQUEST']._serialized_start=1606
+  _globals['_LISTVECTORTABLESREQUEST']._serialized_end=1674
+  _globals['_LISTVECTORTABLESRESPONSE']._serialized_start=1676
+  _globals['_LISTVECTORTABLESRESPONSE']._serialized_end=1770
+  _globals['_UPDATEVECTORTABLEREQUEST']._serialized_start=1773
+  _globals['_UPDATEVECTORTABLEREQUEST']._serialized_end=1906
+  _globals['_DELETEVECTORTABLEREQUEST']._serialized_start=1908
+  _globals['_DELETEVECTORTABLEREQUEST']._serialized_end=1993
+  _globals['_DELETEVECTORTABLERESPONSE']._serialized_start=1995
+  _globals['_DELETEVECTORTABLERESPONSE']._serialized_end=2076
+  _globals['_VECTORTABLESERVICE']._serialized_start=2079
+  _globals['_VECTORTABLESERVICE']._serialized_end=2800
 # @@protoc_insertion_point(module_scope)

@@ -93,6 +93,8 @@ class VectorTable(_message.Message):
     SYNC_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     CURSOR_COLUMN_FIELD_NUMBER: _builtins.int
     MANAGED_COLLECTION_FIELD_NUMBER: _builtins.int
+    EMBEDDING_IMPORT_FIELD_NUMBER: _builtins.int
+    EMBEDDING_STRATEGY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `vt_` prefix."""
     name: _builtins.str
@@ -125,6 +127,10 @@ class VectorTable(_message.Message):
     """Where the vectors live in managed mode: the Qdrant collection alias that queries use
     (`platform_vector_ref` is empty then). Empty in platform mode.
     """
+    embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType
+    """How backfills and re-backfills embed: `standard` (default) or `batch` (the provider's
+    batch API, OpenAI only). A backfill request may choose another for itself.
+    """
     @_builtins.property
     def columns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Column]:
         """The mapped columns; at least one `embedding` column."""
@@ -132,6 +138,12 @@ class VectorTable(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the vector table was created (RFC 3339, UTC)."""
+
+    @_builtins.property
+    def embedding_import(self) -> Global___EmbeddingImport:
+        """Vectors made before (by another tool) that the backfill takes instead of calling the
+        provider; set at creation only.
+        """
 
     def __init__(
         self,
@@ -153,16 +165,87 @@ class VectorTable(_message.Message):
         sync_interval_seconds: _builtins.int = ...,
         cursor_column: _builtins.str | None = ...,
         managed_collection: _builtins.str = ...,
+        embedding_import: Global___EmbeddingImport | None = ...,
+        embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "created_at", b"created_at", "cursor_column", b"cursor_column"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "created_at", b"created_at", "cursor_column", b"cursor_column", "embedding_import", b"embedding_import"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "columns", b"columns", "connection_id", b"connection_id", "created_at", b"created_at", "cursor_column", b"cursor_column", "embedding_dimensions", b"embedding_dimensions", "embedding_model", b"embedding_model", "embedding_provider_id", b"embedding_provider_id", "id", b"id", "managed_collection", b"managed_collection", "mode", b"mode", "name", b"name", "platform_vector_ref", b"platform_vector_ref", "primary_key_column", b"primary_key_column", "source_table", b"source_table", "sync_interval_seconds", b"sync_interval_seconds", "sync_mode", b"sync_mode", "sync_status", b"sync_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column", "columns", b"columns", "connection_id", b"connection_id", "created_at", b"created_at", "cursor_column", b"cursor_column", "embedding_dimensions", b"embedding_dimensions", "embedding_import", b"embedding_import", "embedding_model", b"embedding_model", "embedding_provider_id", b"embedding_provider_id", "embedding_strategy", b"embedding_strategy", "id", b"id", "managed_collection", b"managed_collection", "mode", b"mode", "name", b"name", "platform_vector_ref", b"platform_vector_ref", "primary_key_column", b"primary_key_column", "source_table", b"source_table", "sync_interval_seconds", b"sync_interval_seconds", "sync_mode", b"sync_mode", "sync_status", b"sync_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cursor_column: _TypeAlias = _typing.Literal["cursor_column"]  # noqa: Y015
     _WhichOneofArgType__cursor_column: _TypeAlias = _typing.Literal["_cursor_column", b"_cursor_column"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor_column) -> _WhichOneofReturnType__cursor_column | None: ...
 
 Global___VectorTable: _TypeAlias = VectorTable  # noqa: Y015
+
+@_typing.final
+class EmbeddingImport(_message.Message):
+    """Where vectors made before already are: a pgvector column of the source table, or of a
+    separate table keyed by the source's primary key.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLUMN_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
+    KEY_COLUMN_FIELD_NUMBER: _builtins.int
+    TEXT_COLUMN_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    EMBEDDING_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    column: _builtins.str
+    """The column holding the vectors: `vector(n)` or `halfvec(n)`, n the vector table's
+    `embedding_dimensions`.
+    """
+    table: _builtins.str
+    """A separate table holding the vectors (`schema.table` or `table`); the source table
+    itself when absent.
+    """
+    key_column: _builtins.str
+    """The column of `table` that holds the source's primary key (unique); the source's
+    `primary_key_column` name when absent.
+    """
+    text_column: _builtins.str
+    """A column (of the table holding the vectors) with the text each vector was made from, or
+    its md5 in hex: a vector is taken only where it equals the text this vector table
+    embeds. Absent: the vectors are trusted to belong to their rows' current text, by the
+    first backfill only.
+    """
+    embedding_model: _builtins.str
+    """The model the vectors were made with; it must be the vector table's `embedding_model`
+    (queries are embedded with that one). Absent: the vector table's.
+    """
+    embedding_dimensions: _builtins.int
+    """The size of the vectors; it must be the vector table's `embedding_dimensions` and the
+    column's. Absent: the column's.
+    """
+    def __init__(
+        self,
+        *,
+        column: _builtins.str = ...,
+        table: _builtins.str | None = ...,
+        key_column: _builtins.str | None = ...,
+        text_column: _builtins.str | None = ...,
+        embedding_model: _builtins.str = ...,
+        embedding_dimensions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_key_column", b"_key_column", "_table", b"_table", "_text_column", b"_text_column", "key_column", b"key_column", "table", b"table", "text_column", b"text_column"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_key_column", b"_key_column", "_table", b"_table", "_text_column", b"_text_column", "column", b"column", "embedding_dimensions", b"embedding_dimensions", "embedding_model", b"embedding_model", "key_column", b"key_column", "table", b"table", "text_column", b"text_column"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__key_column: _TypeAlias = _typing.Literal["key_column"]  # noqa: Y015
+    _WhichOneofArgType__key_column: _TypeAlias = _typing.Literal["_key_column", b"_key_column"]  # noqa: Y015
+    _WhichOneofReturnType__table: _TypeAlias = _typing.Literal["table"]  # noqa: Y015
+    _WhichOneofArgType__table: _TypeAlias = _typing.Literal["_table", b"_table"]  # noqa: Y015
+    _WhichOneofReturnType__text_column: _TypeAlias = _typing.Literal["text_column"]  # noqa: Y015
+    _WhichOneofArgType__text_column: _TypeAlias = _typing.Literal["_text_column", b"_text_column"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__key_column) -> _WhichOneofReturnType__key_column | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__table) -> _WhichOneofReturnType__table | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__text_column) -> _WhichOneofReturnType__text_column | None: ...
+
+Global___EmbeddingImport: _TypeAlias = EmbeddingImport  # noqa: Y015
 
 @_typing.final
 class CreateVectorTableRequest(_message.Message):

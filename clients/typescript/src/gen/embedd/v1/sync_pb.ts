@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { SyncStatus_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { EmbeddingStrategy_Value, SyncStatus_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/sync.proto.
  */
 export const file_embedd_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIjsKGkJhY2tmaWxsVmVjdG9yVGFibGVSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLMAQobQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSLAoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlEhEKCXRhcmdldF9pZBgDIAEoCRIrCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI1ChRHZXRTeW5jU3RhdHVzUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIimAMKFUdldFN5bmNTdGF0dXNSZXNwb25zZRIwCgtzeW5jX3N0YXR1cxgBIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEhMKC3N5bmNlZF9yb3dzGAIgASgBEhIKCnRvdGFsX3Jvd3MYAyABKAESMgoObGFzdF9zeW5jZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3ZlY3Rvcl90YWJsZV9pZBgFIAEoCRIUCgxyb3dzX3BlbmRpbmcYBiABKAESGwoOc3RhbGVuZXNzX3NlY3MYByABKA1IAIgBARIXCgpsYXN0X2Vycm9yGAggASgJSAGIAQESMQoNbGFzdF9lcnJvcl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm93c19za2lwcGVkGAogASgBEhQKB3dhcm5pbmcYCyABKAlIAogBAUIRCg9fc3RhbGVuZXNzX3NlY3NCDQoLX2xhc3RfZXJyb3JCCgoIX3dhcm5pbmciMQoQUGF1c2VTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIibwoRUGF1c2VTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCSIyChFSZXN1bWVTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIicAoSUmVzdW1lU3luY1Jlc3BvbnNlEhcKD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCRIwCgtzeW5jX3N0YXR1cxgCIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEg8KB21lc3NhZ2UYAyABKAkyvQQKC1N5bmNTZXJ2aWNlEpoBChNCYWNrZmlsbFZlY3RvclRhYmxlEiUuZW1iZWRkLnYxLkJhY2tmaWxsVmVjdG9yVGFibGVSZXF1ZXN0GiYuZW1iZWRkLnYxLkJhY2tmaWxsVmVjdG9yVGFibGVSZXNwb25zZSI0gtPkkwIuIiwvdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9iYWNrZmlsbBKLAQoNR2V0U3luY1N0YXR1cxIfLmVtYmVkZC52MS5HZXRTeW5jU3RhdHVzUmVxdWVzdBogLmVtYmVkZC52MS5HZXRTeW5jU3RhdHVzUmVzcG9uc2UiN4LT5JMCMRIvL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9zdGF0dXMSfgoJUGF1c2VTeW5jEhsuZW1iZWRkLnYxLlBhdXNlU3luY1JlcXVlc3QaHC5lbWJlZGQudjEuUGF1c2VTeW5jUmVzcG9uc2UiNoLT5JMCMCIuL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9wYXVzZRKCAQoKUmVzdW1lU3luYxIcLmVtYmVkZC52MS5SZXN1bWVTeW5jUmVxdWVzdBodLmVtYmVkZC52MS5SZXN1bWVTeW5jUmVzcG9uc2UiN4LT5JMCMSIvL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9yZXN1bWViBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIoEBChpCYWNrZmlsbFZlY3RvclRhYmxlUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQISRAoSZW1iZWRkaW5nX3N0cmF0ZWd5GAIgASgOMiIuZW1iZWRkLnYxLkVtYmVkZGluZ1N0cmF0ZWd5LlZhbHVlQgTiQQEBIswBChtCYWNrZmlsbFZlY3RvclRhYmxlUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIsCgl0YXNrX3R5cGUYAiABKA4yGS5lbWJlZGQudjEuVGFza1R5cGUuVmFsdWUSEQoJdGFyZ2V0X2lkGAMgASgJEisKBnN0YXR1cxgEIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjUKFEdldFN5bmNTdGF0dXNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLmAwoVR2V0U3luY1N0YXR1c1Jlc3BvbnNlEjAKC3N5bmNfc3RhdHVzGAEgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSEwoLc3luY2VkX3Jvd3MYAiABKAESEgoKdG90YWxfcm93cxgDIAEoARIyCg5sYXN0X3N5bmNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPdmVjdG9yX3RhYmxlX2lkGAUgASgJEhQKDHJvd3NfcGVuZGluZxgGIAEoARIbCg5zdGFsZW5lc3Nfc2VjcxgHIAEoDUgAiAEBEhcKCmxhc3RfZXJyb3IYCCABKAlIAYgBARIxCg1sYXN0X2Vycm9yX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3dzX3NraXBwZWQYCiABKAESFAoHd2FybmluZxgLIAEoCUgCiAEBEhUKDXJvd3NfaW1wb3J0ZWQYFCABKAESFAoMYmF0Y2hfdG9rZW5zGBUgASgBEh8KF2VzdGltYXRlZF9zYXZpbmdfdG9rZW5zGBYgASgBQhEKD19zdGFsZW5lc3Nfc2Vjc0INCgtfbGFzdF9lcnJvckIKCghfd2FybmluZyIxChBQYXVzZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJvChFQYXVzZVN5bmNSZXNwb25zZRIXCg92ZWN0b3JfdGFibGVfaWQYASABKAkSMAoLc3luY19zdGF0dXMYAiABKA4yGy5lbWJlZGQudjEuU3luY1N0YXR1cy5WYWx1ZRIPCgdtZXNzYWdlGAMgASgJIjIKEVJlc3VtZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJwChJSZXN1bWVTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCTLABAoLU3luY1NlcnZpY2USnQEKE0JhY2tmaWxsVmVjdG9yVGFibGUSJS5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlcXVlc3QaJi5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlIjeC0+STAjEiLC92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L2JhY2tmaWxsOgEqEosBCg1HZXRTeW5jU3RhdHVzEh8uZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXF1ZXN0GiAuZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXNwb25zZSI3gtPkkwIxEi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3N0YXR1cxJ+CglQYXVzZVN5bmMSGy5lbWJlZGQudjEuUGF1c2VTeW5jUmVxdWVzdBocLmVtYmVkZC52MS5QYXVzZVN5bmNSZXNwb25zZSI2gtPkkwIwIi4vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3BhdXNlEoIBCgpSZXN1bWVTeW5jEhwuZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXF1ZXN0Gh0uZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXNwb25zZSI3gtPkkwIxIi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3Jlc3VtZWIGcHJvdG8z", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * Request for BackfillVectorTable.
@@ -30,6 +30,14 @@ export type BackfillVectorTableRequest = Message<"embedd.v1.BackfillVectorTableR
    * @generated from field: string vector_table_id = 1;
    */
   vectorTableId: string;
+
+  /**
+   * How this task embeds (`standard` or `batch`); the vector table's `embedding_strategy`
+   * when absent. Over REST, an optional JSON body.
+   *
+   * @generated from field: embedd.v1.EmbeddingStrategy.Value embedding_strategy = 2;
+   */
+  embeddingStrategy: EmbeddingStrategy_Value;
 };
 
 /**
@@ -194,6 +202,30 @@ export type GetSyncStatusResponse = Message<"embedd.v1.GetSyncStatusResponse"> &
    * @generated from field: optional string warning = 11;
    */
   warning?: string | undefined;
+
+  /**
+   * Rows whose vectors the last fill took from the table's `embedding_import` instead of
+   * calling the provider.
+   *
+   * @generated from field: double rows_imported = 20;
+   */
+  rowsImported: number;
+
+  /**
+   * Tokens this table's fills sent through the provider's batch API (billed at half the
+   * normal price).
+   *
+   * @generated from field: double batch_tokens = 21;
+   */
+  batchTokens: number;
+
+  /**
+   * The batch API's saving so far, in tokens at the normal API's price: half of
+   * `batch_tokens`.
+   *
+   * @generated from field: double estimated_saving_tokens = 22;
+   */
+  estimatedSavingTokens: number;
 };
 
 /**

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { EmbeddingStrategy_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/task.proto.
  */
 export const file_embedd_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIp4BCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMi/gMKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQNCDQoLX2xhc3RfZXJyb3IiOgoLVGFza0ZhaWx1cmUSFgoIcGtfdmFsdWUYASABKAlCBOJBAQMSEwoFZXJyb3IYAiABKAlCBOJBAQMiJwoOR2V0VGFza1JlcXVlc3QSFQoHdGFza19pZBgBIAEoCUIE4kEBAiKJAQoQTGlzdFRhc2tzUmVxdWVzdBITCgVsaW1pdBgBIAEoBUIE4kEBARIUCgZjdXJzb3IYAiABKAlCBOJBAQESFwoJdGFyZ2V0X2lkGAMgASgJQgTiQQEBEjEKBnN0YXR1cxgEIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlQgTiQQEBIkgKEUxpc3RUYXNrc1Jlc3BvbnNlEh4KBXRhc2tzGAEgAygLMg8uZW1iZWRkLnYxLlRhc2sSEwoLbmV4dF9jdXJzb3IYAiABKAkiKQoQV2F0Y2hUYXNrUmVxdWVzdBIVCgd0YXNrX2lkGAEgASgJQgTiQQECIn4KEVdhdGNoVGFza1Jlc3BvbnNlEh0KBHRhc2sYASABKAsyDy5lbWJlZGQudjEuVGFzaxISCgpyb3dzX3Blcl9zGAIgASgBEhgKC2V0YV9zZWNvbmRzGAMgASgBSACIAQESDAoEZG9uZRgEIAEoCEIOCgxfZXRhX3NlY29uZHMyqQIKC1Rhc2tTZXJ2aWNlElIKB0dldFRhc2sSGS5lbWJlZGQudjEuR2V0VGFza1JlcXVlc3QaDy5lbWJlZGQudjEuVGFzayIbgtPkkwIVEhMvdjEvdGFza3Mve3Rhc2tfaWR9ElkKCUxpc3RUYXNrcxIbLmVtYmVkZC52MS5MaXN0VGFza3NSZXF1ZXN0GhwuZW1iZWRkLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJrCglXYXRjaFRhc2sSGy5lbWJlZGQudjEuV2F0Y2hUYXNrUmVxdWVzdBocLmVtYmVkZC52MS5XYXRjaFRhc2tSZXNwb25zZSIhgtPkkwIbEhkvdjEvdGFza3Mve3Rhc2tfaWR9L3dhdGNoMAFiBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIogDCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMSGwoNcm93c19pbXBvcnRlZBgUIAEoAUIE4kEBAxIfChFiYXRjaGVzX3N1Ym1pdHRlZBgVIAEoAUIE4kEBAxIfChFiYXRjaGVzX2NvbXBsZXRlZBgWIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX3N1Ym1pdHRlZBgXIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX2NvbXBsZXRlZBgYIAEoAUIE4kEBAxIaCgxiYXRjaF90b2tlbnMYGSABKAFCBOJBAQMSJQoXZXN0aW1hdGVkX3NhdmluZ190b2tlbnMYGiABKAFCBOJBAQMixAQKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQMSRAoSZW1iZWRkaW5nX3N0cmF0ZWd5GBQgASgOMiIuZW1iZWRkLnYxLkVtYmVkZGluZ1N0cmF0ZWd5LlZhbHVlQgTiQQEDQg0KC19sYXN0X2Vycm9yIjoKC1Rhc2tGYWlsdXJlEhYKCHBrX3ZhbHVlGAEgASgJQgTiQQEDEhMKBWVycm9yGAIgASgJQgTiQQEDIicKDkdldFRhc2tSZXF1ZXN0EhUKB3Rhc2tfaWQYASABKAlCBOJBAQIiiQEKEExpc3RUYXNrc1JlcXVlc3QSEwoFbGltaXQYASABKAVCBOJBAQESFAoGY3Vyc29yGAIgASgJQgTiQQEBEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBARIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBASJIChFMaXN0VGFza3NSZXNwb25zZRIeCgV0YXNrcxgBIAMoCzIPLmVtYmVkZC52MS5UYXNrEhMKC25leHRfY3Vyc29yGAIgASgJIikKEFdhdGNoVGFza1JlcXVlc3QSFQoHdGFza19pZBgBIAEoCUIE4kEBAiJ+ChFXYXRjaFRhc2tSZXNwb25zZRIdCgR0YXNrGAEgASgLMg8uZW1iZWRkLnYxLlRhc2sSEgoKcm93c19wZXJfcxgCIAEoARIYCgtldGFfc2Vjb25kcxgDIAEoAUgAiAEBEgwKBGRvbmUYBCABKAhCDgoMX2V0YV9zZWNvbmRzMqkCCgtUYXNrU2VydmljZRJSCgdHZXRUYXNrEhkuZW1iZWRkLnYxLkdldFRhc2tSZXF1ZXN0Gg8uZW1iZWRkLnYxLlRhc2siG4LT5JMCFRITL3YxL3Rhc2tzL3t0YXNrX2lkfRJZCglMaXN0VGFza3MSGy5lbWJlZGQudjEuTGlzdFRhc2tzUmVxdWVzdBocLmVtYmVkZC52MS5MaXN0VGFza3NSZXNwb25zZSIRgtPkkwILEgkvdjEvdGFza3MSawoJV2F0Y2hUYXNrEhsuZW1iZWRkLnYxLldhdGNoVGFza1JlcXVlc3QaHC5lbWJlZGQudjEuV2F0Y2hUYXNrUmVzcG9uc2UiIYLT5JMCGxIZL3YxL3Rhc2tzL3t0YXNrX2lkfS93YXRjaDABYgZwcm90bzM", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * How far a task has come. Counts are whole numbers carried as `double`: JSON prints them
@@ -59,6 +59,55 @@ export type TaskProgress = Message<"embedd.v1.TaskProgress"> & {
    * @generated from field: double rows_skipped = 5;
    */
   rowsSkipped: number;
+
+  /**
+   * Rows whose vectors were imported (the vector table's `embedding_import`), not embedded.
+   *
+   * @generated from field: double rows_imported = 20;
+   */
+  rowsImported: number;
+
+  /**
+   * Batch strategy: batches submitted to the provider's batch API so far.
+   *
+   * @generated from field: double batches_submitted = 21;
+   */
+  batchesSubmitted: number;
+
+  /**
+   * Batch strategy: batches whose results are written.
+   *
+   * @generated from field: double batches_completed = 22;
+   */
+  batchesCompleted: number;
+
+  /**
+   * Batch strategy: rows in submitted batches.
+   *
+   * @generated from field: double batch_rows_submitted = 23;
+   */
+  batchRowsSubmitted: number;
+
+  /**
+   * Batch strategy: rows of completed batches (written, re-embedded or failed).
+   *
+   * @generated from field: double batch_rows_completed = 24;
+   */
+  batchRowsCompleted: number;
+
+  /**
+   * Batch strategy: tokens the provider's batch API embedded (billed at half price).
+   *
+   * @generated from field: double batch_tokens = 25;
+   */
+  batchTokens: number;
+
+  /**
+   * Batch strategy: the saving, in tokens at the normal API's price (half of `batch_tokens`).
+   *
+   * @generated from field: double estimated_saving_tokens = 26;
+   */
+  estimatedSavingTokens: number;
 };
 
 /**
@@ -157,6 +206,13 @@ export type Task = Message<"embedd.v1.Task"> & {
    * @generated from field: repeated embedd.v1.TaskFailure failures = 12;
    */
   failures: TaskFailure[];
+
+  /**
+   * How the task embeds: `standard` or `batch`.
+   *
+   * @generated from field: embedd.v1.EmbeddingStrategy.Value embedding_strategy = 20;
+   */
+  embeddingStrategy: EmbeddingStrategy_Value;
 };
 
 /**

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/values.proto.
  */
 export const file_embedd_v1_values: GenFile = /*@__PURE__*/
-  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACImYKCkZpbHRlclR5cGUiWAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdrZXl3b3JkEAESCwoHaW50ZWdlchACEgkKBWZsb2F0EAMSCwoHYm9vbGVhbhAEEgwKCGRhdGV0aW1lEAUiTgoIVGFza1R5cGUiQgoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIMCghiYWNrZmlsbBABEg4KCnJlYmFja2ZpbGwQAiIECAMQAyoEc3luYyJbCgpUYXNrU3RhdHVzIk0KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHcGVuZGluZxABEgsKB3J1bm5pbmcQAhINCgljb21wbGV0ZWQQAxIKCgZmYWlsZWQQBCI/CgpQZXJtaXNzaW9uIjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCAoEZnVsbBABEg0KCXJlYWRfb25seRACYgZwcm90bzM");
+  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACIkYKEUVtYmVkZGluZ1N0cmF0ZWd5IjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIc3RhbmRhcmQQARIJCgViYXRjaBACImYKCkZpbHRlclR5cGUiWAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdrZXl3b3JkEAESCwoHaW50ZWdlchACEgkKBWZsb2F0EAMSCwoHYm9vbGVhbhAEEgwKCGRhdGV0aW1lEAUiTgoIVGFza1R5cGUiQgoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIMCghiYWNrZmlsbBABEg4KCnJlYmFja2ZpbGwQAiIECAMQAyoEc3luYyJbCgpUYXNrU3RhdHVzIk0KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHcGVuZGluZxABEgsKB3J1bm5pbmcQAhINCgljb21wbGV0ZWQQAxIKCgZmYWlsZWQQBCI/CgpQZXJtaXNzaW9uIjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCAoEZnVsbBABEg0KCXJlYWRfb25seRACYgZwcm90bzM");
 
 /**
  * Where a vector table keeps its vectors.
@@ -622,6 +622,56 @@ export const ColumnRole_ValueSchema: GenEnum<ColumnRole_Value> = /*@__PURE__*/
   enumDesc(file_embedd_v1_values, 9, 0);
 
 /**
+ * How a backfill or re-backfill has its rows embedded.
+ *
+ * @generated from message embedd.v1.EmbeddingStrategy
+ */
+export type EmbeddingStrategy = Message<"embedd.v1.EmbeddingStrategy"> & {
+};
+
+/**
+ * Describes the message embedd.v1.EmbeddingStrategy.
+ * Use `create(EmbeddingStrategySchema)` to create a new message.
+ */
+export const EmbeddingStrategySchema: GenMessage<EmbeddingStrategy> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_values, 10);
+
+/**
+ * The embedding strategy.
+ *
+ * @generated from enum embedd.v1.EmbeddingStrategy.Value
+ */
+export enum EmbeddingStrategy_Value {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: unspecified = 0;
+   */
+  unspecified = 0,
+
+  /**
+   * The provider's normal embeddings API, chunk by chunk as rows are read.
+   *
+   * @generated from enum value: standard = 1;
+   */
+  standard = 1,
+
+  /**
+   * The provider's asynchronous batch API (OpenAI's Batch API): half the price, results
+   * within the provider's completion window (24 h). Sync cycles use the normal API.
+   *
+   * @generated from enum value: batch = 2;
+   */
+  batch = 2,
+}
+
+/**
+ * Describes the enum embedd.v1.EmbeddingStrategy.Value.
+ */
+export const EmbeddingStrategy_ValueSchema: GenEnum<EmbeddingStrategy_Value> = /*@__PURE__*/
+  enumDesc(file_embedd_v1_values, 10, 0);
+
+/**
  * How a metadata column is typed for filtering.
  *
  * @generated from message embedd.v1.FilterType
@@ -634,7 +684,7 @@ export type FilterType = Message<"embedd.v1.FilterType"> & {
  * Use `create(FilterTypeSchema)` to create a new message.
  */
 export const FilterTypeSchema: GenMessage<FilterType> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 10);
+  messageDesc(file_embedd_v1_values, 11);
 
 /**
  * The filter type.
@@ -689,7 +739,7 @@ export enum FilterType_Value {
  * Describes the enum embedd.v1.FilterType.Value.
  */
 export const FilterType_ValueSchema: GenEnum<FilterType_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 10, 0);
+  enumDesc(file_embedd_v1_values, 11, 0);
 
 /**
  * The kind of work a task does.
@@ -704,7 +754,7 @@ export type TaskType = Message<"embedd.v1.TaskType"> & {
  * Use `create(TaskTypeSchema)` to create a new message.
  */
 export const TaskTypeSchema: GenMessage<TaskType> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 11);
+  messageDesc(file_embedd_v1_values, 12);
 
 /**
  * The task kind.
@@ -738,7 +788,7 @@ export enum TaskType_Value {
  * Describes the enum embedd.v1.TaskType.Value.
  */
 export const TaskType_ValueSchema: GenEnum<TaskType_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 11, 0);
+  enumDesc(file_embedd_v1_values, 12, 0);
 
 /**
  * The state of a task.
@@ -753,7 +803,7 @@ export type TaskStatus = Message<"embedd.v1.TaskStatus"> & {
  * Use `create(TaskStatusSchema)` to create a new message.
  */
 export const TaskStatusSchema: GenMessage<TaskStatus> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 12);
+  messageDesc(file_embedd_v1_values, 13);
 
 /**
  * The task state.
@@ -801,7 +851,7 @@ export enum TaskStatus_Value {
  * Describes the enum embedd.v1.TaskStatus.Value.
  */
 export const TaskStatus_ValueSchema: GenEnum<TaskStatus_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 12, 0);
+  enumDesc(file_embedd_v1_values, 13, 0);
 
 /**
  * What an API key may do.
@@ -816,7 +866,7 @@ export type Permission = Message<"embedd.v1.Permission"> & {
  * Use `create(PermissionSchema)` to create a new message.
  */
 export const PermissionSchema: GenMessage<Permission> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 13);
+  messageDesc(file_embedd_v1_values, 14);
 
 /**
  * The permission level.
@@ -850,5 +900,5 @@ export enum Permission_Value {
  * Describes the enum embedd.v1.Permission.Value.
  */
 export const Permission_ValueSchema: GenEnum<Permission_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 13, 0);
+  enumDesc(file_embedd_v1_values, 14, 0);
 

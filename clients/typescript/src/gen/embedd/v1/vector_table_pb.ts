@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ColumnRole_Value, FilterType_Value, Mode_Value, SyncMode_Value, SyncStatus_Value } from "./values_pb.js";
+import type { ColumnRole_Value, EmbeddingStrategy_Value, FilterType_Value, Mode_Value, SyncMode_Value, SyncStatus_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/vector_table.proto.
  */
 export const file_embedd_v1_vector_table: GenFile = /*@__PURE__*/
-  fileDesc("ChxlbWJlZGQvdjEvdmVjdG9yX3RhYmxlLnByb3RvEgllbWJlZGQudjEi8gEKBkNvbHVtbhISCgRuYW1lGAEgASgJQgTiQQECEi8KBHJvbGUYAiABKA4yGy5lbWJlZGQudjEuQ29sdW1uUm9sZS5WYWx1ZUIE4kEBAhIaCgdvcmRpbmFsGAMgASgFQgTiQQEBSACIAQESHgoLbmFtZV9wcmVmaXgYBCABKAlCBOJBAQFIAYgBARI7CgtmaWx0ZXJfdHlwZRgFIAEoDjIbLmVtYmVkZC52MS5GaWx0ZXJUeXBlLlZhbHVlQgTiQQEBSAKIAQFCCgoIX29yZGluYWxCDgoMX25hbWVfcHJlZml4Qg4KDF9maWx0ZXJfdHlwZSKPBQoLVmVjdG9yVGFibGUSEAoCaWQYASABKAlCBOJBAQgSEgoEbmFtZRgCIAEoCUIE4kEBAhIcCg1jb25uZWN0aW9uX2lkGAMgASgJQgXiQQICBRIjChVlbWJlZGRpbmdfcHJvdmlkZXJfaWQYBCABKAlCBOJBAQISGwoMc291cmNlX3RhYmxlGAUgASgJQgXiQQICBRIqCgRtb2RlGAYgASgOMhUuZW1iZWRkLnYxLk1vZGUuVmFsdWVCBeJBAgEFEjYKC3N5bmNfc3RhdHVzGAcgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWVCBOJBAQMSHQoPZW1iZWRkaW5nX21vZGVsGAggASgJQgTiQQEBEiIKFGVtYmVkZGluZ19kaW1lbnNpb25zGAkgASgFQgTiQQEBEiEKE3BsYXRmb3JtX3ZlY3Rvcl9yZWYYCiABKAlCBOJBAQMSKAoHY29sdW1ucxgLIAMoCzIRLmVtYmVkZC52MS5Db2x1bW5CBOJBAQISNAoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSIQoScHJpbWFyeV9rZXlfY29sdW1uGA0gASgJQgXiQQICBRIyCglzeW5jX21vZGUYDiABKA4yGS5lbWJlZGQudjEuU3luY01vZGUuVmFsdWVCBOJBAQESIwoVc3luY19pbnRlcnZhbF9zZWNvbmRzGA8gASgFQgTiQQEBEiAKDWN1cnNvcl9jb2x1bW4YECABKAlCBOJBAQFIAIgBARIgChJtYW5hZ2VkX2NvbGxlY3Rpb24YESABKAlCBOJBAQNCEAoOX2N1cnNvcl9jb2x1bW4iTgoYQ3JlYXRlVmVjdG9yVGFibGVSZXF1ZXN0EjIKDHZlY3Rvcl90YWJsZRgBIAEoCzIWLmVtYmVkZC52MS5WZWN0b3JUYWJsZUIE4kEBAiI2ChVHZXRWZWN0b3JUYWJsZVJlcXVlc3QSHQoPdmVjdG9yX3RhYmxlX2lkGAEgASgJQgTiQQECIkQKF0xpc3RWZWN0b3JUYWJsZXNSZXF1ZXN0EhMKBWxpbWl0GAEgASgFQgTiQQEBEhQKBmN1cnNvchgCIAEoCUIE4kEBASJeChhMaXN0VmVjdG9yVGFibGVzUmVzcG9uc2USLQoNdmVjdG9yX3RhYmxlcxgBIAMoCzIWLmVtYmVkZC52MS5WZWN0b3JUYWJsZRITCgtuZXh0X2N1cnNvchgCIAEoCSKFAQoYVXBkYXRlVmVjdG9yVGFibGVSZXF1ZXN0EjIKDHZlY3Rvcl90YWJsZRgBIAEoCzIWLmVtYmVkZC52MS5WZWN0b3JUYWJsZUIE4kEBAhI1Cgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2tCBOJBAQEiVQoYRGVsZXRlVmVjdG9yVGFibGVSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAhIaCgxkcm9wX3ZlY3RvcnMYAiABKAhCBOJBAQEiUQoZRGVsZXRlVmVjdG9yVGFibGVSZXNwb25zZRIKCgJpZBgBIAEoCRIPCgdkZWxldGVkGAIgASgIEhcKD3ZlY3RvcnNfZHJvcHBlZBgDIAEoCDLRBQoSVmVjdG9yVGFibGVTZXJ2aWNlEnkKEUNyZWF0ZVZlY3RvclRhYmxlEiMuZW1iZWRkLnYxLkNyZWF0ZVZlY3RvclRhYmxlUmVxdWVzdBoWLmVtYmVkZC52MS5WZWN0b3JUYWJsZSIngtPkkwIhIhEvdjEvdmVjdG9yLXRhYmxlczoMdmVjdG9yX3RhYmxlEncKDkdldFZlY3RvclRhYmxlEiAuZW1iZWRkLnYxLkdldFZlY3RvclRhYmxlUmVxdWVzdBoWLmVtYmVkZC52MS5WZWN0b3JUYWJsZSIrgtPkkwIlEiMvdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfRJ2ChBMaXN0VmVjdG9yVGFibGVzEiIuZW1iZWRkLnYxLkxpc3RWZWN0b3JUYWJsZXNSZXF1ZXN0GiMuZW1iZWRkLnYxLkxpc3RWZWN0b3JUYWJsZXNSZXNwb25zZSIZgtPkkwITEhEvdjEvdmVjdG9yLXRhYmxlcxLAAQoRVXBkYXRlVmVjdG9yVGFibGUSIy5lbWJlZGQudjEuVXBkYXRlVmVjdG9yVGFibGVSZXF1ZXN0GhYuZW1iZWRkLnYxLlZlY3RvclRhYmxlIm6C0+STAmgaIy92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGUuaWR9Ogx2ZWN0b3JfdGFibGVaMzIjL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZS5pZH06DHZlY3Rvcl90YWJsZRKLAQoRRGVsZXRlVmVjdG9yVGFibGUSIy5lbWJlZGQudjEuRGVsZXRlVmVjdG9yVGFibGVSZXF1ZXN0GiQuZW1iZWRkLnYxLkRlbGV0ZVZlY3RvclRhYmxlUmVzcG9uc2UiK4LT5JMCJSojL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH1iBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChxlbWJlZGQvdjEvdmVjdG9yX3RhYmxlLnByb3RvEgllbWJlZGQudjEi8gEKBkNvbHVtbhISCgRuYW1lGAEgASgJQgTiQQECEi8KBHJvbGUYAiABKA4yGy5lbWJlZGQudjEuQ29sdW1uUm9sZS5WYWx1ZUIE4kEBAhIaCgdvcmRpbmFsGAMgASgFQgTiQQEBSACIAQESHgoLbmFtZV9wcmVmaXgYBCABKAlCBOJBAQFIAYgBARI7CgtmaWx0ZXJfdHlwZRgFIAEoDjIbLmVtYmVkZC52MS5GaWx0ZXJUeXBlLlZhbHVlQgTiQQEBSAKIAQFCCgoIX29yZGluYWxCDgoMX25hbWVfcHJlZml4Qg4KDF9maWx0ZXJfdHlwZSKSBgoLVmVjdG9yVGFibGUSEAoCaWQYASABKAlCBOJBAQgSEgoEbmFtZRgCIAEoCUIE4kEBAhIcCg1jb25uZWN0aW9uX2lkGAMgASgJQgXiQQICBRIjChVlbWJlZGRpbmdfcHJvdmlkZXJfaWQYBCABKAlCBOJBAQISGwoMc291cmNlX3RhYmxlGAUgASgJQgXiQQICBRIqCgRtb2RlGAYgASgOMhUuZW1iZWRkLnYxLk1vZGUuVmFsdWVCBeJBAgEFEjYKC3N5bmNfc3RhdHVzGAcgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWVCBOJBAQMSHQoPZW1iZWRkaW5nX21vZGVsGAggASgJQgTiQQEBEiIKFGVtYmVkZGluZ19kaW1lbnNpb25zGAkgASgFQgTiQQEBEiEKE3BsYXRmb3JtX3ZlY3Rvcl9yZWYYCiABKAlCBOJBAQMSKAoHY29sdW1ucxgLIAMoCzIRLmVtYmVkZC52MS5Db2x1bW5CBOJBAQISNAoKY3JlYXRlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSIQoScHJpbWFyeV9rZXlfY29sdW1uGA0gASgJQgXiQQICBRIyCglzeW5jX21vZGUYDiABKA4yGS5lbWJlZGQudjEuU3luY01vZGUuVmFsdWVCBOJBAQESIwoVc3luY19pbnRlcnZhbF9zZWNvbmRzGA8gASgFQgTiQQEBEiAKDWN1cnNvcl9jb2x1bW4YECABKAlCBOJBAQFIAIgBARIgChJtYW5hZ2VkX2NvbGxlY3Rpb24YESABKAlCBOJBAQMSOwoQZW1iZWRkaW5nX2ltcG9ydBgSIAEoCzIaLmVtYmVkZC52MS5FbWJlZGRpbmdJbXBvcnRCBeJBAgEFEkQKEmVtYmVkZGluZ19zdHJhdGVneRgTIAEoDjIiLmVtYmVkZC52MS5FbWJlZGRpbmdTdHJhdGVneS5WYWx1ZUIE4kEBAUIQCg5fY3Vyc29yX2NvbHVtbiLsAQoPRW1iZWRkaW5nSW1wb3J0EhQKBmNvbHVtbhgBIAEoCUIE4kEBAhIYCgV0YWJsZRgCIAEoCUIE4kEBAUgAiAEBEh0KCmtleV9jb2x1bW4YAyABKAlCBOJBAQFIAYgBARIeCgt0ZXh0X2NvbHVtbhgEIAEoCUIE4kEBAUgCiAEBEh0KD2VtYmVkZGluZ19tb2RlbBgFIAEoCUIE4kEBARIiChRlbWJlZGRpbmdfZGltZW5zaW9ucxgGIAEoBUIE4kEBAUIICgZfdGFibGVCDQoLX2tleV9jb2x1bW5CDgoMX3RleHRfY29sdW1uIk4KGENyZWF0ZVZlY3RvclRhYmxlUmVxdWVzdBIyCgx2ZWN0b3JfdGFibGUYASABKAsyFi5lbWJlZGQudjEuVmVjdG9yVGFibGVCBOJBAQIiNgoVR2V0VmVjdG9yVGFibGVSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJEChdMaXN0VmVjdG9yVGFibGVzUmVxdWVzdBITCgVsaW1pdBgBIAEoBUIE4kEBARIUCgZjdXJzb3IYAiABKAlCBOJBAQEiXgoYTGlzdFZlY3RvclRhYmxlc1Jlc3BvbnNlEi0KDXZlY3Rvcl90YWJsZXMYASADKAsyFi5lbWJlZGQudjEuVmVjdG9yVGFibGUSEwoLbmV4dF9jdXJzb3IYAiABKAkihQEKGFVwZGF0ZVZlY3RvclRhYmxlUmVxdWVzdBIyCgx2ZWN0b3JfdGFibGUYASABKAsyFi5lbWJlZGQudjEuVmVjdG9yVGFibGVCBOJBAQISNQoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrQgTiQQEBIlUKGERlbGV0ZVZlY3RvclRhYmxlUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQISGgoMZHJvcF92ZWN0b3JzGAIgASgIQgTiQQEBIlEKGURlbGV0ZVZlY3RvclRhYmxlUmVzcG9uc2USCgoCaWQYASABKAkSDwoHZGVsZXRlZBgCIAEoCBIXCg92ZWN0b3JzX2Ryb3BwZWQYAyABKAgy0QUKElZlY3RvclRhYmxlU2VydmljZRJ5ChFDcmVhdGVWZWN0b3JUYWJsZRIjLmVtYmVkZC52MS5DcmVhdGVWZWN0b3JUYWJsZVJlcXVlc3QaFi5lbWJlZGQudjEuVmVjdG9yVGFibGUiJ4LT5JMCISIRL3YxL3ZlY3Rvci10YWJsZXM6DHZlY3Rvcl90YWJsZRJ3Cg5HZXRWZWN0b3JUYWJsZRIgLmVtYmVkZC52MS5HZXRWZWN0b3JUYWJsZVJlcXVlc3QaFi5lbWJlZGQudjEuVmVjdG9yVGFibGUiK4LT5JMCJRIjL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0SdgoQTGlzdFZlY3RvclRhYmxlcxIiLmVtYmVkZC52MS5MaXN0VmVjdG9yVGFibGVzUmVxdWVzdBojLmVtYmVkZC52MS5MaXN0VmVjdG9yVGFibGVzUmVzcG9uc2UiGYLT5JMCExIRL3YxL3ZlY3Rvci10YWJsZXMSwAEKEVVwZGF0ZVZlY3RvclRhYmxlEiMuZW1iZWRkLnYxLlVwZGF0ZVZlY3RvclRhYmxlUmVxdWVzdBoWLmVtYmVkZC52MS5WZWN0b3JUYWJsZSJugtPkkwJoGiMvdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlLmlkfToMdmVjdG9yX3RhYmxlWjMyIy92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGUuaWR9Ogx2ZWN0b3JfdGFibGUSiwEKEURlbGV0ZVZlY3RvclRhYmxlEiMuZW1iZWRkLnYxLkRlbGV0ZVZlY3RvclRhYmxlUmVxdWVzdBokLmVtYmVkZC52MS5EZWxldGVWZWN0b3JUYWJsZVJlc3BvbnNlIiuC0+STAiUqIy92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9YgZwcm90bzM", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * One mapped source column.
@@ -192,6 +192,22 @@ export type VectorTable = Message<"embedd.v1.VectorTable"> & {
    * @generated from field: string managed_collection = 17;
    */
   managedCollection: string;
+
+  /**
+   * Vectors made before (by another tool) that the backfill takes instead of calling the
+   * provider; set at creation only.
+   *
+   * @generated from field: embedd.v1.EmbeddingImport embedding_import = 18;
+   */
+  embeddingImport?: EmbeddingImport | undefined;
+
+  /**
+   * How backfills and re-backfills embed: `standard` (default) or `batch` (the provider's
+   * batch API, OpenAI only). A backfill request may choose another for itself.
+   *
+   * @generated from field: embedd.v1.EmbeddingStrategy.Value embedding_strategy = 19;
+   */
+  embeddingStrategy: EmbeddingStrategy_Value;
 };
 
 /**
@@ -200,6 +216,71 @@ export type VectorTable = Message<"embedd.v1.VectorTable"> & {
  */
 export const VectorTableSchema: GenMessage<VectorTable> = /*@__PURE__*/
   messageDesc(file_embedd_v1_vector_table, 1);
+
+/**
+ * Where vectors made before already are: a pgvector column of the source table, or of a
+ * separate table keyed by the source's primary key.
+ *
+ * @generated from message embedd.v1.EmbeddingImport
+ */
+export type EmbeddingImport = Message<"embedd.v1.EmbeddingImport"> & {
+  /**
+   * The column holding the vectors: `vector(n)` or `halfvec(n)`, n the vector table's
+   * `embedding_dimensions`.
+   *
+   * @generated from field: string column = 1;
+   */
+  column: string;
+
+  /**
+   * A separate table holding the vectors (`schema.table` or `table`); the source table
+   * itself when absent.
+   *
+   * @generated from field: optional string table = 2;
+   */
+  table?: string | undefined;
+
+  /**
+   * The column of `table` that holds the source's primary key (unique); the source's
+   * `primary_key_column` name when absent.
+   *
+   * @generated from field: optional string key_column = 3;
+   */
+  keyColumn?: string | undefined;
+
+  /**
+   * A column (of the table holding the vectors) with the text each vector was made from, or
+   * its md5 in hex: a vector is taken only where it equals the text this vector table
+   * embeds. Absent: the vectors are trusted to belong to their rows' current text, by the
+   * first backfill only.
+   *
+   * @generated from field: optional string text_column = 4;
+   */
+  textColumn?: string | undefined;
+
+  /**
+   * The model the vectors were made with; it must be the vector table's `embedding_model`
+   * (queries are embedded with that one). Absent: the vector table's.
+   *
+   * @generated from field: string embedding_model = 5;
+   */
+  embeddingModel: string;
+
+  /**
+   * The size of the vectors; it must be the vector table's `embedding_dimensions` and the
+   * column's. Absent: the column's.
+   *
+   * @generated from field: int32 embedding_dimensions = 6;
+   */
+  embeddingDimensions: number;
+};
+
+/**
+ * Describes the message embedd.v1.EmbeddingImport.
+ * Use `create(EmbeddingImportSchema)` to create a new message.
+ */
+export const EmbeddingImportSchema: GenMessage<EmbeddingImport> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_vector_table, 2);
 
 /**
  * Request for CreateVectorTable.
@@ -220,7 +301,7 @@ export type CreateVectorTableRequest = Message<"embedd.v1.CreateVectorTableReque
  * Use `create(CreateVectorTableRequestSchema)` to create a new message.
  */
 export const CreateVectorTableRequestSchema: GenMessage<CreateVectorTableRequest> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 2);
+  messageDesc(file_embedd_v1_vector_table, 3);
 
 /**
  * Request for GetVectorTable.
@@ -241,7 +322,7 @@ export type GetVectorTableRequest = Message<"embedd.v1.GetVectorTableRequest"> &
  * Use `create(GetVectorTableRequestSchema)` to create a new message.
  */
 export const GetVectorTableRequestSchema: GenMessage<GetVectorTableRequest> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 3);
+  messageDesc(file_embedd_v1_vector_table, 4);
 
 /**
  * Request for ListVectorTables.
@@ -269,7 +350,7 @@ export type ListVectorTablesRequest = Message<"embedd.v1.ListVectorTablesRequest
  * Use `create(ListVectorTablesRequestSchema)` to create a new message.
  */
 export const ListVectorTablesRequestSchema: GenMessage<ListVectorTablesRequest> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 4);
+  messageDesc(file_embedd_v1_vector_table, 5);
 
 /**
  * Response of ListVectorTables.
@@ -297,7 +378,7 @@ export type ListVectorTablesResponse = Message<"embedd.v1.ListVectorTablesRespon
  * Use `create(ListVectorTablesResponseSchema)` to create a new message.
  */
 export const ListVectorTablesResponseSchema: GenMessage<ListVectorTablesResponse> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 5);
+  messageDesc(file_embedd_v1_vector_table, 6);
 
 /**
  * Request for UpdateVectorTable.
@@ -325,7 +406,7 @@ export type UpdateVectorTableRequest = Message<"embedd.v1.UpdateVectorTableReque
  * Use `create(UpdateVectorTableRequestSchema)` to create a new message.
  */
 export const UpdateVectorTableRequestSchema: GenMessage<UpdateVectorTableRequest> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 6);
+  messageDesc(file_embedd_v1_vector_table, 7);
 
 /**
  * Request for DeleteVectorTable.
@@ -353,7 +434,7 @@ export type DeleteVectorTableRequest = Message<"embedd.v1.DeleteVectorTableReque
  * Use `create(DeleteVectorTableRequestSchema)` to create a new message.
  */
 export const DeleteVectorTableRequestSchema: GenMessage<DeleteVectorTableRequest> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 7);
+  messageDesc(file_embedd_v1_vector_table, 8);
 
 /**
  * Response of DeleteVectorTable.
@@ -388,7 +469,7 @@ export type DeleteVectorTableResponse = Message<"embedd.v1.DeleteVectorTableResp
  * Use `create(DeleteVectorTableResponseSchema)` to create a new message.
  */
 export const DeleteVectorTableResponseSchema: GenMessage<DeleteVectorTableResponse> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_vector_table, 8);
+  messageDesc(file_embedd_v1_vector_table, 9);
 
 /**
  * Maps source tables to vector tables.
