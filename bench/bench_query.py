@@ -322,7 +322,7 @@ async def rate_limit_cost(control: str, key: str, api_key: str, vt_id: str, n_qu
     """p50 of gRPC queries to a server with rate limits on less p50 of the same queries to one
     with them off: two fresh servers on the same control plane, alike but for that (no engine:
     the sync cycles of the server under test would land on one of them only), one query each
-    in turn so that drift hits both alike."""
+    in turn (and which goes first alternating) so that drift hits both alike."""
     servers = [
         ServerProcess(control, key, rate_limits_enabled=on, engine_enabled="false").start()
         for on in ("true", "false")
@@ -335,7 +335,8 @@ async def rate_limit_cost(control: str, key: str, api_key: str, vt_id: str, n_qu
             request = query_pb2.QueryVectorTableRequest(
                 vector_table_id=vt_id, query=texts[i % 50], limit=LIMIT
             )
-            for c, out in zip(clients, times, strict=True):
+            pairs = list(zip(clients, times, strict=True))
+            for c, out in pairs if i % 2 else pairs[::-1]:  # who goes first alternates too
                 started = time.perf_counter()
                 await c.query.QueryVectorTable(request)
                 if i >= 50:  # warm-up: query embeddings, pools
