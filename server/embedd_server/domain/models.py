@@ -139,6 +139,8 @@ class Task:
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    # What a running task is doing (reading, embedding, writing, indexing, swapping).
+    phase: str | None = None
 
     @property
     def done(self) -> bool:

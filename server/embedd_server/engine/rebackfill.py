@@ -21,7 +21,7 @@ import structlog
 
 from embedd_server.domain.models import Task
 from embedd_server.domain.vector_tables import VectorTableSpec
-from embedd_server.engine.backfill import BackfillJob, Checkpoint
+from embedd_server.engine.backfill import BackfillJob, Checkpoint, SetPhase, no_phase
 from embedd_server.engine.sync import SyncJob
 from embedd_server.providers.base import Embedder
 from embedd_server.sinks.base import VectorStore
@@ -52,6 +52,7 @@ class RebackfillJob:
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
+    set_phase: SetPhase = no_phase
 
     async def run(self) -> tuple[int, int]:
         """Builds, swaps and cleans up; returns (vectors, source rows)."""
@@ -74,7 +75,9 @@ class RebackfillJob:
                 chunk_rows=self.chunk_rows,
                 inflight=self.inflight,
                 maintenance_work_mem=self.maintenance_work_mem,
+                set_phase=self.set_phase,
             ).run()
+        await self.set_phase("swapping")
         await self._catch_up(replacement)  # changes made while the replacement filled
         await replacement.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
         await self._catch_up(replacement)  # the index build took a while too

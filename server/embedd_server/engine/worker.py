@@ -156,6 +156,7 @@ class Worker:
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
+                set_phase=lease.set_phase,
             )
             synced = await _guard(job.run())
         return functools.partial(lease.complete_fill, vt.id, synced_rows=synced, total_rows=job.rows_total)
@@ -178,6 +179,7 @@ class Worker:
                 chunk_rows=self._settings.chunk_rows,
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
+                set_phase=lease.set_phase,
             )
             vectors, total = await _guard(job.run())
         return functools.partial(lease.complete_swap, vt.id, spec, synced_rows=vectors, total_rows=total)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
 from embedd_server.domain.errors import ApiError, Kind, not_found
+from embedd_server.domain.events import Snapshot
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -30,10 +31,12 @@ from embedd_server.domain.vector_tables import (
     vector_ref,
 )
 from embedd_server.engine.tables import TableManager
+from embedd_server.engine.watch import Watches
 from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, set_counters, timestamp
+from embedd_server.services.events import event_to_proto, snapshot_to_proto
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.tasks import TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -237,9 +240,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
         if not 1 <= interval <= _MAX_INTERVAL_S:
             v.add("sync_interval_seconds", f"must be between 1 and {_MAX_INTERVAL_S}")
         sync_mode = "cdc" if new.sync_mode == _SYNC_MODE.cdc else "batch"
-        cursor = (
-            new.cursor_column if new.HasField("cursor_column") and new.cursor_column else None
-        )
+        cursor = new.cursor_column if new.HasField("cursor_column") and new.cursor_column else None
         if sync_mode == "cdc" and cursor is None:
             v.add("cursor_column", "is required with sync_mode 'cdc' (e.g. an updated_at column)")
         elif cursor is not None:
@@ -252,9 +253,7 @@ class VectorTableServicer(vector_table_pb2_grpc.VectorTableServiceServicer):
             raise not_found("connection_not_found", "Connection", new.connection_id)
         provider = await self._providers.get(p.org_id, p.env_id, new.embedding_provider_id)
         if provider is None:
-            raise not_found(
-                "embedding_provider_not_found", "Embedding provider", new.embedding_provider_id
-            )
+            raise not_found("embedding_provider_not_found", "Embedding provider", new.embedding_provider_id)
         mode = connection.mode if new.mode == _MODE.unspecified else _MODE.Value.Name(new.mode)
         if mode != connection.mode:
             v.add("mode", f"must match the connection's mode ({connection.mode!r})")
@@ -445,10 +444,13 @@ def sync_status_to_proto(vt: models.VectorTable) -> sync_pb2.GetSyncStatusRespon
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
-    def __init__(self, store: VectorTableStore, tasks: TaskStore, worker: Worker | None) -> None:
+    def __init__(
+        self, store: VectorTableStore, tasks: TaskStore, worker: Worker | None, watches: Watches
+    ) -> None:
         self._store = store
         self._tasks = tasks
         self._worker = worker
+        self._watches = watches
 
     async def _get(self, vt_id: str) -> models.VectorTable:
         return await get_table(self._store, vt_id)
@@ -510,3 +512,15 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             sync_status=values_pb2.SyncStatus.Value.Value(state),
             message="Sync resumed; changes made while paused are being applied now.",
         )
+
+    async def WatchVectorTable(
+        self, request: sync_pb2.WatchVectorTableRequest, context: Context
+    ) -> AsyncIterator[sync_pb2.VectorTableEvent]:
+        vt = await self._get(request.vector_table_id)
+        p = current_principal()
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for item in self._watches.table(p.org_id, p.env_id, vt.id, after):
+            if isinstance(item, Snapshot):
+                yield snapshot_to_proto(item, sync_status_to_proto(item.table))
+            else:
+                yield event_to_proto(item)

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/task.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x0cTaskProgress\x12\x1f\n\x11last_processed_pk\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0erows_processed\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nrows_total\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0brows_failed\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0crows_skipped\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\"\xfe\x03\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x32\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.ValueB\x04\xe2\x41\x01\x03\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x17.embedd.v1.TaskProgressB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\nlast_error\x18\t \x01(\tB\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x66\x61ilures\x18\x0c \x03(\x0b\x32\x16.embedd.v1.TaskFailureB\x04\xe2\x41\x01\x03\x42\r\n\x0b_last_error\":\n\x0bTaskFailure\x12\x16\n\x08pk_value\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\'\n\x0eGetTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x89\x01\n\x10ListTasksRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x01\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.embedd.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\")\n\x10WatchTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"~\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\x12\x12\n\nrows_per_s\x18\x02 \x01(\x01\x12\x18\n\x0b\x65ta_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x42\x0e\n\x0c_eta_seconds2\xa9\x02\n\x0bTaskService\x12R\n\x07GetTask\x12\x19.embedd.v1.GetTaskRequest\x1a\x0f.embedd.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12Y\n\tListTasks\x12\x1b.embedd.v1.ListTasksRequest\x1a\x1c.embedd.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12k\n\tWatchTask\x12\x1b.embedd.v1.WatchTaskRequest\x1a\x1c.embedd.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/task.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n\x0cTaskProgress\x12\x1f\n\x11last_processed_pk\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1c\n\x0erows_processed\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nrows_total\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0brows_failed\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0crows_skipped\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\"\xaf\x04\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x32\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.ValueB\x04\xe2\x41\x01\x03\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12/\n\x08progress\x18\x06 \x01(\x0b\x32\x17.embedd.v1.TaskProgressB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x08 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\nlast_error\x18\t \x01(\tB\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x34\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\x08\x66\x61ilures\x18\x0c \x03(\x0b\x32\x16.embedd.v1.TaskFailureB\x04\xe2\x41\x01\x03\x12/\n\x05phase\x18\r \x01(\x0e\x32\x1a.embedd.v1.TaskPhase.ValueB\x04\xe2\x41\x01\x03\x42\r\n\x0b_last_error\":\n\x0bTaskFailure\x12\x16\n\x08pk_value\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65rror\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\'\n\x0eGetTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x89\x01\n\x10ListTasksRequest\x12\x13\n\x05limit\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x14\n\x06\x63ursor\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x17\n\ttarget_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x01\"H\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.embedd.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\")\n\x10WatchTaskRequest\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xa9\x01\n\x11WatchTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.embedd.v1.Task\x12\x12\n\nrows_per_s\x18\x02 \x01(\x01\x12\x18\n\x0b\x65ta_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12)\n\x05phase\x18\x05 \x01(\x0e\x32\x1a.embedd.v1.TaskPhase.ValueB\x0e\n\x0c_eta_seconds2\xa9\x02\n\x0bTaskService\x12R\n\x07GetTask\x12\x19.embedd.v1.GetTaskRequest\x1a\x0f.embedd.v1.Task\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/tasks/{task_id}\x12Y\n\tListTasks\x12\x1b.embedd.v1.ListTasksRequest\x1a\x1c.embedd.v1.ListTasksResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tasks\x12k\n\tWatchTask\x12\x1b.embedd.v1.WatchTaskRequest\x1a\x1c.embedd.v1.WatchTaskResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/tasks/{task_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,6 +69,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASK'].fields_by_name['finished_at']._serialized_options = b'\342A\001\003'
   _globals['_TASK'].fields_by_name['failures']._loaded_options = None
   _globals['_TASK'].fields_by_name['failures']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['phase']._loaded_options = None
+  _globals['_TASK'].fields_by_name['phase']._serialized_options = b'\342A\001\003'
   _globals['_TASKFAILURE'].fields_by_name['pk_value']._loaded_options = None
   _globals['_TASKFAILURE'].fields_by_name['pk_value']._serialized_options = b'\342A\001\003'
   _globals['_TASKFAILURE'].fields_by_name['error']._loaded_options = None
@@ -94,19 +96,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKPROGRESS']._serialized_start=156
   _globals['_TASKPROGRESS']._serialized_end=314
   _globals['_TASK']._serialized_start=317
-  _globals['_TASK']._serialized_end=827
-  _globals['_TASKFAILURE']._serialized_start=829
-  _globals['_TASKFAILURE']._serialized_end=887
-  _globals['_GETTASKREQUEST']._serialized_start=889
-  _globals['_GETTASKREQUEST']._serialized_end=928
-  _globals['_LISTTASKSREQUEST']._serialized_start=931
-  _globals['_LISTTASKSREQUEST']._serialized_end=1068
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1070
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1142
-  _globals['_WATCHTASKREQUEST']._serialized_start=1144
-  _globals['_WATCHTASKREQUEST']._serialized_end=1185
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1187
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1313
-  _globals['_TASKSERVICE']._serialized_start=1316
-  _globals['_TASKSERVICE']._serialized_end=1613
+  _globals['_TASK']._serialized_end=876
+  _globals['_TASKFAILURE']._serialized_start=878
+  _globals['_TASKFAILURE']._serialized_end=936
+  _globals['_GETTASKREQUEST']._serialized_start=938
+  _globals['_GETTASKREQUEST']._serialized_end=977
+  _globals['_LISTTASKSREQUEST']._serialized_start=980
+  _globals['_LISTTASKSREQUEST']._serialized_end=1117
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1119
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1191
+  _globals['_WATCHTASKREQUEST']._serialized_start=1193
+  _globals['_WATCHTASKREQUEST']._serialized_end=1234
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1237
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1406
+  _globals['_TASKSERVICE']._serialized_start=1409
+  _globals['_TASKSERVICE']._serialized_end=1706
 # @@protoc_insertion_point(module_scope)

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { SyncStatus_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { StatusCause_Value, SyncStatus_Value, TaskPhase_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/sync.proto.
  */
 export const file_embedd_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIjsKGkJhY2tmaWxsVmVjdG9yVGFibGVSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLMAQobQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSLAoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlEhEKCXRhcmdldF9pZBgDIAEoCRIrCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI1ChRHZXRTeW5jU3RhdHVzUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIimAMKFUdldFN5bmNTdGF0dXNSZXNwb25zZRIwCgtzeW5jX3N0YXR1cxgBIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEhMKC3N5bmNlZF9yb3dzGAIgASgBEhIKCnRvdGFsX3Jvd3MYAyABKAESMgoObGFzdF9zeW5jZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3ZlY3Rvcl90YWJsZV9pZBgFIAEoCRIUCgxyb3dzX3BlbmRpbmcYBiABKAESGwoOc3RhbGVuZXNzX3NlY3MYByABKA1IAIgBARIXCgpsYXN0X2Vycm9yGAggASgJSAGIAQESMQoNbGFzdF9lcnJvcl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm93c19za2lwcGVkGAogASgBEhQKB3dhcm5pbmcYCyABKAlIAogBAUIRCg9fc3RhbGVuZXNzX3NlY3NCDQoLX2xhc3RfZXJyb3JCCgoIX3dhcm5pbmciMQoQUGF1c2VTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIibwoRUGF1c2VTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCSIyChFSZXN1bWVTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIicAoSUmVzdW1lU3luY1Jlc3BvbnNlEhcKD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCRIwCgtzeW5jX3N0YXR1cxgCIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEg8KB21lc3NhZ2UYAyABKAkyvQQKC1N5bmNTZXJ2aWNlEpoBChNCYWNrZmlsbFZlY3RvclRhYmxlEiUuZW1iZWRkLnYxLkJhY2tmaWxsVmVjdG9yVGFibGVSZXF1ZXN0GiYuZW1iZWRkLnYxLkJhY2tmaWxsVmVjdG9yVGFibGVSZXNwb25zZSI0gtPkkwIuIiwvdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9iYWNrZmlsbBKLAQoNR2V0U3luY1N0YXR1cxIfLmVtYmVkZC52MS5HZXRTeW5jU3RhdHVzUmVxdWVzdBogLmVtYmVkZC52MS5HZXRTeW5jU3RhdHVzUmVzcG9uc2UiN4LT5JMCMRIvL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9zdGF0dXMSfgoJUGF1c2VTeW5jEhsuZW1iZWRkLnYxLlBhdXNlU3luY1JlcXVlc3QaHC5lbWJlZGQudjEuUGF1c2VTeW5jUmVzcG9uc2UiNoLT5JMCMCIuL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9wYXVzZRKCAQoKUmVzdW1lU3luYxIcLmVtYmVkZC52MS5SZXN1bWVTeW5jUmVxdWVzdBodLmVtYmVkZC52MS5SZXN1bWVTeW5jUmVzcG9uc2UiN4LT5JMCMSIvL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vc3luYy9yZXN1bWViBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIjsKGkJhY2tmaWxsVmVjdG9yVGFibGVSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLMAQobQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSLAoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlEhEKCXRhcmdldF9pZBgDIAEoCRIrCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCI1ChRHZXRTeW5jU3RhdHVzUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIimAMKFUdldFN5bmNTdGF0dXNSZXNwb25zZRIwCgtzeW5jX3N0YXR1cxgBIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEhMKC3N5bmNlZF9yb3dzGAIgASgBEhIKCnRvdGFsX3Jvd3MYAyABKAESMgoObGFzdF9zeW5jZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3ZlY3Rvcl90YWJsZV9pZBgFIAEoCRIUCgxyb3dzX3BlbmRpbmcYBiABKAESGwoOc3RhbGVuZXNzX3NlY3MYByABKA1IAIgBARIXCgpsYXN0X2Vycm9yGAggASgJSAGIAQESMQoNbGFzdF9lcnJvcl9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFAoMcm93c19za2lwcGVkGAogASgBEhQKB3dhcm5pbmcYCyABKAlIAogBAUIRCg9fc3RhbGVuZXNzX3NlY3NCDQoLX2xhc3RfZXJyb3JCCgoIX3dhcm5pbmciMQoQUGF1c2VTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIibwoRUGF1c2VTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCSIyChFSZXN1bWVTeW5jUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQIicAoSUmVzdW1lU3luY1Jlc3BvbnNlEhcKD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCRIwCgtzeW5jX3N0YXR1cxgCIAEoDjIbLmVtYmVkZC52MS5TeW5jU3RhdHVzLlZhbHVlEg8KB21lc3NhZ2UYAyABKAkibgoXV2F0Y2hWZWN0b3JUYWJsZVJlcXVlc3QSHQoPdmVjdG9yX3RhYmxlX2lkGAEgASgJQgTiQQECEiEKDmFmdGVyX3NlcXVlbmNlGAIgASgNQgTiQQEBSACIAQFCEQoPX2FmdGVyX3NlcXVlbmNlItECChBWZWN0b3JUYWJsZUV2ZW50EhYKCHNlcXVlbmNlGAEgASgNQgTiQQEDEi4KBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjIKCHNuYXBzaG90GAMgASgLMh4uZW1iZWRkLnYxLlZlY3RvclRhYmxlU25hcHNob3RIABIvCghwcm9ncmVzcxgEIAEoCzIbLmVtYmVkZC52MS5CYWNrZmlsbFByb2dyZXNzSAASKgoKc3luY19jeWNsZRgFIAEoCzIULmVtYmVkZC52MS5TeW5jQ3ljbGVIABIwCg1zdGF0dXNfY2hhbmdlGAYgASgLMhcuZW1iZWRkLnYxLlN0YXR1c0NoYW5nZUgAEikKCWhlYXJ0YmVhdBgHIAEoCzIULmVtYmVkZC52MS5IZWFydGJlYXRIAEIHCgVldmVudCKfAQoTVmVjdG9yVGFibGVTbmFwc2hvdBI2CgZzdGF0dXMYASABKAsyIC5lbWJlZGQudjEuR2V0U3luY1N0YXR1c1Jlc3BvbnNlQgTiQQEDEhsKDW1pc3NlZF9ldmVudHMYAiABKAhCBOJBAQMSMwoIcHJvZ3Jlc3MYAyABKAsyGy5lbWJlZGQudjEuQmFja2ZpbGxQcm9ncmVzc0IE4kEBAyKMAwoQQmFja2ZpbGxQcm9ncmVzcxIVCgd0YXNrX2lkGAEgASgJQgTiQQEDEjIKCXRhc2tfdHlwZRgCIAEoDjIZLmVtYmVkZC52MS5UYXNrVHlwZS5WYWx1ZUIE4kEBAxIxCgZzdGF0dXMYAyABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxIvCgVwaGFzZRgEIAEoDjIaLmVtYmVkZC52MS5UYXNrUGhhc2UuVmFsdWVCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYBSABKAFCBOJBAQMSGAoKcm93c190b3RhbBgGIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgHIAEoAUIE4kEBAxIYCgpyb3dzX3Blcl9zGAggASgBQgTiQQEDEh4KC2V0YV9zZWNvbmRzGAkgASgBQgTiQQEDSACIAQESHQoKbGFzdF9lcnJvchgKIAEoCUIE4kEBA0gBiAEBQg4KDF9ldGFfc2Vjb25kc0INCgtfbGFzdF9lcnJvciK5AQoJU3luY0N5Y2xlEhYKCGluc2VydGVkGAEgASgBQgTiQQEDEhgKCnJlZW1iZWRkZWQYAiABKAFCBOJBAQMSGwoNbWV0YWRhdGFfb25seRgDIAEoAUIE4kEBAxIVCgdkZWxldGVkGAQgASgBQgTiQQEDEhQKBmZhaWxlZBgFIAEoAUIE4kEBAxIZCgtkdXJhdGlvbl9tcxgGIAEoAUIE4kEBAxIVCgdza2lwcGVkGAcgASgBQgTiQQEDIr8BCgxTdGF0dXNDaGFuZ2USMwoIcHJldmlvdXMYASABKA4yGy5lbWJlZGQudjEuU3luY1N0YXR1cy5WYWx1ZUIE4kEBAxIxCgZzdGF0dXMYAiABKA4yGy5lbWJlZGQudjEuU3luY1N0YXR1cy5WYWx1ZUIE4kEBAxIUCgZyZWFzb24YAyABKAlCBOJBAQMSMQoFY2F1c2UYBCABKA4yHC5lbWJlZGQudjEuU3RhdHVzQ2F1c2UuVmFsdWVCBOJBAQMiCwoJSGVhcnRiZWF0MsgFCgtTeW5jU2VydmljZRKaAQoTQmFja2ZpbGxWZWN0b3JUYWJsZRIlLmVtYmVkZC52MS5CYWNrZmlsbFZlY3RvclRhYmxlUmVxdWVzdBomLmVtYmVkZC52MS5CYWNrZmlsbFZlY3RvclRhYmxlUmVzcG9uc2UiNILT5JMCLiIsL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vYmFja2ZpbGwSiwEKDUdldFN5bmNTdGF0dXMSHy5lbWJlZGQudjEuR2V0U3luY1N0YXR1c1JlcXVlc3QaIC5lbWJlZGQudjEuR2V0U3luY1N0YXR1c1Jlc3BvbnNlIjeC0+STAjESLy92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L3N5bmMvc3RhdHVzEn4KCVBhdXNlU3luYxIbLmVtYmVkZC52MS5QYXVzZVN5bmNSZXF1ZXN0GhwuZW1iZWRkLnYxLlBhdXNlU3luY1Jlc3BvbnNlIjaC0+STAjAiLi92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L3N5bmMvcGF1c2USggEKClJlc3VtZVN5bmMSHC5lbWJlZGQudjEuUmVzdW1lU3luY1JlcXVlc3QaHS5lbWJlZGQudjEuUmVzdW1lU3luY1Jlc3BvbnNlIjeC0+STAjEiLy92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L3N5bmMvcmVzdW1lEogBChBXYXRjaFZlY3RvclRhYmxlEiIuZW1iZWRkLnYxLldhdGNoVmVjdG9yVGFibGVSZXF1ZXN0GhsuZW1iZWRkLnYxLlZlY3RvclRhYmxlRXZlbnQiMYLT5JMCKxIpL3YxL3ZlY3Rvci10YWJsZXMve3ZlY3Rvcl90YWJsZV9pZH0vd2F0Y2gwAWIGcHJvdG8z", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * Request for BackfillVectorTable.
@@ -316,6 +316,354 @@ export const ResumeSyncResponseSchema: GenMessage<ResumeSyncResponse> = /*@__PUR
   messageDesc(file_embedd_v1_sync, 7);
 
 /**
+ * Request for WatchVectorTable.
+ *
+ * @generated from message embedd.v1.WatchVectorTableRequest
+ */
+export type WatchVectorTableRequest = Message<"embedd.v1.WatchVectorTableRequest"> & {
+  /**
+   * The vector table's identifier.
+   *
+   * @generated from field: string vector_table_id = 1;
+   */
+  vectorTableId: string;
+
+  /**
+   * The last `sequence` this client saw: the events after it come first (while they are
+   * in the bounded history; else a snapshot with `missed_events`). Absent: start with a
+   * snapshot of the table now.
+   *
+   * @generated from field: optional uint32 after_sequence = 2;
+   */
+  afterSequence?: number | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.WatchVectorTableRequest.
+ * Use `create(WatchVectorTableRequestSchema)` to create a new message.
+ */
+export const WatchVectorTableRequestSchema: GenMessage<WatchVectorTableRequest> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 8);
+
+/**
+ * One event of a watched vector table.
+ *
+ * @generated from message embedd.v1.VectorTableEvent
+ */
+export type VectorTableEvent = Message<"embedd.v1.VectorTableEvent"> & {
+  /**
+   * Grows with every event of this table (a progress event replaced by a newer one of the
+   * same task leaves a gap); a snapshot carries the sequence it is current to; 0 on
+   * heartbeats.
+   *
+   * @generated from field: uint32 sequence = 1;
+   */
+  sequence: number;
+
+  /**
+   * When the change was committed (RFC 3339, UTC, with fractions of a second); for a
+   * snapshot or a heartbeat, when it was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * What happened.
+   *
+   * @generated from oneof embedd.v1.VectorTableEvent.event
+   */
+  event: {
+    /**
+     * The table's state: the first message of a watch, or after missed events.
+     *
+     * @generated from field: embedd.v1.VectorTableSnapshot snapshot = 3;
+     */
+    value: VectorTableSnapshot;
+    case: "snapshot";
+  } | {
+    /**
+     * Progress of the table's backfill or re-backfill task.
+     *
+     * @generated from field: embedd.v1.BackfillProgress progress = 4;
+     */
+    value: BackfillProgress;
+    case: "progress";
+  } | {
+    /**
+     * One finished sync cycle.
+     *
+     * @generated from field: embedd.v1.SyncCycle sync_cycle = 5;
+     */
+    value: SyncCycle;
+    case: "syncCycle";
+  } | {
+    /**
+     * The sync status changed (paused, resumed, error, pending_rebackfill, swapped...).
+     *
+     * @generated from field: embedd.v1.StatusChange status_change = 6;
+     */
+    value: StatusChange;
+    case: "statusChange";
+  } | {
+    /**
+     * Nothing happened; the stream is alive.
+     *
+     * @generated from field: embedd.v1.Heartbeat heartbeat = 7;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message embedd.v1.VectorTableEvent.
+ * Use `create(VectorTableEventSchema)` to create a new message.
+ */
+export const VectorTableEventSchema: GenMessage<VectorTableEvent> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 9);
+
+/**
+ * A vector table's state.
+ *
+ * @generated from message embedd.v1.VectorTableSnapshot
+ */
+export type VectorTableSnapshot = Message<"embedd.v1.VectorTableSnapshot"> & {
+  /**
+   * The sync status, as GetSyncStatus reports it.
+   *
+   * @generated from field: embedd.v1.GetSyncStatusResponse status = 1;
+   */
+  status?: GetSyncStatusResponse | undefined;
+
+  /**
+   * True when events were missed: the client resumed from a sequence no longer in the
+   * history, or it read too slowly and the server dropped what it had buffered.
+   *
+   * @generated from field: bool missed_events = 2;
+   */
+  missedEvents: boolean;
+
+  /**
+   * The table's latest backfill or re-backfill; absent if it never had one.
+   *
+   * @generated from field: embedd.v1.BackfillProgress progress = 3;
+   */
+  progress?: BackfillProgress | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.VectorTableSnapshot.
+ * Use `create(VectorTableSnapshotSchema)` to create a new message.
+ */
+export const VectorTableSnapshotSchema: GenMessage<VectorTableSnapshot> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 10);
+
+/**
+ * Progress of a backfill or re-backfill.
+ *
+ * @generated from message embedd.v1.BackfillProgress
+ */
+export type BackfillProgress = Message<"embedd.v1.BackfillProgress"> & {
+  /**
+   * The task's identifier.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * `backfill` or `rebackfill`.
+   *
+   * @generated from field: embedd.v1.TaskType.Value task_type = 2;
+   */
+  taskType: TaskType_Value;
+
+  /**
+   * The task state.
+   *
+   * @generated from field: embedd.v1.TaskStatus.Value status = 3;
+   */
+  status: TaskStatus_Value;
+
+  /**
+   * What the task is doing now.
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 4;
+   */
+  phase: TaskPhase_Value;
+
+  /**
+   * Rows processed so far (whole numbers; double so that JSON prints numbers).
+   *
+   * @generated from field: double rows_processed = 5;
+   */
+  rowsProcessed: number;
+
+  /**
+   * Rows to process in all.
+   *
+   * @generated from field: double rows_total = 6;
+   */
+  rowsTotal: number;
+
+  /**
+   * Rows that failed for good.
+   *
+   * @generated from field: double rows_failed = 7;
+   */
+  rowsFailed: number;
+
+  /**
+   * Rows per second over the recent window.
+   *
+   * @generated from field: double rows_per_s = 8;
+   */
+  rowsPerS: number;
+
+  /**
+   * Estimated seconds to completion; absent when unknown (e.g. while indexing).
+   *
+   * @generated from field: optional double eta_seconds = 9;
+   */
+  etaSeconds?: number | undefined;
+
+  /**
+   * The last attempt's error; absent if none.
+   *
+   * @generated from field: optional string last_error = 10;
+   */
+  lastError?: string | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.BackfillProgress.
+ * Use `create(BackfillProgressSchema)` to create a new message.
+ */
+export const BackfillProgressSchema: GenMessage<BackfillProgress> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 11);
+
+/**
+ * The counts of one sync cycle.
+ *
+ * @generated from message embedd.v1.SyncCycle
+ */
+export type SyncCycle = Message<"embedd.v1.SyncCycle"> & {
+  /**
+   * New source rows embedded and stored.
+   *
+   * @generated from field: double inserted = 1;
+   */
+  inserted: number;
+
+  /**
+   * Rows whose embedded text changed, embedded again.
+   *
+   * @generated from field: double reembedded = 2;
+   */
+  reembedded: number;
+
+  /**
+   * Rows whose metadata alone changed, updated without calling the provider.
+   *
+   * @generated from field: double metadata_only = 3;
+   */
+  metadataOnly: number;
+
+  /**
+   * Rows deleted from the source, removed from the vectors.
+   *
+   * @generated from field: double deleted = 4;
+   */
+  deleted: number;
+
+  /**
+   * Rows that could not be embedded.
+   *
+   * @generated from field: double failed = 5;
+   */
+  failed: number;
+
+  /**
+   * How long the cycle took, in milliseconds.
+   *
+   * @generated from field: double duration_ms = 6;
+   */
+  durationMs: number;
+
+  /**
+   * New rows not stored because the organisation's vector budget is used up.
+   *
+   * @generated from field: double skipped = 7;
+   */
+  skipped: number;
+};
+
+/**
+ * Describes the message embedd.v1.SyncCycle.
+ * Use `create(SyncCycleSchema)` to create a new message.
+ */
+export const SyncCycleSchema: GenMessage<SyncCycle> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 12);
+
+/**
+ * A change of sync status (or a swap, which may keep the status).
+ *
+ * @generated from message embedd.v1.StatusChange
+ */
+export type StatusChange = Message<"embedd.v1.StatusChange"> & {
+  /**
+   * The status before.
+   *
+   * @generated from field: embedd.v1.SyncStatus.Value previous = 1;
+   */
+  previous: SyncStatus_Value;
+
+  /**
+   * The status now.
+   *
+   * @generated from field: embedd.v1.SyncStatus.Value status = 2;
+   */
+  status: SyncStatus_Value;
+
+  /**
+   * Why, for people (e.g. the error, or "re-backfill swapped in").
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Why, for programs.
+   *
+   * @generated from field: embedd.v1.StatusCause.Value cause = 4;
+   */
+  cause: StatusCause_Value;
+};
+
+/**
+ * Describes the message embedd.v1.StatusChange.
+ * Use `create(StatusChangeSchema)` to create a new message.
+ */
+export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 13);
+
+/**
+ * A keep-alive message of an idle stream.
+ *
+ * @generated from message embedd.v1.Heartbeat
+ */
+export type Heartbeat = Message<"embedd.v1.Heartbeat"> & {
+};
+
+/**
+ * Describes the message embedd.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 14);
+
+/**
  * Fills vector tables and keeps them in sync with their source.
  *
  * @generated from service embedd.v1.SyncService
@@ -360,6 +708,20 @@ export const SyncService: GenService<{
     methodKind: "unary";
     input: typeof ResumeSyncRequestSchema;
     output: typeof ResumeSyncResponseSchema;
+  },
+  /**
+   * Follows a vector table for as long as the client stays: backfill progress, each sync
+   * cycle's counts, status changes, numbered by `sequence`. The first message is a
+   * snapshot of the table; a client that reconnects with `after_sequence` gets what it
+   * missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+   * get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+   *
+   * @generated from rpc embedd.v1.SyncService.WatchVectorTable
+   */
+  watchVectorTable: {
+    methodKind: "server_streaming";
+    input: typeof WatchVectorTableRequestSchema;
+    output: typeof VectorTableEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_embedd_v1_sync, 0);

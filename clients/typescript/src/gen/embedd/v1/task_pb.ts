@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { TaskPhase_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/task.proto.
  */
 export const file_embedd_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIp4BCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMi/gMKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQNCDQoLX2xhc3RfZXJyb3IiOgoLVGFza0ZhaWx1cmUSFgoIcGtfdmFsdWUYASABKAlCBOJBAQMSEwoFZXJyb3IYAiABKAlCBOJBAQMiJwoOR2V0VGFza1JlcXVlc3QSFQoHdGFza19pZBgBIAEoCUIE4kEBAiKJAQoQTGlzdFRhc2tzUmVxdWVzdBITCgVsaW1pdBgBIAEoBUIE4kEBARIUCgZjdXJzb3IYAiABKAlCBOJBAQESFwoJdGFyZ2V0X2lkGAMgASgJQgTiQQEBEjEKBnN0YXR1cxgEIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlQgTiQQEBIkgKEUxpc3RUYXNrc1Jlc3BvbnNlEh4KBXRhc2tzGAEgAygLMg8uZW1iZWRkLnYxLlRhc2sSEwoLbmV4dF9jdXJzb3IYAiABKAkiKQoQV2F0Y2hUYXNrUmVxdWVzdBIVCgd0YXNrX2lkGAEgASgJQgTiQQECIn4KEVdhdGNoVGFza1Jlc3BvbnNlEh0KBHRhc2sYASABKAsyDy5lbWJlZGQudjEuVGFzaxISCgpyb3dzX3Blcl9zGAIgASgBEhgKC2V0YV9zZWNvbmRzGAMgASgBSACIAQESDAoEZG9uZRgEIAEoCEIOCgxfZXRhX3NlY29uZHMyqQIKC1Rhc2tTZXJ2aWNlElIKB0dldFRhc2sSGS5lbWJlZGQudjEuR2V0VGFza1JlcXVlc3QaDy5lbWJlZGQudjEuVGFzayIbgtPkkwIVEhMvdjEvdGFza3Mve3Rhc2tfaWR9ElkKCUxpc3RUYXNrcxIbLmVtYmVkZC52MS5MaXN0VGFza3NSZXF1ZXN0GhwuZW1iZWRkLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJrCglXYXRjaFRhc2sSGy5lbWJlZGQudjEuV2F0Y2hUYXNrUmVxdWVzdBocLmVtYmVkZC52MS5XYXRjaFRhc2tSZXNwb25zZSIhgtPkkwIbEhkvdjEvdGFza3Mve3Rhc2tfaWR9L3dhdGNoMAFiBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIp4BCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMirwQKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQMSLwoFcGhhc2UYDSABKA4yGi5lbWJlZGQudjEuVGFza1BoYXNlLlZhbHVlQgTiQQEDQg0KC19sYXN0X2Vycm9yIjoKC1Rhc2tGYWlsdXJlEhYKCHBrX3ZhbHVlGAEgASgJQgTiQQEDEhMKBWVycm9yGAIgASgJQgTiQQEDIicKDkdldFRhc2tSZXF1ZXN0EhUKB3Rhc2tfaWQYASABKAlCBOJBAQIiiQEKEExpc3RUYXNrc1JlcXVlc3QSEwoFbGltaXQYASABKAVCBOJBAQESFAoGY3Vyc29yGAIgASgJQgTiQQEBEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBARIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBASJIChFMaXN0VGFza3NSZXNwb25zZRIeCgV0YXNrcxgBIAMoCzIPLmVtYmVkZC52MS5UYXNrEhMKC25leHRfY3Vyc29yGAIgASgJIikKEFdhdGNoVGFza1JlcXVlc3QSFQoHdGFza19pZBgBIAEoCUIE4kEBAiKpAQoRV2F0Y2hUYXNrUmVzcG9uc2USHQoEdGFzaxgBIAEoCzIPLmVtYmVkZC52MS5UYXNrEhIKCnJvd3NfcGVyX3MYAiABKAESGAoLZXRhX3NlY29uZHMYAyABKAFIAIgBARIMCgRkb25lGAQgASgIEikKBXBoYXNlGAUgASgOMhouZW1iZWRkLnYxLlRhc2tQaGFzZS5WYWx1ZUIOCgxfZXRhX3NlY29uZHMyqQIKC1Rhc2tTZXJ2aWNlElIKB0dldFRhc2sSGS5lbWJlZGQudjEuR2V0VGFza1JlcXVlc3QaDy5lbWJlZGQudjEuVGFzayIbgtPkkwIVEhMvdjEvdGFza3Mve3Rhc2tfaWR9ElkKCUxpc3RUYXNrcxIbLmVtYmVkZC52MS5MaXN0VGFza3NSZXF1ZXN0GhwuZW1iZWRkLnYxLkxpc3RUYXNrc1Jlc3BvbnNlIhGC0+STAgsSCS92MS90YXNrcxJrCglXYXRjaFRhc2sSGy5lbWJlZGQudjEuV2F0Y2hUYXNrUmVxdWVzdBocLmVtYmVkZC52MS5XYXRjaFRhc2tSZXNwb25zZSIhgtPkkwIbEhkvdjEvdGFza3Mve3Rhc2tfaWR9L3dhdGNoMAFiBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * How far a task has come. Counts are whole numbers carried as `double`: JSON prints them
@@ -157,6 +157,13 @@ export type Task = Message<"embedd.v1.Task"> & {
    * @generated from field: repeated embedd.v1.TaskFailure failures = 12;
    */
   failures: TaskFailure[];
+
+  /**
+   * What the task is doing now (`unspecified` unless running).
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 13;
+   */
+  phase: TaskPhase_Value;
 };
 
 /**
@@ -339,6 +346,13 @@ export type WatchTaskResponse = Message<"embedd.v1.WatchTaskResponse"> & {
    * @generated from field: bool done = 4;
    */
   done: boolean;
+
+  /**
+   * What the task is doing now (as `task.phase`).
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 5;
+   */
+  phase: TaskPhase_Value;
 };
 
 /**
@@ -375,8 +389,9 @@ export const TaskService: GenService<{
     output: typeof ListTasksResponseSchema;
   },
   /**
-   * Streams a task's progress as it happens. The last message has `done` set and
-   * says how the work ended. Over REST: newline-delimited JSON.
+   * Streams a task's progress as it happens: its state now, then every change, and the
+   * latest state again every few seconds while nothing changes. The last message has
+   * `done` set and says how the work ended. Over REST: newline-delimited JSON.
    *
    * @generated from rpc embedd.v1.TaskService.WatchTask
    */

@@ -1,0 +1,364 @@
+"""Pushed subscriptions (docs/watch.md): WatchVectorTable over gRPC and REST (NDJSON through
+Envoy), WatchTask's phases, resuming by sequence from the bounded history, heartbeats that keep
+an idle REST watch open through Envoy, and a LISTEN connection lost and found again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+from embedd.v1 import sync_pb2, task_pb2, values_pb2
+from embedd_server import app
+from embedd_server.config import Settings
+from embedd_server.devtools.envoy import EnvoyProcess, render_config
+from google.protobuf import json_format
+
+from tests.conftest import UserDb
+from tests.harness import ROOT, CountingRegistry, Org, assert_no_lua_errors, counting, wait_for
+from tests.integration.test_vector_tables import create_vt
+
+Event = dict[str, Any]
+KINDS = ("snapshot", "progress", "sync_cycle", "status_change", "heartbeat")
+PHASES = ["reading", "embedding", "writing", "indexing"]
+
+
+def kind(event: Event) -> str:
+    return next(k for k in KINDS if k in event)
+
+
+def as_dict(message: Any) -> Event:
+    """A gRPC message as the REST API prints it."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+class Watch:
+    """Events of one stream, collected in the background."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def of(self, name: str) -> list[Event]:
+        return [e[name] for e in self.events if kind(e) == name]
+
+    def sequenced(self) -> list[tuple[int, str]]:
+        return [(e["sequence"], kind(e)) for e in self.events if kind(e) != "heartbeat"]
+
+    async def until(self, predicate: Callable[[Event], bool], what: str, within_s: float = 20.0) -> Event:
+        await wait_for(lambda: any(predicate(e) for e in self.events), within_s, what=what)
+        return next(e for e in self.events if predicate(e))
+
+
+def runs_of(phases: list[str]) -> list[str]:
+    """The phases in the order they came, each run of one phase once."""
+    return [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+
+
+def status_change(cause: str) -> Callable[[Event], bool]:
+    return lambda e: kind(e) == "status_change" and e["status_change"]["cause"] == cause
+
+
+@contextlib.asynccontextmanager
+async def grpc_watch(org: Org, vt_id: str, after: int | None = None) -> AsyncIterator[Watch]:
+    watch = Watch()
+    async with org.client() as c:
+        request = sync_pb2.WatchVectorTableRequest(vector_table_id=vt_id)
+        if after is not None:
+            request.after_sequence = after
+        stream = c.sync.WatchVectorTable(request)
+
+        async def read() -> None:
+            async for message in stream:
+                watch.events.append(as_dict(message))
+
+        reader = asyncio.create_task(read())
+        try:
+            yield watch
+        finally:
+            stream.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def rest_watch(org: Org, rest: httpx.AsyncClient, vt_id: str, query: str = "") -> AsyncIterator[Watch]:
+    watch = Watch()
+    ready = asyncio.Event()
+    content_type: list[str] = []
+
+    async def read() -> None:
+        async with rest.stream("GET", f"/v1/vector-tables/{vt_id}/watch{query}", headers=org.headers()) as r:
+            assert r.status_code == 200, await r.aread()
+            content_type.append(r.headers["content-type"])
+            ready.set()
+            async for line in r.aiter_lines():
+                if line.strip():
+                    watch.events.append(json.loads(line))
+
+    reader = asyncio.create_task(read())
+    try:
+        await asyncio.wait({reader, asyncio.create_task(ready.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done():
+            reader.result()
+        assert content_type == ["application/x-ndjson"]
+        yield watch
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+@pytest.fixture
+async def source(user_db: UserDb) -> AsyncIterator[str]:
+    """A small source table of the test's own (the test changes its rows)."""
+    name = f"watch_{secrets.token_hex(3)}"
+    conn = await asyncpg.connect(user_db.owner_dsn)
+    try:
+        await conn.execute(
+            f"CREATE TABLE {name} (id int PRIMARY KEY, name text, description text);"
+            f"INSERT INTO {name} SELECT g, 'item ' || g, 'thing ' || g FROM generate_series(1, 50) g;"
+            f"GRANT SELECT ON {name} TO embedd_user;"
+        )
+        yield name
+        await conn.execute(f"DROP TABLE {name}")
+    finally:
+        await conn.close()
+
+
+NAME_ONLY = [{"name": "name", "role": "embedding"}, {"name": "description", "role": "metadata"}]
+
+
+async def test_a_table_watch_follows_backfill_status_and_sync_over_grpc_and_rest(
+    org: Org, user_db: UserDb, source: str, rest: httpx.AsyncClient
+) -> None:
+    vt = await create_vt(
+        org, user_db, name="watched", source_table=source, columns=NAME_ONLY, sync_interval_seconds=1
+    )
+    async with grpc_watch(org, vt["id"]) as g, rest_watch(org, rest, vt["id"]) as r:
+        first = await g.until(lambda e: True, "the snapshot")
+        assert kind(first) == "snapshot" and first["snapshot"]["missed_events"] is False
+        assert first["snapshot"]["status"]["sync_status"] == "pending" and "progress" not in first["snapshot"]
+        start = first["sequence"]
+        task = (await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")).json()
+        await g.until(status_change("backfill_completed"), "the backfill to complete")
+
+        assert (await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/pause")).status_code == 200
+        await g.until(status_change("paused"), "the pause")
+        assert (await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/resume")).status_code == 200
+        await g.until(status_change("resumed"), "the resume")
+
+        owner = await asyncpg.connect(user_db.owner_dsn)
+        try:
+            await owner.execute(
+                f"INSERT INTO {source} VALUES (101, 'new one', 'x'), (102, 'new two', 'y');"
+                f"UPDATE {source} SET name = 'renamed' WHERE id = 1;"
+                f"UPDATE {source} SET description = 'only metadata' WHERE id = 2;"
+                f"DELETE FROM {source} WHERE id = 3;"
+            )
+        finally:
+            await owner.close()
+        cycle = await g.until(
+            lambda e: kind(e) == "sync_cycle" and e["sync_cycle"]["inserted"] > 0, "the sync cycle"
+        )
+        counts = {k: cycle["sync_cycle"][k] for k in ("inserted", "reembedded", "metadata_only", "deleted")}
+        assert counts == {"inserted": 2, "reembedded": 1, "metadata_only": 1, "deleted": 1}
+        assert cycle["sync_cycle"]["failed"] == 0 and cycle["sync_cycle"]["duration_ms"] > 0
+        await r.until(lambda e: e.get("sequence") == cycle["sequence"], "the same cycle over REST")
+
+    progress = g.of("progress")
+    assert {p["task_id"] for p in progress} == {task["task_id"]}
+    assert progress[-1]["status"] == "completed" and progress[-1]["rows_processed"] == 50
+    assert progress[-1]["eta_seconds"] == 0
+    assert runs_of([p["phase"] for p in progress if p["status"] == "running"]) == PHASES
+    causes = [c["cause"] for c in g.of("status_change")]
+    assert causes == ["backfill_started", "backfill_completed", "paused", "resumed"]
+    sequences = [seq for seq, _ in g.sequenced()]
+    assert sequences[0] == start and sequences == sorted(set(sequences)), sequences
+    # REST saw the same events (the same numbers, the same kinds), as NDJSON through Envoy.
+    assert r.sequenced() == g.sequenced()[: len(r.sequenced())]
+    assert r.of("status_change") == g.of("status_change")
+
+
+async def test_watch_task_says_the_phase_and_has_no_eta_while_indexing(
+    org: Org, user_db: UserDb, service: app.Service
+) -> None:
+    made = await create_vt(org, user_db)
+    events: list[task_pb2.WatchTaskResponse] = []
+    with counting(service, delay_s=0.3):  # the embedding phase lasts long enough to be seen
+        task = (await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")).json()
+        async with org.client() as c:
+            async for event in c.tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=task["task_id"])):
+                events.append(event)
+    phase = values_pb2.TaskPhase.Value
+    running = [e for e in events if e.task.status == values_pb2.TaskStatus.running]
+    assert all(e.phase == e.task.phase for e in events)
+    runs = runs_of([phase.Name(e.phase) for e in running])
+    assert runs in (PHASES, PHASES[1:]), runs  # the watch may begin after the claim's `reading`
+    indexing = next(e for e in running if e.phase == phase.Value("indexing"))
+    assert indexing.task.progress.rows_processed == indexing.task.progress.rows_total > 0
+    assert not indexing.HasField("eta_seconds")  # every row is written; the index has no ETA
+    last = events[-1]
+    assert last.done and last.phase == phase.Value("unspecified") and last.eta_seconds == 0
+    got = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
+    assert got["phase"] == "unspecified"
+
+
+async def test_resume_by_sequence_gets_what_was_missed_or_a_snapshot_that_says_so(
+    org: Org, user_db: UserDb, control_dsn: str
+) -> None:
+    vt = await create_vt(org, user_db)
+    async with grpc_watch(org, vt["id"]) as first:
+        snapshot = await first.until(lambda e: True, "the snapshot")
+    seen = snapshot["sequence"]
+    await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/pause")
+    await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/resume")
+    async with grpc_watch(org, vt["id"], after=seen) as resumed:
+        await resumed.until(status_change("resumed"), "the events missed")
+    assert [kind(e) for e in resumed.events][:2] == ["status_change", "status_change"]
+    assert [e["sequence"] for e in resumed.events[:2]] == [seen + 1, seen + 2]
+
+    async with grpc_watch(org, vt["id"], after=seen + 10_000) as future:  # never reached
+        got = await future.until(lambda e: True, "a snapshot")
+    assert kind(got) == "snapshot" and got["snapshot"]["missed_events"] is True
+
+    ctl = await asyncpg.connect(control_dsn)
+    try:  # more status changes than the history holds, straight in the control plane
+        await ctl.execute(
+            "DO $$ BEGIN FOR i IN 1..1005 LOOP UPDATE vector_tables SET sync_status ="
+            f" CASE WHEN sync_status = 'paused' THEN 'pending' ELSE 'paused' END WHERE id = '{vt['id']}';"
+            " END LOOP; END $$"
+        )
+        kept = await ctl.fetchval(
+            "SELECT count(*) FROM vector_table_events WHERE vector_table_id = $1", vt["id"]
+        )
+    finally:
+        await ctl.close()
+    assert kept <= 1000  # bounded: the events of the last 1,000 sequence numbers
+    async with grpc_watch(org, vt["id"], after=seen) as cut:
+        got = await cut.until(lambda e: True, "a snapshot")
+    assert kind(got) == "snapshot" and got["snapshot"]["missed_events"] is True
+    assert got["sequence"] >= seen + 1007
+
+
+async def test_a_deleted_table_ends_its_watch_with_not_found(org: Org, user_db: UserDb) -> None:
+    vt = await create_vt(org, user_db)
+    async with org.client() as c:
+        stream = c.sync.WatchVectorTable(sync_pb2.WatchVectorTableRequest(vector_table_id=vt["id"]))
+        first = await stream.read()
+        assert first.WhichOneof("event") == "snapshot"  # type: ignore[union-attr]
+        await org.http("DELETE", f"/v1/vector-tables/{vt['id']}")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            while True:
+                assert await stream.read() is not grpc.aio.EOF
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "was deleted" in (err.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        async with org.client() as c:
+            await c.sync.WatchVectorTable(sync_pb2.WatchVectorTableRequest(vector_table_id="vt_nope")).read()
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# -- a second replica with fast heartbeats, behind an Envoy with a short idle timeout ----------
+
+IDLE_TIMEOUT_S = 1.0
+
+
+@pytest.fixture
+async def replica(server_settings: Settings) -> AsyncIterator[app.Service]:
+    """Another server on the session's control plane: API only (the session's server does the
+    work), heartbeats every 0.3 s."""
+    settings = server_settings.model_copy(
+        update={"engine_enabled": False, "watch_heartbeat_s": 0.3, "qdrant_path": None}
+    )
+    svc = await app.start(settings, embedders=CountingRegistry)
+    yield svc
+    await svc.stop(0.5)
+
+
+@pytest.fixture
+def short_idle_envoy(replica: app.Service, tmp_path: Any) -> Any:
+    config = render_config(
+        ROOT / "envoy" / "envoy.yaml",
+        grpc_host="127.0.0.1",
+        grpc_port=replica.port,
+        http_host="127.0.0.1",
+        http_port=0,
+        admin_port=0,
+        descriptor=ROOT / "envoy" / "embedd.binpb",
+    )
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    watch_routes = [
+        r for r in routes if r["match"].get("path", "").endswith(("/WatchTask", "/WatchVectorTable"))
+    ]
+    assert len(watch_routes) == 2
+    for route in watch_routes:
+        route["route"]["idle_timeout"] = f"{IDLE_TIMEOUT_S}s"
+    with EnvoyProcess(config, work_dir=tmp_path) as proc:
+        yield proc
+    assert_no_lua_errors(proc.log_path)
+
+
+async def test_an_idle_rest_watch_outlives_envoys_idle_timeout(
+    org: Org, user_db: UserDb, short_idle_envoy: EnvoyProcess
+) -> None:
+    vt = await create_vt(org, user_db)
+    async with (
+        httpx.AsyncClient(base_url=short_idle_envoy.http_url, timeout=30) as rest,
+        rest_watch(org, rest, vt["id"]) as watch,
+    ):
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        await wait_for(lambda: loop.time() - opened > 3 * IDLE_TIMEOUT_S, 10, what="three idle timeouts")
+        beats = watch.of("heartbeat")
+        assert len(beats) >= 5, watch.events  # ~every 0.3 s
+        await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/pause")  # on the session's server
+        change = await watch.until(status_change("paused"), "the pause, still on the same stream")
+    assert [kind(e) for e in watch.events].count("snapshot") == 1
+    assert change["sequence"] == watch.events[0]["sequence"] + 1
+    assert all(e["sequence"] == 0 for e in watch.events if kind(e) == "heartbeat")
+
+
+async def test_events_missed_while_the_listener_was_down_are_read_again(
+    org: Org, user_db: UserDb, replica: app.Service, control_dsn: str
+) -> None:
+    """The replica's LISTEN connection is ended; a change commits before it is back, so its
+    NOTIFY reaches nobody there; the watcher on the replica still gets the event (the hub
+    reads every watched table again on reconnect). Proven by the timestamps: the event's row
+    is older than the new LISTEN connection (a reconnect that won the race is tried again)."""
+    vt = await create_vt(org, user_db)
+    replica_org = Org(org.org_id, org.key, org.read_key, f"127.0.0.1:{replica.port}", org.rest)
+    listener = replica.listener
+    ctl = await asyncpg.connect(control_dsn)
+    try:
+        async with grpc_watch(replica_org, vt["id"]) as watch:
+            await watch.until(lambda e: True, "the snapshot")
+            for cause, action in [("paused", "pause"), ("resumed", "resume")] * 2:
+                old = listener.server_pid
+                await ctl.execute("SELECT pg_terminate_backend($1, 5000)", old)
+                await wait_for(lambda: not listener.healthy, 5, what="the replica to notice")
+                await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/{action}")  # on the other server
+                change = await watch.until(status_change(cause), f"the {action} after the reconnect")
+                await wait_for(
+                    lambda old=old: listener.server_pid not in (None, old), 5, what="a new listener"
+                )
+                reconnected = await ctl.fetchval(
+                    "SELECT backend_start FROM pg_stat_activity WHERE pid = $1", listener.server_pid
+                )
+                committed = await ctl.fetchval(
+                    "SELECT created_at FROM vector_table_events WHERE vector_table_id = $1 AND sequence = $2",
+                    vt["id"],
+                    change["sequence"],
+                )
+                if committed < reconnected:
+                    return  # its NOTIFY went out before the new LISTEN: the resync found it
+    finally:
+        await ctl.close()
+    raise AssertionError("the listener reconnected before every change; nothing was proven")
