@@ -16,13 +16,25 @@ import grpc
 import httpx
 import pytest
 from embedd.v1 import sync_pb2, task_pb2, values_pb2
+from embedd_client import EmbeddClient
 from embedd_server import app
 from embedd_server.config import Settings
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
+from embedd_server.devtools.pg import LocalPostgres, create_database
+from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from google.protobuf import json_format
 
 from tests.conftest import UserDb
-from tests.harness import ROOT, CountingRegistry, Org, assert_no_lua_errors, counting, wait_for
+from tests.harness import (
+    ROOT,
+    CountingRegistry,
+    Org,
+    assert_no_lua_errors,
+    counting,
+    drop_control_plane,
+    wait_for,
+)
+from tests.integration.test_backfill_durability import make_table
 from tests.integration.test_vector_tables import create_vt
 
 Event = dict[str, Any]
@@ -68,9 +80,9 @@ def status_change(cause: str) -> Callable[[Event], bool]:
 
 
 @contextlib.asynccontextmanager
-async def grpc_watch(org: Org, vt_id: str, after: int | None = None) -> AsyncIterator[Watch]:
+async def grpc_watch(org: Org | EmbeddClient, vt_id: str, after: int | None = None) -> AsyncIterator[Watch]:
     watch = Watch()
-    async with org.client() as c:
+    async with org.client() if isinstance(org, Org) else contextlib.nullcontext(org) as c:
         request = sync_pb2.WatchVectorTableRequest(vector_table_id=vt_id)
         if after is not None:
             request.after_sequence = after
@@ -362,3 +374,46 @@ async def test_events_missed_while_the_listener_was_down_are_read_again(
     finally:
         await ctl.close()
     raise AssertionError("the listener reconnected before every change; nothing was proven")
+
+
+# -- two server processes on one control plane -----------------------------------------------
+
+
+@pytest.fixture
+async def control(pg: LocalPostgres, user_db: UserDb) -> AsyncIterator[str]:
+    name = f"control_{secrets.token_hex(4)}"
+    await create_database(pg.superuser_dsn(), name, with_vector=False)
+    yield pg.superuser_dsn(name)
+    await drop_control_plane(pg, name, user_db.owner_dsn)
+
+
+async def test_a_replica_that_runs_nothing_streams_the_work_of_another(user_db: UserDb, control: str) -> None:
+    """Process A does the backfill; the watchers are on process B (engine off): every event
+    reaches them through the control plane (NOTIFY, then B's one read per change)."""
+    key = new_secret_key()
+    worker = ServerProcess(control, key, engine_chunk_rows="100").start()
+    watcher = ServerProcess(control, key, engine_enabled="false").start()
+    try:
+        api_key = create_org(control, key)
+        async with (
+            EmbeddClient(f"127.0.0.1:{worker.port}", api_key) as a,
+            EmbeddClient(f"127.0.0.1:{watcher.port}", api_key) as b,
+        ):
+            vt_id = await make_table(a, user_db, "public.products", "replicas")
+            async with grpc_watch(b, vt_id) as table:
+                await table.until(lambda e: True, "the snapshot")
+                task = await a.sync.BackfillVectorTable(
+                    sync_pb2.BackfillVectorTableRequest(vector_table_id=vt_id)
+                )
+                updates = [u async for u in b.watch_task(task.task_id)]
+                await table.until(status_change("backfill_completed"), "the table synced, seen on B")
+                await a.sync.PauseSync(sync_pb2.PauseSyncRequest(vector_table_id=vt_id))
+                await table.until(status_change("paused"), "the pause made on A, seen on B")
+    finally:
+        worker.stop()
+        watcher.stop()
+    assert updates[-1].done and updates[-1].task.status == values_pb2.TaskStatus.completed
+    assert updates[-1].task.progress.rows_processed == 500
+    rows = [p["rows_processed"] for p in table.of("progress") if p["status"] == "running"]
+    assert rows == sorted(rows) and len(set(rows)) >= 2 and max(rows) == 500  # checkpoints, in order
+    assert runs_of([p["phase"] for p in table.of("progress") if p["status"] == "running"]) == PHASES

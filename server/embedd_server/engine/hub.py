@@ -4,8 +4,9 @@ each event out to every watcher of that table in this process (docs/watch.md).
 A NOTIFY on `embedd_events` (store/events.py) says that table T has an event numbered N. If
 this replica has watchers of T and has not read N yet, the hub reads T's events after the last
 one it read - one query, whatever the number of watchers - and offers each to every watcher.
-After the LISTEN connection was lost, `resync` reads every watched table again: the rows are
-the truth, the notifications only say when to look.
+NOTIFY reaches only the sessions listening when it is sent (docs/facts.md, "PostgreSQL
+LISTEN/NOTIFY"): after the LISTEN connection was lost, `resync` reads every watched table
+again. The rows are the truth; the notifications only say when to look.
 
 A watcher never holds more than `capacity` events. Progress of a task whose status and phase
 did not change coalesces (the newer event replaces the one still queued); anything else that
