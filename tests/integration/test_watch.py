@@ -16,7 +16,7 @@ import grpc
 import httpx
 import pytest
 from embedd.v1 import sync_pb2, task_pb2, values_pb2
-from embedd_client import EmbeddClient
+from embedd_client import EmbeddClient, Reconnect
 from embedd_server import app
 from embedd_server.config import Settings
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
@@ -36,6 +36,7 @@ from tests.harness import (
 )
 from tests.integration.test_backfill_durability import make_table
 from tests.integration.test_vector_tables import create_vt
+from tests.tcpproxy import TcpProxy
 
 Event = dict[str, Any]
 KINDS = ("snapshot", "progress", "sync_cycle", "status_change", "heartbeat")
@@ -417,3 +418,29 @@ async def test_a_replica_that_runs_nothing_streams_the_work_of_another(user_db: 
     rows = [p["rows_processed"] for p in table.of("progress") if p["status"] == "running"]
     assert rows == sorted(rows) and len(set(rows)) >= 2 and max(rows) == 500  # checkpoints, in order
     assert runs_of([p["phase"] for p in table.of("progress") if p["status"] == "running"]) == PHASES
+
+
+async def test_the_client_resumes_a_table_watch_after_a_dropped_connection(
+    org: Org, user_db: UserDb, service: app.Service
+) -> None:
+    """The connection drops; a pause commits before the client is back (its first reconnect
+    waits at least 1 s); the re-opened stream starts after the last sequence delivered and
+    brings the pause from the history - no second snapshot, nothing missed."""
+    vt = await create_vt(org, user_db)
+    retries: list[float] = []
+    async with TcpProxy("127.0.0.1", service.port) as proxy:
+        reconnect = Reconnect(initial_backoff_s=2.0)
+        async with EmbeddClient(proxy.target, org.key, reconnect=reconnect) as c:
+            events = []
+            async for event in c.watch_vector_table(vt["id"], on_retry=lambda err, s: retries.append(s)):
+                events.append(event)
+                if len(events) == 1:
+                    proxy.cut()
+                    await org.http("POST", f"/v1/vector-tables/{vt['id']}/sync/pause")
+                if event.WhichOneof("event") == "status_change":
+                    break
+    assert retries and min(retries) >= 1.0 and proxy.connections >= 2
+    snapshot, change = events[0], events[-1]
+    assert [e.WhichOneof("event") for e in events] == ["snapshot", "status_change"]
+    assert change.sequence == snapshot.sequence + 1
+    assert change.status_change.cause == values_pb2.StatusCause.paused

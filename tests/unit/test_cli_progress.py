@@ -41,16 +41,18 @@ def test_the_table_view_follows_its_events_and_settles_when_synced() -> None:
     snapshot = sync_pb2.VectorTableSnapshot(status=sync_pb2.GetSyncStatusResponse(sync_status=_SYNC.pending))
     view.apply(event(3, snapshot=snapshot))
     assert not view.settled and not view.lines
+    backfill = values_pb2.TaskType.backfill
     running = sync_pb2.BackfillProgress(
-        task_id="task_1", status=_TASK.running, rows_processed=10, rows_total=50
+        task_id="task_1", task_type=backfill, status=_TASK.running, rows_processed=10, rows_total=50
     )
     view.apply(event(4, progress=running))
     view.apply(
         event(5, status_change=sync_pb2.StatusChange(previous=_SYNC.pending, status=_SYNC.backfilling))
     )
     assert view.progress == running and "pending → backfilling" in view.lines[-1]
+    assert (view.synced_rows, view.total_rows) == (10, 50)
     finished = sync_pb2.BackfillProgress(
-        task_id="task_1", status=_TASK.completed, rows_processed=50, rows_total=50
+        task_id="task_1", task_type=backfill, status=_TASK.completed, rows_processed=50, rows_total=50
     )
     view.apply(event(6, progress=finished))
     assert "completed[/] task_1: 50 of 50 rows, 0 failed" in view.lines[-1]
@@ -58,9 +60,12 @@ def test_the_table_view_follows_its_events_and_settles_when_synced() -> None:
     view.apply(event(7, status_change=sync_pb2.StatusChange(previous=_SYNC.backfilling, status=_SYNC.synced)))
     assert view.settled and (view.synced_rows, view.total_rows) == (50, 50)
     lines = len(view.lines)
-    view.apply(event(8, sync_cycle=sync_pb2.SyncCycle(duration_ms=3)))  # nothing changed: no line
+    idle = sync_pb2.SyncCycle(duration_ms=3, synced_rows=50, total_rows=50)
+    view.apply(event(8, sync_cycle=idle))  # nothing changed: no line
     assert len(view.lines) == lines and view.last_sync
-    view.apply(event(9, sync_cycle=sync_pb2.SyncCycle(inserted=2, deleted=1, duration_ms=12.4)))
+    cycle = sync_pb2.SyncCycle(inserted=2, deleted=1, duration_ms=12.4, synced_rows=51, total_rows=51)
+    view.apply(event(9, sync_cycle=cycle))
+    assert (view.synced_rows, view.total_rows) == (51, 51)
     assert view.lines[-1].endswith(
         "sync: +2 inserted, 0 re-embedded, 0 metadata-only, -1 deleted, 0 failed (12 ms)"
     )

@@ -23,6 +23,8 @@ class SyncCycleCounts:
     failed: int
     skipped: int
     duration_ms: float
+    synced_rows: int  # the table's, after the cycle
+    total_rows: int
 
 
 _REASONS = {

@@ -79,6 +79,8 @@ def event_to_proto(item: TableEvent | Heartbeat) -> sync_pb2.VectorTableEvent:
             deleted=c.deleted,
             failed=c.failed,
             skipped=c.skipped,
+            synced_rows=c.synced_rows,
+            total_rows=c.total_rows,
         )
         msg.sync_cycle.duration_ms = round(max(c.duration_ms, 0.0), 1)
     elif item.change is not None:

@@ -35,6 +35,8 @@ def event_from_row(sequence: int, kind: str, payload: dict[str, Any], at: dt.dat
             failed=int(payload["failed"]),
             skipped=int(payload.get("skipped", 0)),
             duration_ms=float(payload["duration_ms"]),
+            synced_rows=int(payload["synced_rows"]),
+            total_rows=int(payload["total_rows"]),
         )
         return TableEvent(sequence, at, cycle=counts)
     change = StatusChange(

@@ -498,6 +498,8 @@ class SyncCycle(_message.Message):
     FAILED_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    SYNCED_ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: _builtins.int
     inserted: _builtins.float
     """New source rows embedded and stored."""
     reembedded: _builtins.float
@@ -512,6 +514,10 @@ class SyncCycle(_message.Message):
     """How long the cycle took, in milliseconds."""
     skipped: _builtins.float
     """New rows not stored because the organisation's vector budget is used up."""
+    synced_rows: _builtins.float
+    """The table's rows with vectors after the cycle (as GetSyncStatus's `synced_rows`)."""
+    total_rows: _builtins.float
+    """Rows in the source after the cycle (as GetSyncStatus's `total_rows`)."""
     def __init__(
         self,
         *,
@@ -522,10 +528,12 @@ class SyncCycle(_message.Message):
         failed: _builtins.float = ...,
         duration_ms: _builtins.float = ...,
         skipped: _builtins.float = ...,
+        synced_rows: _builtins.float = ...,
+        total_rows: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "duration_ms", b"duration_ms", "failed", b"failed", "inserted", b"inserted", "metadata_only", b"metadata_only", "reembedded", b"reembedded", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "duration_ms", b"duration_ms", "failed", b"failed", "inserted", b"inserted", "metadata_only", b"metadata_only", "reembedded", b"reembedded", "skipped", b"skipped", "synced_rows", b"synced_rows", "total_rows", b"total_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -78,6 +78,7 @@ class TableView:
         elif kind == "sync_cycle":
             cycle = event.sync_cycle
             self.last_sync = clock(event)
+            self.synced_rows, self.total_rows = cycle.synced_rows, cycle.total_rows
             if any((cycle.inserted, cycle.reembedded, cycle.metadata_only, cycle.deleted, cycle.failed)):
                 self.lines.append(f"{clock(event)} {cycle_line(cycle)}")
 
@@ -96,6 +97,8 @@ class TableView:
 
     def _progress(self, progress: sync_pb2.BackfillProgress) -> None:
         self.progress = progress
+        if progress.task_type == values_pb2.TaskType.backfill:  # a re-backfill: at the swap
+            self.synced_rows, self.total_rows = progress.rows_processed, progress.rows_total
         if progress.status in _ACTIVE:
             return
         done, total, failed = progress.rows_processed, progress.rows_total, progress.rows_failed
@@ -103,8 +106,6 @@ class TableView:
         ended = _TASK.Name(progress.status)
         color = "green" if ended == "completed" else "red"
         self.lines.append(f"[{color}]{ended}[/] {progress.task_id}: {rows}")
-        if ended == "completed":
-            self.synced_rows = self.total_rows = progress.rows_processed
 
     def __rich__(self) -> RenderableType:
         header = Text.assemble(

@@ -93,7 +93,7 @@ BEGIN
         seq := seq + 1;
         PERFORM embedd_record_event(NEW.id, seq, 'sync_cycle',
             CASE WHEN (NEW.last_cycle->>'changed')::boolean THEN NULL ELSE 'idle cycle' END,
-            NEW.last_cycle);
+            NEW.last_cycle || jsonb_build_object('synced_rows', NEW.synced_rows, 'total_rows', NEW.total_rows));
     END IF;
     IF NEW.sync_status IS DISTINCT FROM OLD.sync_status OR swapped THEN
         seq := seq + 1;
