@@ -228,6 +228,7 @@ class Service:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
         embedders, the HTTP session and the pool."""
         await self.health.enter_graceful_shutdown()
+        self.hub.close()  # watch streams would otherwise last the whole grace period
         await self.server.stop(grace)
         if self.worker is not None:
             await self.worker.stop()

@@ -444,3 +444,23 @@ async def test_the_client_resumes_a_table_watch_after_a_dropped_connection(
     assert [e.WhichOneof("event") for e in events] == ["snapshot", "status_change"]
     assert change.sequence == snapshot.sequence + 1
     assert change.status_change.cause == values_pb2.StatusCause.paused
+
+
+async def test_a_stopping_server_ends_its_watches_at_once_so_clients_move_on(
+    org: Org, user_db: UserDb, server_settings: Settings
+) -> None:
+    vt = await create_vt(org, user_db)
+    settings = server_settings.model_copy(update={"engine_enabled": False, "qdrant_path": None})
+    svc = await app.start(settings, embedders=CountingRegistry)
+    async with EmbeddClient(f"127.0.0.1:{svc.port}", org.key) as c:
+        stream = c.sync.WatchVectorTable(sync_pb2.WatchVectorTableRequest(vector_table_id=vt["id"]))
+        assert (await stream.read()).WhichOneof("event") == "snapshot"  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stopping = asyncio.create_task(svc.stop(20.0))  # a grace far longer than the test
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stream.read()
+        await stopping
+    assert loop.time() - started < 5.0
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert getattr(err.value, "reason", "") == "server_stopping"

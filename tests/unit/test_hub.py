@@ -277,3 +277,13 @@ async def test_progress_carries_the_rate_and_eta_measured_from_event_times() -> 
         last = got[-1]
         assert isinstance(last, TableEvent) and last.rows_per_s == 100.0
         assert last.eta_seconds == 7.0  # 700 rows left at 100 rows/s
+
+
+async def test_closing_the_hub_ends_every_watch_and_refuses_new_ones() -> None:
+    hub = EventHub(Source())
+    async with hub.subscribe("vt_a") as watcher:
+        watcher.start_after(0)
+        hub.close()
+        assert await watcher.next(5.0) is Signal.CLOSED
+        async with hub.subscribe("vt_b") as late:
+            assert await late.next(5.0) is Signal.CLOSED

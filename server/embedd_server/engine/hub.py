@@ -37,6 +37,7 @@ CAPACITY = 32
 class Signal(enum.Enum):
     MISSED = "missed"  # events were dropped: start again from a snapshot
     GONE = "gone"  # the vector table was deleted
+    CLOSED = "closed"  # this server is stopping: the client resumes elsewhere
 
 
 class EventSource(Protocol):
@@ -94,8 +95,14 @@ class Watcher:
         self._ready.set()
 
     def gone(self) -> None:
+        self._end(Signal.GONE)
+
+    def close(self) -> None:
+        self._end(Signal.CLOSED)
+
+    def _end(self, signal: Signal) -> None:
         self._queue.clear()
-        self._signal = Signal.GONE
+        self._signal = signal
         self._ready.set()
 
     @property
@@ -137,6 +144,7 @@ class EventHub:
         self._capacity = capacity
         self._retry_s = retry_s
         self._topics: dict[str, _Topic] = {}
+        self._closed = False
 
     # -- the listener's callbacks
 
@@ -168,6 +176,8 @@ class EventHub:
         if topic is None:
             topic = self._topics[vt_id] = _Topic(vt_id)
         watcher = Watcher(self._capacity, accept, lambda seq: self._started(topic, seq))
+        if self._closed:
+            watcher.close()
         topic.watchers.add(watcher)
         try:
             yield watcher
@@ -180,7 +190,16 @@ class EventHub:
     def watchers(self) -> int:
         return sum(len(t.watchers) for t in self._topics.values())
 
+    def close(self) -> None:
+        """The server is stopping: every watch ends now (its client reconnects, to another
+        replica), rather than at the end of the shutdown's grace period."""
+        self._closed = True
+        for topic in list(self._topics.values()):
+            for watcher in list(topic.watchers):
+                watcher.close()
+
     async def stop(self) -> None:
+        self.close()
         for topic in list(self._topics.values()):
             self._drop(topic)
 

@@ -45,6 +45,8 @@ class Watches:
             yield latest
             while not latest.done:
                 item = await watcher.next(self._heartbeat_s)
+                if item is Signal.CLOSED:
+                    raise _stopping()
                 if item is Signal.GONE:
                     latest = TaskUpdate(gone(latest.task), 0.0, 0.0)
                 elif item is Signal.MISSED:
@@ -84,6 +86,8 @@ class Watches:
                     yield HEARTBEAT
                 elif item is Signal.GONE:
                     raise _table_gone(vt_id)
+                elif item is Signal.CLOSED:
+                    raise _stopping()
                 elif item is Signal.MISSED:
                     yield await self._snapshot(org_id, env_id, vt_id, watcher, missed=True)
                 else:
@@ -105,6 +109,15 @@ def _replayed(event: TableEvent) -> TableEvent:
     if event.task is None:
         return event
     return dataclasses.replace(event, eta_seconds=eta(event.task, 0.0))
+
+
+def _stopping() -> ApiError:
+    return ApiError(
+        Kind.UNAVAILABLE,
+        "server_stopping",
+        "This server is stopping. Reconnect to go on watching (WatchVectorTable: with "
+        "after_sequence set to the last sequence received, to miss nothing).",
+    )
 
 
 def _table_gone(vt_id: str) -> ApiError:
