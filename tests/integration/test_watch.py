@@ -32,6 +32,7 @@ from tests.harness import (
     assert_no_lua_errors,
     counting,
     drop_control_plane,
+    rest_error,
     wait_for,
 )
 from tests.integration.test_backfill_durability import make_table
@@ -464,3 +465,26 @@ async def test_a_stopping_server_ends_its_watches_at_once_so_clients_move_on(
     assert loop.time() - started < 5.0
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert getattr(err.value, "reason", "") == "server_stopping"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v1/vector-tables/vt_%00abc/watch", 400, "validation_error"),
+        ("/v1/vector-tables/conn_abc/watch", 400, "validation_error"),
+        ("/v1/vector-tables/vt_doesnotexist/watch", 404, "vector_table_not_found"),
+        ("/v1/vector-tables/{vt}/watch?after_sequence=-1", 400, None),
+        ("/v1/vector-tables/{vt}/watch?after_sequence=many", 400, None),
+        ("/v1/vector-tables/{vt}/watch?since=3", 400, None),
+    ],
+)
+async def test_a_bad_table_watch_is_an_error_not_a_stream(
+    org: Org, user_db: UserDb, path: str, status: int, code: str | None
+) -> None:
+    if "{vt}" in path:
+        path = path.replace("{vt}", (await create_vt(org, user_db))["id"])
+    response = await org.http("GET", path, key=org.read_key)  # a read_only key may watch
+    got_status, got_code, error = rest_error(response)
+    assert got_status == status, error
+    assert code is None or got_code == code, error
+    assert error["message"] and error["request_id"]
