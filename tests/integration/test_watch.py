@@ -77,6 +77,13 @@ def runs_of(phases: list[str]) -> list[str]:
     return [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
 
 
+def synced(event: Event) -> bool:
+    """The table is synced: a snapshot that says so, or the status change to it."""
+    if kind(event) == "snapshot":
+        return bool(event["snapshot"]["status"]["sync_status"] == "synced")
+    return kind(event) == "status_change" and event["status_change"]["status"] == "synced"
+
+
 def status_change(cause: str) -> Callable[[Event], bool]:
     return lambda e: kind(e) == "status_change" and e["status_change"]["cause"] == cause
 
@@ -488,3 +495,24 @@ async def test_a_bad_table_watch_is_an_error_not_a_stream(
     assert got_status == status, error
     assert code is None or got_code == code, error
     assert error["message"] and error["request_id"]
+
+
+async def test_a_rebackfill_is_watched_through_its_swap(org: Org, user_db: UserDb, source: str) -> None:
+    vt = await create_vt(org, user_db, name="reembedded", source_table=source, columns=NAME_ONLY)
+    await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")
+    async with grpc_watch(org, vt["id"]) as g:
+        await g.until(synced, "the first fill")
+        renamed = [{"name": "name", "role": "embedding", "name_prefix": "Item: "}, NAME_ONLY[1]]
+        r = await org.http("PATCH", f"/v1/vector-tables/{vt['id']}?update_mask=columns", {"columns": renamed})
+        assert r.status_code == 200, r.text
+        await g.until(status_change("swapped"), "the swap")
+    causes = [c["cause"] for c in g.of("status_change")]
+    assert causes[-3:] == ["pending_rebackfill", "backfill_started", "swapped"], causes
+    rebackfill = [p for p in g.of("progress") if p["task_type"] == "rebackfill"]
+    assert runs_of([p["phase"] for p in rebackfill if p["status"] == "running"])[-2:] == [
+        "indexing",
+        "swapping",
+    ]
+    assert rebackfill[-1]["status"] == "completed"
+    swap = g.of("status_change")[-1]
+    assert swap["reason"].startswith("re-backfill swapped in") and swap["status"] == "synced"

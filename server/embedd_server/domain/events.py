@@ -9,9 +9,6 @@ from dataclasses import dataclass
 
 from embedd_server.domain.models import Task, VectorTable
 
-PHASES = ("reading", "embedding", "writing", "indexing", "swapping")
-
-
 @dataclass(frozen=True, slots=True)
 class SyncCycleCounts:
     """What one finished sync cycle did."""

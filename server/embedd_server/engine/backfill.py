@@ -56,7 +56,8 @@ class Progress:
 
 # Persists a committed chunk's progress (fenced: raises LeaseLost when the task is not ours).
 Checkpoint = Callable[[Progress], Awaitable[None]]
-# Records what the task is doing now (domain/events.PHASES; fenced like the checkpoint).
+# Records what the task is doing now: reading, embedding, writing, indexing or swapping
+# (docs/watch.md; fenced like the checkpoint).
 SetPhase = Callable[[str], Awaitable[None]]
 
 
