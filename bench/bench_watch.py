@@ -253,10 +253,12 @@ async def xacts(admin: asyncpg.Connection[Any]) -> int:
     return int(value)
 
 
-_READS = (
-    "SELECT relname, seq_scan + coalesce(idx_scan, 0) AS reads FROM pg_stat_user_tables"
-    " WHERE relname IN ('tasks', 'vector_tables', 'vector_table_events')"
+# Where the control plane's work goes, table by table: scans (reads) and rows written.
+_TABLE_STATS = (
+    "SELECT relname, seq_scan + coalesce(idx_scan, 0) AS reads,"
+    " n_tup_ins + n_tup_upd + n_tup_del AS writes FROM pg_stat_user_tables"
 )
+_PROCESSED = "SELECT coalesce(sum(rows_processed), 0)::bigint FROM tasks WHERE status = 'running'"
 
 
 @dataclass
@@ -264,7 +266,8 @@ class Window:
     queries_per_s: float
     rss_mb: float
     snapshots: int  # snapshots the streams received (a slow consumer's resync)
-    table_reads_per_s: dict[str, float]
+    tables_per_s: dict[str, tuple[float, float]]  # table -> (reads, rows written) per second
+    backfill_rows_per_s: float
 
 
 async def measure_window(
@@ -276,15 +279,30 @@ async def measure_window(
 ) -> Window:
     """The control plane's transactions per second over `seconds` (both readings lag the
     backends' counters alike, by up to a second), the server's RSS, and where reads went."""
-    before, reads_before, started = await xacts(admin), await control.fetch(_READS), time.time()
-    snapshots = rec.snapshots
+    before, stats_before = await xacts(admin), await control.fetch(_TABLE_STATS)
+    rows_before = await control.fetchval(_PROCESSED)
+    started, snapshots = time.time(), rec.snapshots
     rec.window, rec.measuring = (started, started + seconds), True
     await asyncio.sleep(seconds)
     rec.measuring = False
-    after, reads_after = await xacts(admin), await control.fetch(_READS)
-    old = {r["relname"]: r["reads"] for r in reads_before}
-    reads = {r["relname"]: round((r["reads"] - old[r["relname"]]) / seconds, 1) for r in reads_after}
-    return Window((after - before) / seconds, server.sample_rss() / 2**20, rec.snapshots - snapshots, reads)
+    after, stats_after = await xacts(admin), await control.fetch(_TABLE_STATS)
+    rows_after = await control.fetchval(_PROCESSED)
+    old = {r["relname"]: (r["reads"], r["writes"]) for r in stats_before}
+    tables = {
+        r["relname"]: (
+            round((r["reads"] - old[r["relname"]][0]) / seconds, 1),
+            round((r["writes"] - old[r["relname"]][1]) / seconds, 1),
+        )
+        for r in stats_after
+        if r["relname"] in old and (r["reads"], r["writes"]) != old[r["relname"]]
+    }
+    return Window(
+        (after - before) / seconds,
+        server.sample_rss() / 2**20,
+        rec.snapshots - snapshots,
+        tables,
+        (rows_after - rows_before) / seconds,
+    )
 
 
 async def change_rows(source: str, stop: asyncio.Event) -> None:
@@ -417,6 +435,7 @@ async def watch_and_measure(
             await asyncio.sleep(3)
             few = await measure_window(admin, control, server, rec, window_s)
             events_10 = rec.events / window_s
+            delays_10 = sorted(rec.delays_ms())
             rec.events = 0
             rec.table_delays.clear()
             rec.task_arrivals.clear()
@@ -439,6 +458,7 @@ async def watch_and_measure(
             for channel in channels:
                 await channel.close()
     q = statistics.quantiles(delays, n=100) if len(delays) >= 2 else [0.0] * 99
+    q_10 = statistics.quantiles(delays_10, n=100) if len(delays_10) >= 2 else [0.0] * 99
     rest_n = sum(1 for i in range(watchers) if is_rest(i, rest_share))
     return {
         "watchers": watchers,
@@ -448,9 +468,14 @@ async def watch_and_measure(
         f"control_plane_queries_per_s_{watchers}": round(many.queries_per_s, 1),
         "server_rss_mb_per_1k_watchers": round((many.rss_mb - few.rss_mb) / (watchers - 10) * 1000, 1),
         "control_plane_queries_per_s_10_again": round(again.queries_per_s, 1),
-        "table_reads_per_s_10": few.table_reads_per_s,
-        f"table_reads_per_s_{watchers}": many.table_reads_per_s,
-        "table_reads_per_s_10_again": again.table_reads_per_s,
+        "event_delay_p50_ms_10": round(q_10[49], 1),
+        "event_delay_p99_ms_10": round(q_10[98], 1),
+        "backfill_rows_per_s_10": round(few.backfill_rows_per_s),
+        f"backfill_rows_per_s_{watchers}": round(many.backfill_rows_per_s),
+        "backfill_rows_per_s_10_again": round(again.backfill_rows_per_s),
+        "tables_reads_writes_per_s_10": few.tables_per_s,
+        f"tables_reads_writes_per_s_{watchers}": many.tables_per_s,
+        "tables_reads_writes_per_s_10_again": again.tables_per_s,
         f"snapshots_resent_{watchers}": many.snapshots,
         "server_rss_mb_10": round(few.rss_mb, 1),
         f"server_rss_mb_{watchers}": round(many.rss_mb, 1),
