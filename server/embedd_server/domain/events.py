@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from embedd_server.domain.models import Task, VectorTable
 
+
 @dataclass(frozen=True, slots=True)
 class SyncCycleCounts:
     """What one finished sync cycle did."""
