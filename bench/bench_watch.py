@@ -14,9 +14,15 @@ streams on the backfill, over gRPC and, for `--rest-share` of them, as NDJSON th
   clock in the transaction of the change) to the event reaching the client, over every event
   of the measured window on every stream; WatchTask messages (no time of their own) are
   matched to the table event of the same task state.
-- control-plane query rate: pg_stat_database `xact_commit + xact_rollback` of the control
-  database per second over the window, first with 10 watchers, then with all of them.
+- control-plane query rate: the server's top-level statements in the control database per
+  second (pg_stat_statements, preloaded for the run; the bench's own reads left out), with 10
+  watchers, with all of them, and with 10 again (the work's own variation); also per window:
+  transactions (pg_stat_database), the watch path's statements (the hub's read per change and
+  the starting reads of watches), reads and writes per table, and the backfill's rows/s, so
+  that a change of the work's pace is told apart from a cost of the watchers.
 - server RSS: sampled at the end of each window; the difference, per 1,000 watchers.
+- event delay with 10 watchers too (`event_delay_p99_ms_10`): what the design costs, before
+  1,000 streams share the two cores with PostgreSQL, Envoy and the bench's own clients.
 
 Last line: {"watchers", "event_delay_p50_ms", "event_delay_p99_ms", "control_plane_queries_per_s_10",
 "control_plane_queries_per_s_1000", "server_rss_mb_per_1k_watchers", ...}.
@@ -246,11 +252,50 @@ class Fleet:
         await asyncio.gather(*ending, return_exceptions=True)
 
 
-async def xacts(admin: asyncpg.Connection[Any]) -> int:
-    value = await admin.fetchval(
-        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench_control'"
+async def with_statement_stats(pg: Any) -> None:
+    """pg_stat_statements needs to be preloaded: set it, restart."""
+    conn = await asyncpg.connect(pg.superuser_dsn(direct=True))
+    try:
+        await conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await conn.close()
+    pg.stop()
+    pg.start()
+
+
+async def create_extension(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE EXTENSION pg_stat_statements")
+    finally:
+        await conn.close()
+
+
+# The statements of the watch path: the hub's read per change, the starting points of a watch.
+_WATCH_STATEMENTS = ("%event_sequence AS current%", "%AS latest_task%", "%t.*, v.event_sequence%")
+
+
+@dataclass(frozen=True)
+class Counts:
+    transactions: int
+    statements: int  # top-level statements the server ran in the control plane
+    watch_statements: int
+
+
+async def counts(admin: asyncpg.Connection[Any]) -> Counts:
+    """The control plane's counters now (the server's statements only: not the bench's)."""
+    row = await admin.fetchrow(
+        "SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'bench_control')"
+        "   AS transactions,"
+        " coalesce(sum(s.calls), 0)::bigint AS statements,"
+        " coalesce(sum(s.calls) FILTER (WHERE s.query LIKE ANY ($1)), 0)::bigint AS watch_statements"
+        " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid JOIN pg_roles r ON r.oid = s.userid"
+        " WHERE d.datname = 'bench_control' AND s.query NOT LIKE '%pg_stat_%'"
+        " AND s.query NOT LIKE '%/* bench */%'",
+        list(_WATCH_STATEMENTS),
     )
-    return int(value)
+    assert row is not None
+    return Counts(row["transactions"], row["statements"], row["watch_statements"])
 
 
 # Where the control plane's work goes, table by table: scans (reads) and rows written.
@@ -258,12 +303,14 @@ _TABLE_STATS = (
     "SELECT relname, seq_scan + coalesce(idx_scan, 0) AS reads,"
     " n_tup_ins + n_tup_upd + n_tup_del AS writes FROM pg_stat_user_tables"
 )
-_PROCESSED = "SELECT coalesce(sum(rows_processed), 0)::bigint FROM tasks WHERE status = 'running'"
+_PROCESSED = "/* bench */ SELECT coalesce(sum(rows_processed), 0)::bigint FROM tasks WHERE status = 'running'"
 
 
 @dataclass
 class Window:
-    queries_per_s: float
+    queries_per_s: float  # the server's statements in the control plane
+    transactions_per_s: float
+    watch_queries_per_s: float  # of those, the watch path's (_WATCH_STATEMENTS)
     rss_mb: float
     snapshots: int  # snapshots the streams received (a slow consumer's resync)
     tables_per_s: dict[str, tuple[float, float]]  # table -> (reads, rows written) per second
@@ -277,15 +324,16 @@ async def measure_window(
     rec: Recorder,
     seconds: float,
 ) -> Window:
-    """The control plane's transactions per second over `seconds` (both readings lag the
-    backends' counters alike, by up to a second), the server's RSS, and where reads went."""
-    before, stats_before = await xacts(admin), await control.fetch(_TABLE_STATS)
+    """The server's statements and transactions in the control plane per second over
+    `seconds` (both readings lag the backends' counters alike, by up to a second), its RSS,
+    and where the reads and writes went."""
+    before, stats_before = await counts(admin), await control.fetch(_TABLE_STATS)
     rows_before = await control.fetchval(_PROCESSED)
     started, snapshots = time.time(), rec.snapshots
     rec.window, rec.measuring = (started, started + seconds), True
     await asyncio.sleep(seconds)
     rec.measuring = False
-    after, stats_after = await xacts(admin), await control.fetch(_TABLE_STATS)
+    after, stats_after = await counts(admin), await control.fetch(_TABLE_STATS)
     rows_after = await control.fetchval(_PROCESSED)
     old = {r["relname"]: (r["reads"], r["writes"]) for r in stats_before}
     tables = {
@@ -297,7 +345,9 @@ async def measure_window(
         if r["relname"] in old and (r["reads"], r["writes"]) != old[r["relname"]]
     }
     return Window(
-        (after - before) / seconds,
+        (after.statements - before.statements) / seconds,
+        (after.transactions - before.transactions) / seconds,
+        (after.watch_statements - before.watch_statements) / seconds,
         server.sample_rss() / 2**20,
         rec.snapshots - snapshots,
         tables,
@@ -345,7 +395,9 @@ async def wait_running(client: EmbeddClient, task_id: str) -> None:
 async def run(watchers: int, rest_share: float, window_s: float) -> dict[str, Any]:
     password, api_key = secrets.token_urlsafe(12), "sk-bench-" + secrets.token_hex(8)
     with local_postgres() as pg:
+        await with_statement_stats(pg)
         control, source = await prepare_databases(pg, password)
+        await create_extension(pg.superuser_dsn(direct=True))  # the view, where `admin` reads it
         await load_source(source, "big", BIG_ROWS)
         await load_source(source, "small", SMALL_ROWS)
         key = new_secret_key()
@@ -468,6 +520,12 @@ async def watch_and_measure(
         f"control_plane_queries_per_s_{watchers}": round(many.queries_per_s, 1),
         "server_rss_mb_per_1k_watchers": round((many.rss_mb - few.rss_mb) / (watchers - 10) * 1000, 1),
         "control_plane_queries_per_s_10_again": round(again.queries_per_s, 1),
+        "control_plane_transactions_per_s_10": round(few.transactions_per_s, 1),
+        f"control_plane_transactions_per_s_{watchers}": round(many.transactions_per_s, 1),
+        "control_plane_transactions_per_s_10_again": round(again.transactions_per_s, 1),
+        "watch_path_queries_per_s_10": round(few.watch_queries_per_s, 1),
+        f"watch_path_queries_per_s_{watchers}": round(many.watch_queries_per_s, 1),
+        "watch_path_queries_per_s_10_again": round(again.watch_queries_per_s, 1),
         "event_delay_p50_ms_10": round(q_10[49], 1),
         "event_delay_p99_ms_10": round(q_10[98], 1),
         "backfill_rows_per_s_10": round(few.backfill_rows_per_s),
