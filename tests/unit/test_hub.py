@@ -1,5 +1,6 @@
 """The event hub (engine/hub.py): one read per change whatever the number of watchers, fan-out,
-coalesced progress, overflow into a snapshot, bounded memory, unsubscribe on cancel."""
+coalesced progress, overflow into a snapshot, bounded memory, unsubscribe on cancel, and an
+event rendered once for all its streams."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import sys
+from typing import Any
 
 from embedd_server.domain.events import EventBatch, StatusChange, TableEvent
 from embedd_server.domain.models import Task
 from embedd_server.engine.hub import EventHub, Signal, Watcher
+from embedd_server.services.events import RenderCache, event_to_proto
 
 T0 = dt.datetime(2026, 3, 13, tzinfo=dt.UTC)
 
@@ -287,3 +290,24 @@ async def test_closing_the_hub_ends_every_watch_and_refuses_new_ones() -> None:
         assert await watcher.next(5.0) is Signal.CLOSED
         async with hub.subscribe("vt_b") as late:
             assert await late.next(5.0) is Signal.CLOSED
+
+
+def test_an_event_is_rendered_once_for_all_its_streams() -> None:
+    cache: RenderCache[Any] = RenderCache(size=2)
+    renders: list[TableEvent] = []
+
+    def render(event: TableEvent) -> Any:
+        renders.append(event)
+        return event_to_proto(event)
+
+    first, second, third = (TableEvent(i, T0, change=StatusChange("synced", "paused")) for i in (1, 2, 3))
+    shared = [cache.get(first, lambda: render(first)) for _ in range(1000)]
+    assert len(renders) == 1 and all(m is shared[0] for m in shared)
+    assert cache.get(first, lambda: render(first), extra=("rate", 5.0)) is not shared[0]  # other values
+    cache.get(second, lambda: render(second))
+    cache.get(third, lambda: render(third))  # the oldest goes: at most `size` are kept
+    cache.get(first, lambda: render(first))
+    assert [e.sequence for e in renders] == [1, 1, 2, 3, 1]
+    equal_but_not_the_same = TableEvent(3, T0, change=StatusChange("synced", "paused"))
+    cache.get(equal_but_not_the_same, lambda: render(equal_but_not_the_same))
+    assert renders[-1] is equal_but_not_the_same  # keyed by the object, not by its value

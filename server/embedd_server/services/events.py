@@ -4,9 +4,13 @@ parts WatchTask shares with it."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from embedd.v1 import sync_pb2, values_pb2
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
 
 from embedd_server.domain.events import Heartbeat, Snapshot, TableEvent
 from embedd_server.domain.models import Task
@@ -15,6 +19,31 @@ from embedd_server.services.convert import set_counters
 
 _PHASE = values_pb2.TaskPhase.Value
 _SYNC = values_pb2.SyncStatus.Value
+M = TypeVar("M", bound=Message)
+
+
+class RenderCache(Generic[M]):
+    """Messages rendered once per event and shared by every stream it goes to: the hub hands
+    the same event object to each watcher of a replica, and rendering it a thousand times
+    would cost more than sending it (bounded: the latest `size` events). Keyed by the event
+    object's identity - it is kept, so its id cannot be reused while cached - and any values
+    that came with it."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[int, Hashable], tuple[object, M]] = OrderedDict()
+
+    def get(self, event: object, render: Callable[[], M], extra: Hashable = None) -> M:
+        key = (id(event), extra)
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is event:
+            self._items.move_to_end(key)
+            return hit[1]
+        message = render()
+        self._items[key] = (event, message)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return message
 
 
 def phase(task: Task) -> values_pb2.TaskPhase.Value.ValueType:

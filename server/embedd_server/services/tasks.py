@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
 
 from embedd.v1 import task_pb2, task_pb2_grpc, values_pb2
@@ -14,7 +15,7 @@ from embedd_server.domain.validation import check_id, page_request
 from embedd_server.engine.watch import Watches
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, set_counters, timestamp
-from embedd_server.services.events import phase
+from embedd_server.services.events import RenderCache, phase
 from embedd_server.store.tasks import TaskStore
 
 _STATUS = values_pb2.TaskStatus
@@ -61,6 +62,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     def __init__(self, tasks: TaskStore, watches: Watches) -> None:
         self._tasks = tasks
         self._watches = watches
+        self._rendered: RenderCache[task_pb2.WatchTaskResponse] = RenderCache()
 
     async def _get(self, task_id: str) -> models.Task:
         """The caller's task, or 404 (other organisations' and environments' too)."""
@@ -98,4 +100,6 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         task = await self._get(request.task_id)
         p = current_principal()
         async for update in self._watches.task(p.org_id, p.env_id, task):
-            yield watch_response(update)
+            # One task state (a shared Task object) with its rate: rendered once per replica.
+            rate = (update.rows_per_s, update.eta_seconds)
+            yield self._rendered.get(update.task, functools.partial(watch_response, update), rate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Callable
 
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
@@ -11,7 +12,7 @@ from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vec
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
 from embedd_server.domain.errors import ApiError, Kind, not_found
-from embedd_server.domain.events import Snapshot
+from embedd_server.domain.events import Snapshot, TableEvent
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -36,7 +37,7 @@ from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, set_counters, timestamp
-from embedd_server.services.events import event_to_proto, snapshot_to_proto
+from embedd_server.services.events import RenderCache, event_to_proto, snapshot_to_proto
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.tasks import TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -451,6 +452,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self._tasks = tasks
         self._worker = worker
         self._watches = watches
+        self._rendered: RenderCache[sync_pb2.VectorTableEvent] = RenderCache()
 
     async def _get(self, vt_id: str) -> models.VectorTable:
         return await get_table(self._store, vt_id)
@@ -522,5 +524,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         async for item in self._watches.table(p.org_id, p.env_id, vt.id, after):
             if isinstance(item, Snapshot):
                 yield snapshot_to_proto(item, sync_status_to_proto(item.table))
+            elif isinstance(item, TableEvent):
+                yield self._rendered.get(item, functools.partial(event_to_proto, item))
             else:
-                yield event_to_proto(item)
+                yield event_to_proto(item)  # a heartbeat: its own time
