@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths clean
+.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths bench-watch clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -111,6 +111,11 @@ bench-managed: install
 # on the demo data (docs/batch.md).
 bench-paths: install
 	$(PY) -m bench.bench_paths
+
+# 1,000 watch streams (a share through Envoy) during a backfill and sync cycles: event delay,
+# control-plane query rate with 10 and 1,000 watchers, server memory (docs/watch.md).
+bench-watch: install
+	$(PY) -m bench.bench_watch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tools/npm/node_modules envoy/redoc.standalone.js

@@ -506,17 +506,28 @@ def _drop_boolean_format(doc: Json) -> None:
             node.pop("format", None)
 
 
-def _watch_ndjson(doc: Json) -> None:
-    """WatchTask streams: newline-delimited JSON, one WatchTaskResponse per line (the generator
-    describes one JSON document)."""
-    op = doc["paths"]["/v1/tasks/{task_id}/watch"]["get"]
-    ok = op["responses"]["200"]
-    ok["description"] = (
+_WATCHES = {
+    "/v1/tasks/{task_id}/watch": (
         "The task's progress as it happens: one `WatchTaskResponse` JSON object per line, flushed "
         "per event; the last line has `done: true` and says how the work ended. A failure after "
         "the first line cannot change the status; the last line says how the work ended."
-    )
-    ok["content"] = {NDJSON: ok["content"]["application/json"]}
+    ),
+    "/v1/vector-tables/{vector_table_id}/watch": (
+        "The table's events for as long as the client stays: one `VectorTableEvent` JSON object "
+        "per line, flushed per event - a snapshot first (or, with `after_sequence`, the events "
+        "since), then progress, sync cycles and status changes, and a heartbeat every few "
+        "seconds while nothing happens (docs/watch.md)."
+    ),
+}
+
+
+def _watch_ndjson(doc: Json) -> None:
+    """Watch streams: newline-delimited JSON, one message per line (the generator describes one
+    JSON document)."""
+    for path, description in _WATCHES.items():
+        ok = doc["paths"][path]["get"]["responses"]["200"]
+        ok["description"] = description
+        ok["content"] = {NDJSON: ok["content"]["application/json"]}
 
 
 def _auth_and_environment(doc: Json) -> None:

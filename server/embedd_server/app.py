@@ -39,10 +39,12 @@ from embedd_server.cursors import CursorSealer
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.engine.batch_backfill import BatchSettings
 from embedd_server.engine.context import EngineDeps, EngineSettings
+from embedd_server.engine.hub import EventHub
 from embedd_server.engine.query import QueryEmbeddingCache, QueryEngine, UserPools
 from embedd_server.engine.scheduler import SyncScheduler
 from embedd_server.engine.stores import StoreFactory
 from embedd_server.engine.tables import TableManager
+from embedd_server.engine.watch import Watches
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.network_policy import NetworkPolicy, http_connector
@@ -58,7 +60,8 @@ from embedd_server.services.vector_tables import SyncServicer, VectorTableServic
 from embedd_server.sinks.qdrant_backend import QdrantBackend
 from embedd_server.sources.pg_check import check_postgres
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
-from embedd_server.store.db import Listener, create_pool
+from embedd_server.store.db import Channel, Listener, create_pool
+from embedd_server.store.events import EVENTS_CHANNEL, EventStore
 from embedd_server.store.orgs import AUTH_CHANNEL, OrgStore
 from embedd_server.store.ratelimits import RateLimitStore
 from embedd_server.store.tasks import TaskStore
@@ -136,6 +139,22 @@ def _add_org_services(server: grpc.aio.Server, orgs: OrgStore, authenticator: Au
     environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(environments, server)
 
 
+def _add_fill_services(
+    server: grpc.aio.Server,
+    vector_tables: VectorTableStore,
+    *,
+    tasks: TaskStore,
+    worker: Worker | None,
+    watches: Watches,
+    providers: EmbeddingProviderStore,
+) -> None:
+    """Backfills, sync and tasks, and their watches."""
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(
+        SyncServicer(vector_tables, tasks, worker, providers, watches), server
+    )
+    task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks, watches), server)
+
+
 def _stores(
     settings: Settings, qdrant: QdrantBackend | None, made: contextlib.AsyncExitStack
 ) -> StoreFactory:
@@ -166,6 +185,35 @@ def engine_settings(settings: Settings) -> EngineSettings:
     )
 
 
+def _watches(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    tasks: TaskStore,
+    vector_tables: VectorTableStore,
+    made: contextlib.AsyncExitStack,
+) -> Watches:
+    """The watch streams and the process's event hub under them (docs/watch.md)."""
+    events = EventStore(pool)
+    hub = EventHub(events)
+    made.push_async_callback(hub.stop)
+    return Watches(
+        hub, tasks=tasks, tables=vector_tables, events=events, heartbeat_s=settings.watch_heartbeat_s
+    )
+
+
+def _listener(settings: Settings, authenticator: Authenticator, hub: EventHub) -> Listener:
+    """One LISTEN connection per process: the auth cache's invalidations and the events of
+    watched vector tables (after a reconnect, the hub reads every watched table again)."""
+    auth = Channel(
+        AUTH_CHANNEL,
+        authenticator.invalidate,
+        on_ready=authenticator.enable_cache,
+        on_lost=authenticator.disable_cache,
+    )
+    events = Channel(EVENTS_CHANNEL, hub.notify, on_ready=hub.resync)
+    return Listener(settings.database_url.get_secret_value(), [auth, events])
+
+
 @dataclass
 class Service:
     """A started server and what it owns."""
@@ -179,8 +227,9 @@ class Service:
     embedders: EmbedderRegistry
     worker: Worker | None
     scheduler: SyncScheduler | None
-    auth_listener: Listener
+    listener: Listener
     authenticator: Authenticator
+    hub: EventHub
     query_engine: QueryEngine | None = None
     limiter: RateLimiter | None = None
     qdrant: QdrantBackend | None = None
@@ -189,6 +238,7 @@ class Service:
         """Stops taking calls, lets in-flight ones finish within `grace`, then closes the
         embedders, the HTTP session and the pool."""
         await self.health.enter_graceful_shutdown()
+        self.hub.close()  # watch streams would otherwise last the whole grace period
         await self.server.stop(grace)
         if self.worker is not None:
             await self.worker.stop()
@@ -196,7 +246,8 @@ class Service:
             await self.scheduler.stop()
         if self.query_engine is not None:
             await self.query_engine.aclose()
-        await self.auth_listener.stop()
+        await self.listener.stop()
+        await self.hub.stop()
         if self.limiter is not None:
             await self.limiter.stop()
         if self.qdrant is not None:
@@ -248,13 +299,9 @@ async def start(
         registry = embedders(http, box, providers.save_learned)
         made.push_async_callback(registry.aclose)
         authenticator = Authenticator(orgs)
-        auth_listener = Listener(
-            settings.database_url.get_secret_value(),
-            AUTH_CHANNEL,
-            on_message=authenticator.invalidate,
-            on_ready=authenticator.enable_cache,
-            on_lost=authenticator.disable_cache,
-        )
+        vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
+        watches = _watches(settings, pool, tasks, vector_tables, made)
+        listener = _listener(settings, authenticator, watches.hub)
         limiter = RateLimiter(RateLimitStore(pool)) if settings.rate_limits_enabled else None
         server = grpc.aio.server(
             interceptors=[
@@ -270,7 +317,6 @@ async def start(
             EmbeddingProviderServicer(providers, box, registry), server
         )
         _add_org_services(server, orgs, authenticator)
-        vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)
         deps = EngineDeps(
             tasks=tasks,
             vector_tables=vector_tables,
@@ -295,8 +341,8 @@ async def start(
             ),
             server,
         )
-        sync_pb2_grpc.add_SyncServiceServicer_to_server(
-            SyncServicer(vector_tables, tasks, worker, providers), server
+        _add_fill_services(
+            server, vector_tables, tasks=tasks, worker=worker, watches=watches, providers=providers
         )
         query_engine = QueryEngine(
             connections=connections,
@@ -309,7 +355,6 @@ async def start(
         )
         made.push_async_callback(query_engine.aclose)
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(vector_tables, query_engine), server)
-        task_pb2_grpc.add_TaskServiceServicer_to_server(TaskServicer(tasks), server)
 
         health_servicer = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -321,8 +366,8 @@ async def start(
             ),
             server,
         )
-        await auth_listener.start()
-        made.push_async_callback(auth_listener.stop)
+        await listener.start()
+        made.push_async_callback(listener.stop)
         if limiter is not None:
             limiter.start()
             made.push_async_callback(limiter.stop)
@@ -345,8 +390,9 @@ async def start(
             embedders=registry,
             worker=worker,
             scheduler=scheduler,
-            auth_listener=auth_listener,
+            listener=listener,
             authenticator=authenticator,
+            hub=watches.hub,
             query_engine=query_engine,
             limiter=limiter,
             qdrant=qdrant,

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # above, it searches the HNSW index (docs/facts.md, "Query paths").
     query_exact_threshold: int = 5_000
 
+    # Watch streams (docs/watch.md): an idle one gets a heartbeat (WatchTask: its latest state
+    # again) this often, well inside Envoy's idle timeout of their routes (envoy/envoy.yaml).
+    watch_heartbeat_s: float = 5.0
+
     # Managed mode's Qdrant: a folder for the embedded local mode (one server process per
     # folder; fine for a single replica and small collections), or the URL (and API key) of a
     # Qdrant server or cluster (several replicas, large collections). Neither: managed mode

@@ -87,8 +87,11 @@ async def test_the_seed_steps_from_the_command_line(org: Org, user_db: UserDb) -
     assert task["status"] == "completed" and task["progress"]["rows_processed"] == PRODUCT_ROWS
     watched = (await embedd("watch", task["id"], "--json")).stdout.splitlines()
     assert [json.loads(line)["done"] for line in watched] == [True]  # done already: one NDJSON line
-    idle = await embedd("watch", vt["id"])
-    assert "no backfill running" in idle.stderr and "synced" in idle.stdout
+    idle = await embedd("watch", vt["id"], "--until-synced")  # synced already: the snapshot, done
+    assert f"{vt['id']}  synced  {PRODUCT_ROWS} of {PRODUCT_ROWS} rows" in idle.stderr
+    events = (await embedd("watch", vt["id"], "--until-synced", "--json")).stdout.splitlines()
+    (snapshot,) = [json.loads(line) for line in events]
+    assert snapshot["snapshot"]["status"]["sync_status"] == "synced" and snapshot["sequence"] > 0
     assert task["id"] in (await embedd("tasks", "get", task["id"])).stdout
 
     await embedd("tables", "delete", vt["id"], "--drop-vectors")
@@ -104,9 +107,10 @@ async def test_watch_follows_a_tables_running_backfill(
     embedd = Embedd(org)
     with counting(service, delay_s=1.0):  # still running when `watch` starts
         queued = await embedd.json("backfill", made["id"])
-        followed = await embedd("watch", made["id"])
+        followed = await embedd("watch", made["id"], "--until-synced")
     assert queued["status"] == "pending"
     assert f"completed {queued['task_id']}: {PRODUCT_ROWS} of {PRODUCT_ROWS} rows" in followed.stderr
+    assert "status: backfilling → synced (backfill completed)" in followed.stderr
     await embedd("tables", "delete", made["id"], "--drop-vectors")
 
 

@@ -152,8 +152,10 @@ async def test_a_rebackfill_task_is_never_visible_before_its_spec(plane: Plane) 
                 )
             )
         )
+        # The transaction blocks at its first write of the row: the task's INSERT, whose event
+        # trigger takes the table's next sequence (migration 0010), before the UPDATE.
         await wait_for(
-            lambda: _blocked_on_lock(plane.ctl, "UPDATE vector_tables"), what="the update to block"
+            lambda: _blocked_on_lock(plane.ctl, "INSERT INTO tasks"), what="the update to block"
         )
         claimable = await plane.ctl.fetchval(
             "SELECT count(*) FROM tasks WHERE target_id = $1 AND status = 'pending'", plane.vt.id
@@ -171,6 +173,16 @@ async def test_a_rebackfill_task_is_never_visible_before_its_spec(plane: Plane) 
         plane.vt.id,
     )
     assert (row["pending"], row["tasks"]) == (True, 1)
+    # One transaction wrote both (the lock above is taken first by the task's own INSERT, so
+    # it no longer tells): the task's first event and the spec's status change share an xmin.
+    written = await plane.ctl.fetch(
+        "SELECT xmin::text AS tx FROM vector_table_events WHERE vector_table_id = $1"
+        " AND ((kind = 'progress' AND payload->>'task_type' = 'rebackfill'"
+        "       AND payload->>'status' = 'pending')"
+        "   OR (kind = 'status_change' AND payload->>'status' = 'pending_rebackfill'))",
+        plane.vt.id,
+    )
+    assert len(written) == 2 and len({r["tx"] for r in written}) == 1, written
 
 
 async def test_delete_ends_the_row_and_its_tasks_before_it_drops_the_vectors(

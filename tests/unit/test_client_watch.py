@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from embedd.v1 import task_pb2, values_pb2
+from embedd.v1 import sync_pb2, task_pb2, values_pb2
 from embedd_client.channel import RetryPolicy, idempotent_methods, service_config
 from embedd_client.errors import EmbeddError, NotFoundError, UnavailableError
-from embedd_client.watch import Reconnect, TaskResume, should_reconnect, watch_async, watch_sync
+from embedd_client.watch import (
+    Reconnect,
+    TaskResume,
+    VectorTableResume,
+    should_reconnect,
+    watch_async,
+    watch_sync,
+)
 
 FAST = Reconnect(give_up_after_s=5.0, initial_backoff_s=0.001, max_backoff_s=0.002)
 _STATUS = values_pb2.TaskStatus
@@ -149,6 +156,51 @@ async def test_it_gives_up_when_the_server_stays_away() -> None:
 async def test_a_stream_that_ends_without_a_final_event_ends_the_watch() -> None:
     script = Script([[event(10)], [event(30, _STATUS.completed)]])
     assert [e.task.progress.rows_processed for e in await run_async(script)] == [10]
+
+
+def table_event(sequence: int, kind: str) -> sync_pb2.VectorTableEvent:
+    event = sync_pb2.VectorTableEvent(sequence=sequence)
+    getattr(event, kind).SetInParent()
+    return event
+
+
+async def test_a_table_watch_resumes_after_the_last_sequence_not_a_heartbeat() -> None:
+    script = Script(
+        [
+            [
+                table_event(5, "snapshot"),
+                table_event(6, "status_change"),
+                table_event(0, "heartbeat"),
+                unavailable(),
+            ],
+            [table_event(7, "sync_cycle"), table_event(0, "heartbeat")],
+        ]
+    )
+    resume = VectorTableResume("vt_1")
+    seen = [e async for e in watch_async(script.open_async, resume, FAST, on_retry)]  # type: ignore[arg-type]
+    assert [(e.sequence, e.WhichOneof("event")) for e in seen] == [
+        (5, "snapshot"),
+        (6, "status_change"),
+        (0, "heartbeat"),
+        (7, "sync_cycle"),
+        (0, "heartbeat"),
+    ]
+    first, second = script.requests
+    assert not first.HasField("after_sequence")  # type: ignore[attr-defined]
+    assert second.after_sequence == 6  # type: ignore[attr-defined]
+
+
+def test_a_table_watch_can_start_after_a_sequence_and_replays_are_skipped() -> None:
+    script = Script(
+        [
+            [table_event(9, "status_change"), unavailable()],
+            [table_event(9, "status_change"), table_event(12, "snapshot")],
+        ]
+    )
+    resume = VectorTableResume("vt_1", after_sequence=8)
+    seen = list(watch_sync(script.open_sync, resume, FAST, on_retry))  # type: ignore[arg-type]
+    assert [e.sequence for e in seen] == [9, 12]  # the repeated 9 is skipped, a snapshot is not
+    assert [r.after_sequence for r in script.requests] == [8, 9]  # type: ignore[attr-defined]
 
 
 def test_the_service_config_retries_exactly_the_idempotent_methods() -> None:

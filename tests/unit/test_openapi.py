@@ -60,12 +60,17 @@ def test_error_body_and_429() -> None:
     }
 
 
-def test_watch_is_ndjson() -> None:
-    ok = DOC["paths"]["/v1/tasks/{task_id}/watch"]["get"]["responses"]["200"]
+@pytest.mark.parametrize(
+    ("path", "schema"),
+    [
+        ("/v1/tasks/{task_id}/watch", "v1WatchTaskResponse"),
+        ("/v1/vector-tables/{vector_table_id}/watch", "v1VectorTableEvent"),
+    ],
+)
+def test_watches_are_ndjson(path: str, schema: str) -> None:
+    ok = DOC["paths"][path]["get"]["responses"]["200"]
     assert list(ok["content"]) == ["application/x-ndjson"]
-    assert ok["content"]["application/x-ndjson"]["schema"] == {
-        "$ref": "#/components/schemas/v1WatchTaskResponse"
-    }
+    assert ok["content"]["application/x-ndjson"]["schema"] == {"$ref": f"#/components/schemas/{schema}"}
 
 
 def test_field_behavior_and_printed_fields() -> None:

@@ -21,6 +21,7 @@ from embedd.v1 import (
     embedding_provider_pb2_grpc,
     environment_pb2_grpc,
     query_pb2_grpc,
+    sync_pb2,
     sync_pb2_grpc,
     task_pb2,
     task_pb2_grpc,
@@ -28,7 +29,7 @@ from embedd.v1 import (
 )
 
 from embedd_client.channel import CallPolicy, ChannelOptions, RetryPolicy, aio_interceptors, channel_options
-from embedd_client.watch import OnRetry, Reconnect, TaskResume, watch_async
+from embedd_client.watch import OnRetry, Reconnect, TaskResume, VectorTableResume, watch_async
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -75,6 +76,16 @@ class EmbeddClient:
         across reconnects: after a transport error it subscribes again and skips what it
         already delivered."""
         return watch_async(self.tasks.WatchTask, TaskResume(task_id), self.reconnect, on_retry)
+
+    def watch_vector_table(
+        self, vector_table_id: str, *, after_sequence: int | None = None, on_retry: OnRetry | None = None
+    ) -> AsyncIterator[sync_pb2.VectorTableEvent]:
+        """The table's events for as long as the caller iterates: a snapshot first (or, with
+        `after_sequence`, what came after it), then progress, sync cycles, status changes and
+        heartbeats. After a transport error it reconnects and resumes after the last sequence
+        it delivered; ends with NotFoundError when the table is deleted."""
+        resume = VectorTableResume(vector_table_id, after_sequence)
+        return watch_async(self.sync.WatchVectorTable, resume, self.reconnect, on_retry)
 
     async def close(self) -> None:
         await self.channel.close(None)

@@ -241,6 +241,11 @@ class ManagedModeUnavailableError(UnavailableError):
     """`managed_mode_unavailable`: this server has no Qdrant configured; use platform mode."""
 
 
+class ServerStoppingError(UnavailableError):
+    """`server_stopping`: the server is shutting down; a watch reconnects (to another replica)
+    and resumes."""
+
+
 class VectorsNotDroppedError(UnavailableError):
     """`vectors_not_dropped`: the vector table was deleted but its vectors could not be
     dropped; the message has the DROP TABLE statements to run."""
@@ -276,6 +281,7 @@ ERROR_CLASSES: Mapping[str, type[EmbeddError]] = {
     "rate_limit_exceeded": RateLimitExceededError,
     "vectors_not_dropped": VectorsNotDroppedError,
     "managed_mode_unavailable": ManagedModeUnavailableError,
+    "server_stopping": ServerStoppingError,
     "not_implemented": UnimplementedError,
     "internal_error": InternalError,
 }

@@ -18,6 +18,7 @@ from embedd.v1 import (
     embedding_provider_pb2_grpc,
     environment_pb2_grpc,
     query_pb2_grpc,
+    sync_pb2,
     sync_pb2_grpc,
     task_pb2,
     task_pb2_grpc,
@@ -26,7 +27,7 @@ from embedd.v1 import (
 
 from embedd_client.aio import DEFAULT_TIMEOUT_S
 from embedd_client.channel import CallPolicy, ChannelOptions, RetryPolicy, channel_options, sync_interceptors
-from embedd_client.watch import OnRetry, Reconnect, TaskResume, watch_sync
+from embedd_client.watch import OnRetry, Reconnect, TaskResume, VectorTableResume, watch_sync
 
 
 class SyncEmbeddClient:
@@ -68,6 +69,13 @@ class SyncEmbeddClient:
     ) -> Iterator[task_pb2.WatchTaskResponse]:
         """See `EmbeddClient.watch_task`."""
         return watch_sync(self.tasks.WatchTask, TaskResume(task_id), self.reconnect, on_retry)
+
+    def watch_vector_table(
+        self, vector_table_id: str, *, after_sequence: int | None = None, on_retry: OnRetry | None = None
+    ) -> Iterator[sync_pb2.VectorTableEvent]:
+        """See `EmbeddClient.watch_vector_table`."""
+        resume = VectorTableResume(vector_table_id, after_sequence)
+        return watch_sync(self.sync.WatchVectorTable, resume, self.reconnect, on_retry)
 
     def close(self) -> None:
         self._raw.close()

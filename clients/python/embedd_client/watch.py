@@ -8,8 +8,10 @@ delivered, so the caller sees one stream. How a stream resumes is its `Resume`:
 - `TaskResume` (WatchTask): the server keeps no history; the task row is the truth, so a new
   subscription starts with the task's current state. The first events of a re-opened stream
   that only repeat the last delivered state are skipped.
-- A stream with sequence numbers resumes from the last one it delivered: its `request`
-  carries that sequence and `seen` compares sequences.
+- `VectorTableResume` (WatchVectorTable): events are numbered; the stream is opened again
+  with `after_sequence` = the last sequence delivered, and the server sends what came after
+  it from its bounded history (or a snapshot with `missed_events` when that was cut).
+  Heartbeats (sequence 0) are delivered but are no place to resume from.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
-from embedd.v1 import task_pb2
+from embedd.v1 import sync_pb2, task_pb2
 
 E = TypeVar("E")
 R = TypeVar("R")
@@ -46,6 +48,10 @@ class Resume(Protocol[R_co, E_contra]):
         """Whether the watch ends with this event."""
         ...
 
+    def marks(self, event: E_contra) -> bool:
+        """Whether a re-opened stream may resume from this event (a heartbeat is no position)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class TaskResume:
@@ -61,6 +67,34 @@ class TaskResume:
 
     def final(self, event: task_pb2.WatchTaskResponse) -> bool:
         return event.done
+
+    def marks(self, event: task_pb2.WatchTaskResponse) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class VectorTableResume:
+    """WatchVectorTable: resume after the last sequence delivered (or `after_sequence`, for
+    the first stream). The watch follows the table until the caller stops."""
+
+    vector_table_id: str
+    after_sequence: int | None = None
+
+    def request(self, last: sync_pb2.VectorTableEvent | None) -> sync_pb2.WatchVectorTableRequest:
+        request = sync_pb2.WatchVectorTableRequest(vector_table_id=self.vector_table_id)
+        after = last.sequence if last is not None else self.after_sequence
+        if after is not None:
+            request.after_sequence = after
+        return request
+
+    def seen(self, event: sync_pb2.VectorTableEvent, last: sync_pb2.VectorTableEvent) -> bool:
+        return event.WhichOneof("event") != "snapshot" and 0 < event.sequence <= last.sequence
+
+    def final(self, event: sync_pb2.VectorTableEvent) -> bool:
+        return False
+
+    def marks(self, event: sync_pb2.VectorTableEvent) -> bool:
+        return event.WhichOneof("event") != "heartbeat"
 
 
 def _task_state(event: task_pb2.WatchTaskResponse) -> task_pb2.WatchTaskResponse:
@@ -158,7 +192,9 @@ async def watch_async(
                 retry.received()
                 if resumed and last is not None and resume.seen(event, last):
                     continue
-                resumed, last = False, event
+                resumed = False
+                if resume.marks(event):
+                    last = event
                 yield event
                 if resume.final(event):
                     return
@@ -190,7 +226,9 @@ def watch_sync(
                 retry.received()
                 if resumed and last is not None and resume.seen(event, last):
                     continue
-                resumed, last = False, event
+                resumed = False
+                if resume.marks(event):
+                    last = event
                 yield event
                 if resume.final(event):
                     return

@@ -162,6 +162,8 @@ class Task:
     rows_imported: int = 0
     batch_tokens: int = 0
     batches: BatchProgress | None = None
+    # What a running task is doing (reading, embedding, writing, indexing, swapping).
+    phase: str | None = None
 
     @property
     def done(self) -> bool:

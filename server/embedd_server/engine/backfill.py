@@ -61,6 +61,13 @@ class Progress:
 
 # Persists a committed chunk's progress (fenced: raises LeaseLost when the task is not ours).
 Checkpoint = Callable[[Progress], Awaitable[None]]
+# Records what the task is doing now: reading, embedding, writing, indexing or swapping
+# (docs/watch.md; fenced like the checkpoint).
+SetPhase = Callable[[str], Awaitable[None]]
+
+
+async def no_phase(phase: str) -> None:
+    """For jobs nobody watches (benchmarks, tests of the pipeline)."""
 
 
 class _BudgetSpent(Exception):
@@ -78,6 +85,7 @@ class BackfillJob:
     chunk_rows: int = 1000
     inflight: int = 4
     maintenance_work_mem: str = ""
+    set_phase: SetPhase = no_phase
     # Vectors this fill may still add (managed mode's tier); None: no limit.
     budget: int | None = None
     # Take vectors from the table's import where they serve (domain.vector_tables.import_applies).
@@ -90,6 +98,7 @@ class BackfillJob:
     async def run(self) -> int:
         """Fills the store; returns the number of vectors it holds at the end."""
         store = self.store
+        await self.set_phase("reading")
         await store.create()
         self.rows_total = await self.source.count()
         resumed = self.task.last_processed_pk is not None
@@ -107,6 +116,7 @@ class BackfillJob:
             log.warning("vector budget reached; the rest is skipped", skipped=self.rows_skipped)
         if not bulk:
             await store.remove_vanished(self.source)
+        await self.set_phase("indexing")
         await store.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
         return await store.count()
 
@@ -126,6 +136,7 @@ class BackfillJob:
                 if not rows:
                     return
                 await send.send(rows)
+                await self.set_phase("embedding")
                 after = rows[-1].pk
                 if len(rows) < self.chunk_rows:
                     return
@@ -136,11 +147,16 @@ class BackfillJob:
         recv: MemoryObjectReceiveStream[list[SourceRow]],
         send: MemoryObjectSendStream[_Pending],
     ) -> None:
+        outstanding: list[_Pending] = []
         async with recv, send:
             async for rows in recv:
                 pending = _Pending(rows)
                 await send.send(pending)  # waits while `inflight` chunks are outstanding
                 tg.start_soon(self._embed, pending)
+                outstanding = [p for p in outstanding if not p.done.is_set()] + [pending]
+        for pending in outstanding:
+            await pending.done.wait()
+        await self.set_phase("writing")  # every row is embedded; the writer finishes
 
     async def _embed(self, pending: _Pending) -> None:
         texts = [r.text for r in pending.rows if r.text and r.imported is None]

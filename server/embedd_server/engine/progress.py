@@ -1,75 +1,60 @@
-"""Watching a task: progress events computed from the durable task row.
+"""Rows per second and ETA of a task, from the progress events a replica receives.
 
-Polling the control plane (not an in-process bus) means a watch works whichever replica runs
-the task, and survives that replica's crash and the takeover.
+The samples are the events' own times (the control plane's clock, in the transaction of each
+checkpoint), so every replica computes the same rate from the same events, and a batch of
+events read at once still spreads over the time it took.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
+import datetime as dt
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 from embedd_server.domain.models import Task
 
-_RATE_WINDOW_S = 10.0
+WINDOW_S = 10.0
+# Samples kept at most per task (small chunks can checkpoint many times a second).
+_MAX_SAMPLES = 256
 GONE = "the task was deleted with its vector table"
+# Phases whose duration the row counts say nothing about.
+_NO_ESTIMATE = ("indexing", "swapping")
 
 
-@dataclass(frozen=True, slots=True)
-class ProgressEvent:
-    task: Task
-    rows_per_s: float
-    eta_seconds: float | None
-    done: bool
+class RateWindow:
+    """Rows per second over the last WINDOW_S seconds of one task's progress."""
 
+    def __init__(self) -> None:
+        self._samples: deque[tuple[dt.datetime, int]] = deque(maxlen=_MAX_SAMPLES)
 
-async def watch(
-    load: Callable[[], Awaitable[Task | None]],
-    *,
-    interval_s: float = 0.5,
-    keepalive_s: float = 5.0,
-) -> AsyncIterator[ProgressEvent]:
-    """Yields on every change of the task (and at least every `keepalive_s`), and a last
-    event with `done` once it completed or failed. A task that disappears (its vector table
-    was deleted, and its tasks with it) ends the same way: a last `done` event, the task as
-    last seen marked failed with `GONE` as its error."""
-    samples: deque[tuple[float, int]] = deque()
-    last_key: tuple[object, ...] | None = None
-    last_sent = 0.0
-    seen: Task | None = None
-    while True:
-        task = await load()
-        if task is None:
-            if seen is not None:
-                yield ProgressEvent(_gone(seen), 0.0, 0.0, True)
-            return
-        seen = task
-        now = time.monotonic()
-        samples.append((now, task.rows_processed))
-        while len(samples) > 2 and now - samples[0][0] > _RATE_WINDOW_S:
+    def add(self, at: dt.datetime, rows: int) -> float:
+        """Adds a sample; returns the rate including it."""
+        samples = self._samples
+        if samples and rows < samples[-1][1]:
+            samples.clear()  # a new attempt started over
+        samples.append((at, rows))
+        while len(samples) > 2 and (at - samples[0][0]).total_seconds() > WINDOW_S:
             samples.popleft()
-        key = (task.status, task.rows_processed, task.rows_total, task.rows_failed, task.attempts)
-        if key != last_key or now - last_sent >= keepalive_s or task.done:
-            rate = _rate(samples)
-            remaining = max(task.rows_total - task.rows_processed, 0)
-            eta = remaining / rate if rate > 0 and not task.done else (0.0 if task.done else None)
-            yield ProgressEvent(task, rate, eta, task.done)
-            last_key, last_sent = key, now
-            if task.done:
-                return
-        await asyncio.sleep(interval_s)
+        return self.rate()
+
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, r0), (t1, r1) = self._samples[0], self._samples[-1]
+        seconds = (t1 - t0).total_seconds()
+        return (r1 - r0) / seconds if seconds > 0 else 0.0
 
 
-def _gone(task: Task) -> Task:
-    return dataclasses.replace(task, status="failed", last_error=GONE)
-
-
-def _rate(samples: deque[tuple[float, int]]) -> float:
-    if len(samples) < 2:
+def eta(task: Task, rows_per_s: float) -> float | None:
+    """Seconds to completion: 0 once done; unknown (None) without a rate, or in a phase the
+    row counts do not measure (the index build, a re-backfill's catch-up and swap)."""
+    if task.done:
         return 0.0
-    (t0, r0), (t1, r1) = samples[0], samples[-1]
-    return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
+    if rows_per_s <= 0 or task.phase in _NO_ESTIMATE:
+        return None
+    return max(task.rows_total - task.rows_processed, 0) / rows_per_s
+
+
+def gone(task: Task) -> Task:
+    """The task as last seen, failed: it was deleted with its vector table."""
+    return dataclasses.replace(task, status="failed", last_error=GONE, phase=None)

@@ -21,7 +21,7 @@ import structlog
 
 from embedd_server.domain.models import Task
 from embedd_server.domain.vector_tables import VectorTableSpec
-from embedd_server.engine.backfill import BackfillJob, Checkpoint
+from embedd_server.engine.backfill import BackfillJob, Checkpoint, SetPhase, no_phase
 from embedd_server.engine.batch_backfill import Waiting
 from embedd_server.engine.sync import SyncJob
 from embedd_server.providers.base import Embedder
@@ -60,6 +60,7 @@ class RebackfillJob:
     # Vectors the new store may take (managed mode's tier); None: no limit.
     budget: int | None = None
     rows_skipped: int = 0
+    set_phase: SetPhase = no_phase
 
     async def run(self) -> tuple[int, int] | Waiting:
         """Builds, swaps and cleans up; returns (vectors, source rows), or how long to wait
@@ -89,9 +90,11 @@ class RebackfillJob:
                 inflight=self.inflight,
                 maintenance_work_mem=self.maintenance_work_mem,
                 budget=self.budget,
+                set_phase=self.set_phase,
             )
             await fill.run()
             self.budget = fill.budget
+        await self.set_phase("swapping")
         await self._catch_up(replacement)  # changes made while the replacement filled
         await replacement.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
         await self._catch_up(replacement)  # the index build took a while too

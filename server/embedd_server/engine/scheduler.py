@@ -16,7 +16,7 @@ import structlog
 from embedd_server.domain.leases import LeaseLost
 from embedd_server.engine.context import EngineDeps, Fence, cancel_and_wait
 from embedd_server.engine.leases import while_leased
-from embedd_server.engine.sync import SyncJob, SyncOutcome, describe
+from embedd_server.engine.sync import SyncJob, SyncOutcome, cycle_counts, describe
 from embedd_server.engine.worker import describe_error, new_owner
 from embedd_server.providers.base import ProviderError
 from embedd_server.sinks.fence import Holder
@@ -64,7 +64,12 @@ class SyncScheduler:
                 pk, why = outcome.failures[0]
                 note = f"{len(outcome.failures)} row(s) could not be embedded (e.g. {pk}: {why})"
             await lease.finish(
-                cursor=outcome.cursor, swept=full, counts=counts, note=note, skipped=outcome.skipped
+                cursor=outcome.cursor,
+                swept=full,
+                counts=counts,
+                note=note,
+                skipped=outcome.skipped,
+                cycle=cycle_counts(outcome),
             )
             if outcome.changed:
                 log.info("synced", changes=describe(outcome))

@@ -93,14 +93,18 @@ class SyncJob:
         outcome.failures += failures
 
 
+def cycle_counts(outcome: SyncOutcome) -> dict[str, int | bool]:
+    """What the cycle did, as its event records it (`changed`: anything at all)."""
+    return {
+        "inserted": outcome.inserted,
+        "reembedded": outcome.reembedded,
+        "metadata_only": outcome.metadata_only,
+        "deleted": outcome.deleted,
+        "skipped": outcome.skipped,
+        "failed": len(outcome.failures),
+        "changed": bool(outcome.changed or outcome.skipped),
+    }
+
+
 def describe(outcome: SyncOutcome) -> str:
-    return json.dumps(
-        {
-            "inserted": outcome.inserted,
-            "reembedded": outcome.reembedded,
-            "metadata_only": outcome.metadata_only,
-            "deleted": outcome.deleted,
-            "skipped": outcome.skipped,
-            "failed": len(outcome.failures),
-        }
-    )
+    return json.dumps(cycle_counts(outcome))

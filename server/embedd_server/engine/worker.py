@@ -166,6 +166,7 @@ class Worker:
                 maintenance_work_mem=self._settings.maintenance_work_mem,
                 budget=await self._budget(vt, task),
                 use_import=import_applies(vt.spec, first_fill=vt.last_synced_at is None),
+                set_phase=lease.set_phase,
             )
             synced = await _guard(job.run())
         return functools.partial(
@@ -273,6 +274,7 @@ class Worker:
                 inflight=self._settings.inflight_chunks,
                 maintenance_work_mem=self._settings.maintenance_work_mem,
                 budget=await self._budget(vt, lease.task),
+                set_phase=lease.set_phase,
             )
             outcome = await _guard(job.run())
         if isinstance(outcome, Waiting):

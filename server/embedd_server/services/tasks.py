@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Sequence
 
 from embedd.v1 import task_pb2, task_pb2_grpc, values_pb2
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models
 from embedd_server.domain.errors import not_found
+from embedd_server.domain.events import TaskUpdate
 from embedd_server.domain.validation import check_id, page_request
-from embedd_server.engine.progress import watch
+from embedd_server.engine.watch import Watches
 from embedd_server.services.base import Context
 from embedd_server.services.convert import render_all, set_counters, timestamp
+from embedd_server.services.events import RenderCache, phase
 from embedd_server.store.tasks import TaskStore
 
 _STATUS = values_pb2.TaskStatus
 
 
-def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None) -> task_pb2.Task:
+def task_to_proto(t: models.Task, failures: Sequence[tuple[str, str]] = ()) -> task_pb2.Task:
     batches = t.batches or models.BatchProgress()
     progress = set_counters(
         task_pb2.TaskProgress(last_processed_pk=t.last_processed_pk or ""),
@@ -43,7 +46,8 @@ def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None)
         progress=progress,
         started_at=timestamp(t.started_at),
         finished_at=timestamp(t.finished_at),
-        failures=[task_pb2.TaskFailure(pk_value=pk, error=err) for pk, err in failures or ()],
+        failures=[task_pb2.TaskFailure(pk_value=pk, error=err) for pk, err in failures],
+        phase=phase(t),
     )
     set_counters(msg, attempts=t.attempts, max_attempts=t.max_attempts)
     if t.embedding_strategy:
@@ -53,10 +57,23 @@ def task_to_proto(t: models.Task, failures: list[tuple[str, str]] | None = None)
     return msg
 
 
+def watch_response(update: TaskUpdate) -> task_pb2.WatchTaskResponse:
+    msg = task_pb2.WatchTaskResponse(
+        task=task_to_proto(update.task, update.failures),
+        rows_per_s=round(max(update.rows_per_s, 0.0), 1),
+        done=update.done,
+        phase=phase(update.task),
+    )
+    if update.eta_seconds is not None:
+        msg.eta_seconds = round(update.eta_seconds, 1)
+    return msg
+
+
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):
-    def __init__(self, tasks: TaskStore, watch_interval_s: float = 0.5) -> None:
+    def __init__(self, tasks: TaskStore, watches: Watches) -> None:
         self._tasks = tasks
-        self._interval = watch_interval_s
+        self._watches = watches
+        self._rendered: RenderCache[task_pb2.WatchTaskResponse] = RenderCache()
 
     async def _get(self, task_id: str) -> models.Task:
         """The caller's task, or 404 (other organisations' and environments' too)."""
@@ -93,17 +110,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         task = await self._get(request.task_id)
         p = current_principal()
-
-        async def load() -> models.Task | None:
-            return await self._tasks.get(p.org_id, p.env_id, task.id)
-
-        async for event in watch(load, interval_s=self._interval):
-            failures = await self._tasks.failures(task.id) if event.done and event.task.rows_failed else []
-            msg = task_pb2.WatchTaskResponse(
-                task=task_to_proto(event.task, failures),
-                rows_per_s=round(event.rows_per_s, 1),
-                done=event.done,
-            )
-            if event.eta_seconds is not None:
-                msg.eta_seconds = round(event.eta_seconds, 1)
-            yield msg
+        async for update in self._watches.task(p.org_id, p.env_id, task):
+            # One task state (a shared Task object) with its rate: rendered once per replica.
+            rate = (update.rows_per_s, update.eta_seconds)
+            yield self._rendered.get(update.task, functools.partial(watch_response, update), rate)

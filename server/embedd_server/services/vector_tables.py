@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import AsyncIterator, Callable
 
 from embedd.v1 import sync_pb2, sync_pb2_grpc, values_pb2, vector_table_pb2, vector_table_pb2_grpc
 
 from embedd_server.auth import current_principal
 from embedd_server.domain import catalog, models, tiers
 from embedd_server.domain.errors import ApiError, Kind, not_found
+from embedd_server.domain.events import Snapshot, TableEvent
 from embedd_server.domain.ids import new_id
 from embedd_server.domain.validation import (
     Violations,
@@ -30,6 +32,7 @@ from embedd_server.domain.vector_tables import (
     vector_ref,
 )
 from embedd_server.engine.tables import TableManager
+from embedd_server.engine.watch import Watches
 from embedd_server.engine.worker import Worker
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.services.base import Context
@@ -40,6 +43,7 @@ from embedd_server.services.embedding_options import (
     import_to_proto,
     strategy_name,
 )
+from embedd_server.services.events import RenderCache, event_to_proto, snapshot_to_proto
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 from embedd_server.store.tasks import TaskStore
 from embedd_server.store.vector_tables import VectorTableStore
@@ -488,11 +492,14 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         tasks: TaskStore,
         worker: Worker | None,
         providers: EmbeddingProviderStore,
+        watches: Watches,
     ) -> None:
         self._store = store
         self._tasks = tasks
         self._worker = worker
         self._providers = providers
+        self._watches = watches
+        self._rendered: RenderCache[sync_pb2.VectorTableEvent] = RenderCache()
 
     async def _get(self, vt_id: str) -> models.VectorTable:
         return await get_table(self._store, vt_id)
@@ -569,3 +576,17 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             sync_status=values_pb2.SyncStatus.Value.Value(state),
             message="Sync resumed; changes made while paused are being applied now.",
         )
+
+    async def WatchVectorTable(
+        self, request: sync_pb2.WatchVectorTableRequest, context: Context
+    ) -> AsyncIterator[sync_pb2.VectorTableEvent]:
+        vt = await self._get(request.vector_table_id)
+        p = current_principal()
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for item in self._watches.table(p.org_id, p.env_id, vt.id, after):
+            if isinstance(item, Snapshot):
+                yield snapshot_to_proto(item, sync_status_to_proto(item.table))
+            elif isinstance(item, TableEvent):
+                yield self._rendered.get(item, functools.partial(event_to_proto, item))
+            else:
+                yield event_to_proto(item)  # a heartbeat: its own time

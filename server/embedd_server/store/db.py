@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -25,6 +26,8 @@ else:
 # Any constant works; it only has to be the same in every replica.
 _MIGRATION_LOCK = 0x656D6264  # "embd"
 _FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# The listener's connection, as pg_stat_activity shows it.
+APPLICATION_NAME = "embedd-listener"
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -78,46 +81,68 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool
     return pool
 
 
-class Listener:
-    """LISTEN on one channel over a dedicated connection, reconnecting when it drops.
-    `healthy` is False while disconnected: notifications may have been missed then."""
+def _nothing() -> None:
+    return None
 
-    def __init__(
-        self,
-        dsn: str,
-        channel: str,
-        *,
-        on_message: Callable[[str], None],
-        on_ready: Callable[[], None],
-        on_lost: Callable[[], None],
-    ) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A NOTIFY channel and who hears it. `on_ready` runs whenever the channel is listened
+    to (again); `on_lost` when the connection dropped: notifications may be missed until the
+    next `on_ready`."""
+
+    name: str
+    on_message: Callable[[str], None]
+    on_ready: Callable[[], None] = _nothing
+    on_lost: Callable[[], None] = _nothing
+
+
+class Listener:
+    """LISTEN on a few channels over one dedicated connection (one per process), reconnecting
+    when it drops. `healthy` is False while disconnected."""
+
+    def __init__(self, dsn: str, channels: Sequence[Channel]) -> None:
         self._dsn = dsn
-        self._channel = channel
-        self._on_message = on_message
-        self._on_lost = on_lost
-        self._on_ready = on_ready
+        self._channels = tuple(channels)
         self._conn: asyncpg.Connection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self.healthy = False
 
     async def start(self) -> None:
         await self._connect()
-        self._task = asyncio.create_task(self._watch(), name=f"listen-{self._channel}")
+        self._task = asyncio.create_task(self._watch(), name="listen")
+
+    @property
+    def server_pid(self) -> int | None:
+        """The control-plane backend serving the LISTEN (pg_stat_activity.pid), if connected."""
+        conn = self._conn
+        return conn.get_server_pid() if conn is not None and not conn.is_closed() else None
 
     async def _connect(self) -> None:
-        conn: asyncpg.Connection[Any] = await asyncpg.connect(self._dsn)
-        await conn.add_listener(self._channel, self._received)
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": APPLICATION_NAME}
+        )
+        for channel in self._channels:
+            await conn.add_listener(channel.name, self._receiver(channel))
         conn.add_termination_listener(lambda _: self._lost())
         self._conn = conn
         self.healthy = True
-        self._on_ready()
+        for channel in self._channels:
+            channel.on_ready()
 
-    def _received(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        self._on_message(str(payload))
+    @staticmethod
+    def _receiver(channel: Channel) -> Callable[[object, int, str, object], None]:
+        def received(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            channel.on_message(str(payload))
+
+        return received
 
     def _lost(self) -> None:
+        if not self.healthy:
+            return
         self.healthy = False
-        self._on_lost()
+        for channel in self._channels:
+            channel.on_lost()
 
     async def _watch(self) -> None:
         while True:
@@ -127,7 +152,7 @@ class Listener:
                 try:
                     await self._connect()
                 except (OSError, asyncpg.PostgresError) as exc:
-                    log.warning("listener reconnect failed", channel=self._channel, error=str(exc))
+                    log.warning("listener reconnect failed", error=str(exc))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -10,8 +10,9 @@ taken over - gets `LeaseLost` and writes nothing, not even the vector table's re
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,7 +38,7 @@ _WITH_BATCHES = (
 )
 
 
-def _batches(r: asyncpg.Record) -> BatchProgress | None:
+def _batches(r: asyncpg.Record | Mapping[str, Any]) -> BatchProgress | None:
     if r.get("batches_submitted") is None:
         return None  # not read with _WITH_BATCHES
     return BatchProgress(
@@ -45,7 +46,7 @@ def _batches(r: asyncpg.Record) -> BatchProgress | None:
     )
 
 
-def task_from_row(r: asyncpg.Record) -> Task:
+def task_from_row(r: asyncpg.Record | Mapping[str, Any]) -> Task:
     return Task(
         id=r["id"],
         org_id=r["org_id"],
@@ -69,7 +70,18 @@ def task_from_row(r: asyncpg.Record) -> Task:
         rows_imported=r["rows_imported"],
         batch_tokens=r["batch_tokens"],
         batches=_batches(r),
+        phase=r["phase"],
     )
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value is not None else None
+
+
+def task_from_json(d: Mapping[str, Any]) -> Task:
+    """A task from its row as jsonb (`to_jsonb(tasks)`: event payloads, lateral reads)."""
+    times = ("created_at", "started_at", "finished_at")
+    return task_from_row({**d, **{k: _time(d[k]) for k in times}, "lease_owner": d.get("lease_owner")})
 
 
 async def insert_task(
@@ -149,6 +161,18 @@ class TaskStore:
             task_from_row,
         )
 
+    async def get_watched(self, org_id: str, env_id: str, task_id: str) -> tuple[Task, int] | None:
+        """The task and its vector table's latest event sequence, read together: the state a
+        watch starts from and the sequence it is current to."""
+        row = await self._pool.fetchrow(
+            "SELECT t.*, v.event_sequence FROM tasks t JOIN vector_tables v ON v.id = t.target_id"
+            " WHERE t.org_id = $1 AND t.env_id = $2 AND t.id = $3",
+            org_id,
+            env_id,
+            task_id,
+        )
+        return (task_from_row(row), row["event_sequence"]) if row else None
+
     async def failures(self, task_id: str, limit: int = 100) -> list[tuple[str, str]]:
         rows = await self._pool.fetch(
             "SELECT pk_value, error FROM task_failures WHERE task_id = $1 ORDER BY pk_value LIMIT $2",
@@ -165,12 +189,13 @@ class TaskStore:
             await conn.execute(
                 "UPDATE tasks SET status = 'failed', finished_at = clock_timestamp(),"
                 " last_error = coalesce(last_error, 'gave up after ' || attempts || ' attempts'),"
-                " lease_owner = NULL, updated_at = clock_timestamp()"
+                " phase = NULL, lease_owner = NULL, updated_at = clock_timestamp()"
                 " WHERE status = 'running' AND lease_expires_at < clock_timestamp()"
                 " AND attempts >= max_attempts"
             )
             row = await conn.fetchrow(
-                "UPDATE tasks SET status = 'running', lease_owner = $1, lease_epoch = lease_epoch + 1,"
+                "UPDATE tasks SET status = 'running', phase = 'reading', lease_owner = $1,"
+                " lease_epoch = lease_epoch + 1,"
                 " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
                 " attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()),"
                 " updated_at = clock_timestamp()"
@@ -195,6 +220,7 @@ class TaskLease:
         self.task = task
         self.token = lease
         self._lease_s = lease_s
+        self._phase = task.phase
 
     def _args(self) -> tuple[str, str, int]:
         return self.task.id, self.token.owner, self.token.epoch
@@ -223,6 +249,18 @@ class TaskLease:
         )
         if not status.endswith(" 1"):
             raise LeaseLost(f"task {self.task.id} is no longer held by {self.token.owner}")
+
+    async def set_phase(self, phase: str) -> None:
+        """What the task is doing now (watchers see it); a repeat writes nothing."""
+        if phase == self._phase:
+            return
+        async with self._fenced() as conn:
+            await conn.execute(
+                "UPDATE tasks SET phase = $2, updated_at = clock_timestamp() WHERE id = $1",
+                self.task.id,
+                phase,
+            )
+        self._phase = phase
 
     async def start(self, vt_id: str) -> None:
         """The vector table shows the fill (unless paused, which only resume ends)."""
@@ -307,7 +345,8 @@ class TaskLease:
 
     async def _finish(self, conn: Executor, status: str, error: str | None) -> None:
         await conn.execute(
-            "UPDATE tasks SET status = $2, last_error = $3, lease_owner = NULL, lease_expires_at = NULL,"
+            "UPDATE tasks SET status = $2, last_error = $3, phase = NULL, lease_owner = NULL,"
+            " lease_expires_at = NULL,"
             " finished_at = CASE WHEN $2 IN ('completed', 'failed') THEN clock_timestamp() END,"
             " updated_at = clock_timestamp() WHERE id = $1",
             self.task.id,
@@ -330,8 +369,8 @@ class TaskLease:
         sync poll - in one transaction: whoever sees it synced sees the task completed.
         `rows_skipped`: rows over the vector budget (managed mode), on the task and the table."""
         async with self._fenced() as conn:
+            await self._skipped(conn, rows_skipped)  # first: the completion's event carries it
             await self._finish(conn, "completed", None)
-            await self._skipped(conn, rows_skipped)
             await conn.execute(
                 "UPDATE vector_tables SET"
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
@@ -351,8 +390,8 @@ class TaskLease:
     ) -> None:
         """Completed, and the swapped-in table's spec is the live one."""
         async with self._fenced() as conn:
+            await self._skipped(conn, rows_skipped)  # first: the completion's event carries it
             await self._finish(conn, "completed", None)
-            await self._skipped(conn, rows_skipped)
             await conn.execute(
                 "UPDATE vector_tables SET spec = $2::jsonb, pending_spec = NULL,"
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
@@ -400,7 +439,8 @@ class TaskLease:
         """Gives the task back untouched (this process is shutting down): pending again, and
         the interrupted attempt does not count against `max_attempts`. No-op when not ours."""
         await self._pool.execute(
-            "UPDATE tasks SET status = 'pending', attempts = greatest(attempts - 1, 0), lease_owner = NULL,"
+            "UPDATE tasks SET status = 'pending', phase = NULL, attempts = greatest(attempts - 1, 0),"
+            " lease_owner = NULL,"
             " lease_expires_at = NULL, updated_at = clock_timestamp()"
             " WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND status = 'running'",
             *self._args(),

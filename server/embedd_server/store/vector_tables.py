@@ -13,12 +13,12 @@ import asyncpg
 from embedd_server.domain import tiers
 from embedd_server.domain.errors import not_found
 from embedd_server.domain.leases import Lease, LeaseLost
-from embedd_server.domain.models import Page, VectorTable
+from embedd_server.domain.models import Page, Task, VectorTable
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
 from embedd_server.store.db import Executor
 from embedd_server.store.paging import fetch_page
-from embedd_server.store.tasks import insert_task
+from embedd_server.store.tasks import insert_task, task_from_json
 
 # Seconds since the last sync by the control plane's own clock: one clock for the write and
 # the read, so skew between replicas never makes it negative.
@@ -152,6 +152,25 @@ class VectorTableStore:
     async def org_tier(self, org_id: str) -> str:
         tier_name: str = await self._pool.fetchval("SELECT tier FROM orgs WHERE id = $1", org_id)
         return tier_name
+
+    async def get_watched(
+        self, org_id: str, env_id: str, vt_id: str
+    ) -> tuple[VectorTable, Task | None, int] | None:
+        """The table, its latest backfill or re-backfill, and its latest event sequence, read
+        together: the state a watch starts from and the sequence it is current to."""
+        row = await self._pool.fetchrow(
+            f"SELECT v.*, {_STALENESS}, (SELECT to_jsonb(t) FROM tasks t WHERE t.target_id = v.id"  # noqa: S608 - a constant
+            "   ORDER BY t.created_at DESC, t.id DESC LIMIT 1) AS latest_task"
+            " FROM vector_tables v WHERE v.org_id = $1 AND v.env_id = $2 AND v.id = $3",
+            org_id,
+            env_id,
+            vt_id,
+        )
+        if row is None:
+            return None
+        latest = row["latest_task"]
+        task = task_from_json(json.loads(latest)) if latest is not None else None
+        return _vt(row), task, row["event_sequence"]
 
     async def get_by_id(self, vt_id: str) -> VectorTable | None:
         """Unscoped: for the engine, which works on behalf of the task's organisation."""
@@ -345,8 +364,10 @@ class SyncLease:
         counts: tuple[int, int] | None,
         note: str | None = None,
         skipped: int = 0,
+        cycle: dict[str, int | bool] | None = None,
     ) -> None:
-        """A successful cycle: fresh as of its claim, next poll scheduled, lease released.
+        """A successful cycle: fresh as of its claim, next poll scheduled, lease released, and
+        what it did (`cycle`: its counts) recorded, which watchers receive as an event.
         `skipped`: new rows over the vector budget. A full cycle saw every such row, so its
         count replaces the table's; a cdc cycle saw only recent ones, so they are added (the
         next sweep counts them all again)."""
@@ -361,7 +382,10 @@ class SyncLease:
             " synced_rows = coalesce($7, synced_rows), total_rows = coalesce($8, total_rows),"
             " next_sync_at = clock_timestamp()"
             " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
-            " sync_lease_owner = NULL, sync_lease_expires_at = NULL, updated_at = clock_timestamp()"
+            " sync_lease_owner = NULL, sync_lease_expires_at = NULL, updated_at = clock_timestamp(),"
+            " last_cycle = coalesce($11::jsonb || jsonb_build_object("
+            "   'duration_ms', extract(epoch FROM clock_timestamp() - $4) * 1000,"
+            "   'finished_at', clock_timestamp()), last_cycle)"
             " WHERE id = $1 AND sync_lease_owner = $2 AND sync_lease_epoch = $3",
             self.claimed_at,
             cursor,
@@ -370,6 +394,7 @@ class SyncLease:
             counts[1] if counts else None,
             note,
             skipped,
+            json.dumps(cycle) if cycle is not None else None,
         )
 
     async def fail(self, error: str, *, max_backoff_s: float) -> None:

@@ -28,7 +28,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/sync.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x1a\x42\x61\x63kfillVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x12\x65mbedding_strategy\x18\x02 \x01(\x0e\x32\".embedd.v1.EmbeddingStrategy.ValueB\x04\xe2\x41\x01\x01\"\xcc\x01\n\x1b\x42\x61\x63kfillVectorTableResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetSyncStatusRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe6\x03\n\x15GetSyncStatusResponse\x12\x30\n\x0bsync_status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x13\n\x0bsynced_rows\x18\x02 \x01(\x01\x12\x12\n\ntotal_rows\x18\x03 \x01(\x01\x12\x32\n\x0elast_synced_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fvector_table_id\x18\x05 \x01(\t\x12\x14\n\x0crows_pending\x18\x06 \x01(\x01\x12\x1b\n\x0estaleness_secs\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x31\n\rlast_error_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crows_skipped\x18\n \x01(\x01\x12\x14\n\x07warning\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x15\n\rrows_imported\x18\x14 \x01(\x01\x12\x14\n\x0c\x62\x61tch_tokens\x18\x15 \x01(\x01\x12\x1f\n\x17\x65stimated_saving_tokens\x18\x16 \x01(\x01\x42\x11\n\x0f_staleness_secsB\r\n\x0b_last_errorB\n\n\x08_warning\"1\n\x10PauseSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x11PauseSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t\"2\n\x11ResumeSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x12ResumeSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t2\xc0\x04\n\x0bSyncService\x12\x9d\x01\n\x13\x42\x61\x63kfillVectorTable\x12%.embedd.v1.BackfillVectorTableRequest\x1a&.embedd.v1.BackfillVectorTableResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/vector-tables/{vector_table_id}/backfill:\x01*\x12\x8b\x01\n\rGetSyncStatus\x12\x1f.embedd.v1.GetSyncStatusRequest\x1a .embedd.v1.GetSyncStatusResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/vector-tables/{vector_table_id}/sync/status\x12~\n\tPauseSync\x12\x1b.embedd.v1.PauseSyncRequest\x1a\x1c.embedd.v1.PauseSyncResponse\"6\x82\xd3\xe4\x93\x02\x30\"./v1/vector-tables/{vector_table_id}/sync/pause\x12\x82\x01\n\nResumeSync\x12\x1c.embedd.v1.ResumeSyncRequest\x1a\x1d.embedd.v1.ResumeSyncResponse\"7\x82\xd3\xe4\x93\x02\x31\"//v1/vector-tables/{vector_table_id}/sync/resumeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65mbedd/v1/sync.proto\x12\tembedd.v1\x1a\x16\x65mbedd/v1/values.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x01\n\x1a\x42\x61\x63kfillVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x44\n\x12\x65mbedding_strategy\x18\x02 \x01(\x0e\x32\".embedd.v1.EmbeddingStrategy.ValueB\x04\xe2\x41\x01\x01\"\xcc\x01\n\x1b\x42\x61\x63kfillVectorTableResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12,\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.Value\x12\x11\n\ttarget_id\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.Value\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x14GetSyncStatusRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\xe6\x03\n\x15GetSyncStatusResponse\x12\x30\n\x0bsync_status\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x13\n\x0bsynced_rows\x18\x02 \x01(\x01\x12\x12\n\ntotal_rows\x18\x03 \x01(\x01\x12\x32\n\x0elast_synced_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fvector_table_id\x18\x05 \x01(\t\x12\x14\n\x0crows_pending\x18\x06 \x01(\x01\x12\x1b\n\x0estaleness_secs\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x17\n\nlast_error\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x31\n\rlast_error_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crows_skipped\x18\n \x01(\x01\x12\x14\n\x07warning\x18\x0b \x01(\tH\x02\x88\x01\x01\x12\x15\n\rrows_imported\x18\x14 \x01(\x01\x12\x14\n\x0c\x62\x61tch_tokens\x18\x15 \x01(\x01\x12\x1f\n\x17\x65stimated_saving_tokens\x18\x16 \x01(\x01\x42\x11\n\x0f_staleness_secsB\r\n\x0b_last_errorB\n\n\x08_warning\"1\n\x10PauseSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"o\n\x11PauseSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t\"2\n\x11ResumeSyncRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"p\n\x12ResumeSyncResponse\x12\x17\n\x0fvector_table_id\x18\x01 \x01(\t\x12\x30\n\x0bsync_status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.Value\x12\x0f\n\x07message\x18\x03 \x01(\t\"n\n\x17WatchVectorTableRequest\x12\x1d\n\x0fvector_table_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\rB\x04\xe2\x41\x01\x01H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"\xd1\x02\n\x10VectorTableEvent\x12\x16\n\x08sequence\x18\x01 \x01(\rB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08snapshot\x18\x03 \x01(\x0b\x32\x1e.embedd.v1.VectorTableSnapshotH\x00\x12/\n\x08progress\x18\x04 \x01(\x0b\x32\x1b.embedd.v1.BackfillProgressH\x00\x12*\n\nsync_cycle\x18\x05 \x01(\x0b\x32\x14.embedd.v1.SyncCycleH\x00\x12\x30\n\rstatus_change\x18\x06 \x01(\x0b\x32\x17.embedd.v1.StatusChangeH\x00\x12)\n\theartbeat\x18\x07 \x01(\x0b\x32\x14.embedd.v1.HeartbeatH\x00\x42\x07\n\x05\x65vent\"\x9f\x01\n\x13VectorTableSnapshot\x12\x36\n\x06status\x18\x01 \x01(\x0b\x32 .embedd.v1.GetSyncStatusResponseB\x04\xe2\x41\x01\x03\x12\x1b\n\rmissed_events\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x33\n\x08progress\x18\x03 \x01(\x0b\x32\x1b.embedd.v1.BackfillProgressB\x04\xe2\x41\x01\x03\"\x8c\x03\n\x10\x42\x61\x63kfillProgress\x12\x15\n\x07task_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\ttask_type\x18\x02 \x01(\x0e\x32\x19.embedd.v1.TaskType.ValueB\x04\xe2\x41\x01\x03\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32\x1b.embedd.v1.TaskStatus.ValueB\x04\xe2\x41\x01\x03\x12/\n\x05phase\x18\x04 \x01(\x0e\x32\x1a.embedd.v1.TaskPhase.ValueB\x04\xe2\x41\x01\x03\x12\x1c\n\x0erows_processed\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nrows_total\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0brows_failed\x18\x07 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nrows_per_s\x18\x08 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x0b\x65ta_seconds\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x1d\n\nlast_error\x18\n \x01(\tB\x04\xe2\x41\x01\x03H\x01\x88\x01\x01\x42\x0e\n\x0c_eta_secondsB\r\n\x0b_last_error\"\xee\x01\n\tSyncCycle\x12\x16\n\x08inserted\x18\x01 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nreembedded\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rmetadata_only\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x64\x65leted\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x66\x61iled\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64uration_ms\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07skipped\x18\x07 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bsynced_rows\x18\x08 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\ntotal_rows\x18\t \x01(\x01\x42\x04\xe2\x41\x01\x03\"\xbf\x01\n\x0cStatusChange\x12\x33\n\x08previous\x18\x01 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.ValueB\x04\xe2\x41\x01\x03\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32\x1b.embedd.v1.SyncStatus.ValueB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x05\x63\x61use\x18\x04 \x01(\x0e\x32\x1c.embedd.v1.StatusCause.ValueB\x04\xe2\x41\x01\x03\"\x0b\n\tHeartbeat2\xcb\x05\n\x0bSyncService\x12\x9d\x01\n\x13\x42\x61\x63kfillVectorTable\x12%.embedd.v1.BackfillVectorTableRequest\x1a&.embedd.v1.BackfillVectorTableResponse\"7\x82\xd3\xe4\x93\x02\x31\",/v1/vector-tables/{vector_table_id}/backfill:\x01*\x12\x8b\x01\n\rGetSyncStatus\x12\x1f.embedd.v1.GetSyncStatusRequest\x1a .embedd.v1.GetSyncStatusResponse\"7\x82\xd3\xe4\x93\x02\x31\x12//v1/vector-tables/{vector_table_id}/sync/status\x12~\n\tPauseSync\x12\x1b.embedd.v1.PauseSyncRequest\x1a\x1c.embedd.v1.PauseSyncResponse\"6\x82\xd3\xe4\x93\x02\x30\"./v1/vector-tables/{vector_table_id}/sync/pause\x12\x82\x01\n\nResumeSync\x12\x1c.embedd.v1.ResumeSyncRequest\x1a\x1d.embedd.v1.ResumeSyncResponse\"7\x82\xd3\xe4\x93\x02\x31\"//v1/vector-tables/{vector_table_id}/sync/resume\x12\x88\x01\n\x10WatchVectorTable\x12\".embedd.v1.WatchVectorTableRequest\x1a\x1b.embedd.v1.VectorTableEvent\"1\x82\xd3\xe4\x93\x02+\x12)/v1/vector-tables/{vector_table_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,66 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAUSESYNCREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
   _globals['_RESUMESYNCREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
   _globals['_RESUMESYNCREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
+  _globals['_WATCHVECTORTABLEREQUEST'].fields_by_name['vector_table_id']._loaded_options = None
+  _globals['_WATCHVECTORTABLEREQUEST'].fields_by_name['vector_table_id']._serialized_options = b'\342A\001\002'
+  _globals['_WATCHVECTORTABLEREQUEST'].fields_by_name['after_sequence']._loaded_options = None
+  _globals['_WATCHVECTORTABLEREQUEST'].fields_by_name['after_sequence']._serialized_options = b'\342A\001\001'
+  _globals['_VECTORTABLEEVENT'].fields_by_name['sequence']._loaded_options = None
+  _globals['_VECTORTABLEEVENT'].fields_by_name['sequence']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORTABLEEVENT'].fields_by_name['time']._loaded_options = None
+  _globals['_VECTORTABLEEVENT'].fields_by_name['time']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['status']._loaded_options = None
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['missed_events']._loaded_options = None
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['missed_events']._serialized_options = b'\342A\001\003'
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['progress']._loaded_options = None
+  _globals['_VECTORTABLESNAPSHOT'].fields_by_name['progress']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['task_id']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['task_id']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['task_type']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['task_type']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['status']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['phase']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['phase']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_processed']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_processed']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_total']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_total']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_failed']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_failed']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_per_s']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['rows_per_s']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['eta_seconds']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['eta_seconds']._serialized_options = b'\342A\001\003'
+  _globals['_BACKFILLPROGRESS'].fields_by_name['last_error']._loaded_options = None
+  _globals['_BACKFILLPROGRESS'].fields_by_name['last_error']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['inserted']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['inserted']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['reembedded']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['reembedded']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['metadata_only']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['metadata_only']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['deleted']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['deleted']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['failed']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['failed']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['duration_ms']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['duration_ms']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['skipped']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['skipped']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['synced_rows']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['synced_rows']._serialized_options = b'\342A\001\003'
+  _globals['_SYNCCYCLE'].fields_by_name['total_rows']._loaded_options = None
+  _globals['_SYNCCYCLE'].fields_by_name['total_rows']._serialized_options = b'\342A\001\003'
+  _globals['_STATUSCHANGE'].fields_by_name['previous']._loaded_options = None
+  _globals['_STATUSCHANGE'].fields_by_name['previous']._serialized_options = b'\342A\001\003'
+  _globals['_STATUSCHANGE'].fields_by_name['status']._loaded_options = None
+  _globals['_STATUSCHANGE'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_STATUSCHANGE'].fields_by_name['reason']._loaded_options = None
+  _globals['_STATUSCHANGE'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_STATUSCHANGE'].fields_by_name['cause']._loaded_options = None
+  _globals['_STATUSCHANGE'].fields_by_name['cause']._serialized_options = b'\342A\001\003'
   _globals['_SYNCSERVICE'].methods_by_name['BackfillVectorTable']._loaded_options = None
   _globals['_SYNCSERVICE'].methods_by_name['BackfillVectorTable']._serialized_options = b'\202\323\344\223\0021\",/v1/vector-tables/{vector_table_id}/backfill:\001*'
   _globals['_SYNCSERVICE'].methods_by_name['GetSyncStatus']._loaded_options = None
@@ -53,6 +113,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNCSERVICE'].methods_by_name['PauseSync']._serialized_options = b'\202\323\344\223\0020\"./v1/vector-tables/{vector_table_id}/sync/pause'
   _globals['_SYNCSERVICE'].methods_by_name['ResumeSync']._loaded_options = None
   _globals['_SYNCSERVICE'].methods_by_name['ResumeSync']._serialized_options = b'\202\323\344\223\0021\"//v1/vector-tables/{vector_table_id}/sync/resume'
+  _globals['_SYNCSERVICE'].methods_by_name['WatchVectorTable']._loaded_options = None
+  _globals['_SYNCSERVICE'].methods_by_name['WatchVectorTable']._serialized_options = b'\202\323\344\223\002+\022)/v1/vector-tables/{vector_table_id}/watch'
   _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_start=156
   _globals['_BACKFILLVECTORTABLEREQUEST']._serialized_end=285
   _globals['_BACKFILLVECTORTABLERESPONSE']._serialized_start=288
@@ -69,6 +131,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESUMESYNCREQUEST']._serialized_end=1252
   _globals['_RESUMESYNCRESPONSE']._serialized_start=1254
   _globals['_RESUMESYNCRESPONSE']._serialized_end=1366
-  _globals['_SYNCSERVICE']._serialized_start=1369
-  _globals['_SYNCSERVICE']._serialized_end=1945
+  _globals['_WATCHVECTORTABLEREQUEST']._serialized_start=1368
+  _globals['_WATCHVECTORTABLEREQUEST']._serialized_end=1478
+  _globals['_VECTORTABLEEVENT']._serialized_start=1481
+  _globals['_VECTORTABLEEVENT']._serialized_end=1818
+  _globals['_VECTORTABLESNAPSHOT']._serialized_start=1821
+  _globals['_VECTORTABLESNAPSHOT']._serialized_end=1980
+  _globals['_BACKFILLPROGRESS']._serialized_start=1983
+  _globals['_BACKFILLPROGRESS']._serialized_end=2379
+  _globals['_SYNCCYCLE']._serialized_start=2382
+  _globals['_SYNCCYCLE']._serialized_end=2620
+  _globals['_STATUSCHANGE']._serialized_start=2623
+  _globals['_STATUSCHANGE']._serialized_end=2814
+  _globals['_HEARTBEAT']._serialized_start=2816
+  _globals['_HEARTBEAT']._serialized_end=2827
+  _globals['_SYNCSERVICE']._serialized_start=2830
+  _globals['_SYNCSERVICE']._serialized_end=3545
 # @@protoc_insertion_point(module_scope)

@@ -311,3 +311,305 @@ class ResumeSyncResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeSyncResponse: _TypeAlias = ResumeSyncResponse  # noqa: Y015
+
+@_typing.final
+class WatchVectorTableRequest(_message.Message):
+    """Request for WatchVectorTable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_TABLE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    vector_table_id: _builtins.str
+    """The vector table's identifier."""
+    after_sequence: _builtins.int
+    """The last `sequence` this client saw: the events after it come first (while they are
+    in the bounded history; else a snapshot with `missed_events`). Absent: start with a
+    snapshot of the table now.
+    """
+    def __init__(
+        self,
+        *,
+        vector_table_id: _builtins.str = ...,
+        after_sequence: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence", "after_sequence", b"after_sequence", "vector_table_id", b"vector_table_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__after_sequence: _TypeAlias = _typing.Literal["after_sequence"]  # noqa: Y015
+    _WhichOneofArgType__after_sequence: _TypeAlias = _typing.Literal["_after_sequence", b"_after_sequence"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__after_sequence) -> _WhichOneofReturnType__after_sequence | None: ...
+
+Global___WatchVectorTableRequest: _TypeAlias = WatchVectorTableRequest  # noqa: Y015
+
+@_typing.final
+class VectorTableEvent(_message.Message):
+    """One event of a watched vector table."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SNAPSHOT_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    SYNC_CYCLE_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Grows with every event of this table (a progress event replaced by a newer one of the
+    same task leaves a gap); a snapshot carries the sequence it is current to; 0 on
+    heartbeats.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed (RFC 3339, UTC, with fractions of a second); for a
+        snapshot or a heartbeat, when it was sent.
+        """
+
+    @_builtins.property
+    def snapshot(self) -> Global___VectorTableSnapshot:
+        """The table's state: the first message of a watch, or after missed events."""
+
+    @_builtins.property
+    def progress(self) -> Global___BackfillProgress:
+        """Progress of the table's backfill or re-backfill task."""
+
+    @_builtins.property
+    def sync_cycle(self) -> Global___SyncCycle:
+        """One finished sync cycle."""
+
+    @_builtins.property
+    def status_change(self) -> Global___StatusChange:
+        """The sync status changed (paused, resumed, error, pending_rebackfill, swapped...)."""
+
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Nothing happened; the stream is alive."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        snapshot: Global___VectorTableSnapshot | None = ...,
+        progress: Global___BackfillProgress | None = ...,
+        sync_cycle: Global___SyncCycle | None = ...,
+        status_change: Global___StatusChange | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "progress", b"progress", "snapshot", b"snapshot", "status_change", b"status_change", "sync_cycle", b"sync_cycle", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "progress", b"progress", "sequence", b"sequence", "snapshot", b"snapshot", "status_change", b"status_change", "sync_cycle", b"sync_cycle", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["snapshot", "progress", "sync_cycle", "status_change", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___VectorTableEvent: _TypeAlias = VectorTableEvent  # noqa: Y015
+
+@_typing.final
+class VectorTableSnapshot(_message.Message):
+    """A vector table's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    MISSED_EVENTS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    missed_events: _builtins.bool
+    """True when events were missed: the client resumed from a sequence no longer in the
+    history, or it read too slowly and the server dropped what it had buffered.
+    """
+    @_builtins.property
+    def status(self) -> Global___GetSyncStatusResponse:
+        """The sync status, as GetSyncStatus reports it."""
+
+    @_builtins.property
+    def progress(self) -> Global___BackfillProgress:
+        """The table's latest backfill or re-backfill; absent if it never had one."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___GetSyncStatusResponse | None = ...,
+        missed_events: _builtins.bool = ...,
+        progress: Global___BackfillProgress | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missed_events", b"missed_events", "progress", b"progress", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VectorTableSnapshot: _TypeAlias = VectorTableSnapshot  # noqa: Y015
+
+@_typing.final
+class BackfillProgress(_message.Message):
+    """Progress of a backfill or re-backfill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    TASK_TYPE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    ROWS_PROCESSED_FIELD_NUMBER: _builtins.int
+    ROWS_TOTAL_FIELD_NUMBER: _builtins.int
+    ROWS_FAILED_FIELD_NUMBER: _builtins.int
+    ROWS_PER_S_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """The task's identifier."""
+    task_type: _values_pb2.TaskType.Value.ValueType
+    """`backfill` or `rebackfill`."""
+    status: _values_pb2.TaskStatus.Value.ValueType
+    """The task state."""
+    phase: _values_pb2.TaskPhase.Value.ValueType
+    """What the task is doing now."""
+    rows_processed: _builtins.float
+    """Rows processed so far (whole numbers; double so that JSON prints numbers)."""
+    rows_total: _builtins.float
+    """Rows to process in all."""
+    rows_failed: _builtins.float
+    """Rows that failed for good."""
+    rows_per_s: _builtins.float
+    """Rows per second over the recent window."""
+    eta_seconds: _builtins.float
+    """Estimated seconds to completion; absent when unknown (e.g. while indexing)."""
+    last_error: _builtins.str
+    """The last attempt's error; absent if none."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        task_type: _values_pb2.TaskType.Value.ValueType = ...,
+        status: _values_pb2.TaskStatus.Value.ValueType = ...,
+        phase: _values_pb2.TaskPhase.Value.ValueType = ...,
+        rows_processed: _builtins.float = ...,
+        rows_total: _builtins.float = ...,
+        rows_failed: _builtins.float = ...,
+        rows_per_s: _builtins.float = ...,
+        eta_seconds: _builtins.float | None = ...,
+        last_error: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "eta_seconds", b"eta_seconds", "last_error", b"last_error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "eta_seconds", b"eta_seconds", "last_error", b"last_error", "phase", b"phase", "rows_failed", b"rows_failed", "rows_per_s", b"rows_per_s", "rows_processed", b"rows_processed", "rows_total", b"rows_total", "status", b"status", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
+    _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
+    _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eta_seconds) -> _WhichOneofReturnType__eta_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
+
+Global___BackfillProgress: _TypeAlias = BackfillProgress  # noqa: Y015
+
+@_typing.final
+class SyncCycle(_message.Message):
+    """The counts of one sync cycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSERTED_FIELD_NUMBER: _builtins.int
+    REEMBEDDED_FIELD_NUMBER: _builtins.int
+    METADATA_ONLY_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    SYNCED_ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    inserted: _builtins.float
+    """New source rows embedded and stored."""
+    reembedded: _builtins.float
+    """Rows whose embedded text changed, embedded again."""
+    metadata_only: _builtins.float
+    """Rows whose metadata alone changed, updated without calling the provider."""
+    deleted: _builtins.float
+    """Rows deleted from the source, removed from the vectors."""
+    failed: _builtins.float
+    """Rows that could not be embedded."""
+    duration_ms: _builtins.float
+    """How long the cycle took, in milliseconds."""
+    skipped: _builtins.float
+    """New rows not stored because the organisation's vector budget is used up."""
+    synced_rows: _builtins.float
+    """The table's rows with vectors after the cycle (as GetSyncStatus's `synced_rows`)."""
+    total_rows: _builtins.float
+    """Rows in the source after the cycle (as GetSyncStatus's `total_rows`)."""
+    def __init__(
+        self,
+        *,
+        inserted: _builtins.float = ...,
+        reembedded: _builtins.float = ...,
+        metadata_only: _builtins.float = ...,
+        deleted: _builtins.float = ...,
+        failed: _builtins.float = ...,
+        duration_ms: _builtins.float = ...,
+        skipped: _builtins.float = ...,
+        synced_rows: _builtins.float = ...,
+        total_rows: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "duration_ms", b"duration_ms", "failed", b"failed", "inserted", b"inserted", "metadata_only", b"metadata_only", "reembedded", b"reembedded", "skipped", b"skipped", "synced_rows", b"synced_rows", "total_rows", b"total_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyncCycle: _TypeAlias = SyncCycle  # noqa: Y015
+
+@_typing.final
+class StatusChange(_message.Message):
+    """A change of sync status (or a swap, which may keep the status)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    previous: _values_pb2.SyncStatus.Value.ValueType
+    """The status before."""
+    status: _values_pb2.SyncStatus.Value.ValueType
+    """The status now."""
+    reason: _builtins.str
+    """Why, for people (e.g. the error, or "re-backfill swapped in")."""
+    cause: _values_pb2.StatusCause.Value.ValueType
+    """Why, for programs."""
+    def __init__(
+        self,
+        *,
+        previous: _values_pb2.SyncStatus.Value.ValueType = ...,
+        status: _values_pb2.SyncStatus.Value.ValueType = ...,
+        reason: _builtins.str = ...,
+        cause: _values_pb2.StatusCause.Value.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "previous", b"previous", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusChange: _TypeAlias = StatusChange  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    """A keep-alive message of an idle stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015

@@ -55,6 +55,11 @@ class SyncServiceStub:
                 request_serializer=embedd_dot_v1_dot_sync__pb2.ResumeSyncRequest.SerializeToString,
                 response_deserializer=embedd_dot_v1_dot_sync__pb2.ResumeSyncResponse.FromString,
                 _registered_method=True)
+        self.WatchVectorTable = channel.unary_stream(
+                '/embedd.v1.SyncService/WatchVectorTable',
+                request_serializer=embedd_dot_v1_dot_sync__pb2.WatchVectorTableRequest.SerializeToString,
+                response_deserializer=embedd_dot_v1_dot_sync__pb2.VectorTableEvent.FromString,
+                _registered_method=True)
 
 
 class SyncServiceServicer:
@@ -89,6 +94,17 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchVectorTable(self, request, context):
+        """Follows a vector table for as long as the client stays: backfill progress, each sync
+        cycle's counts, status changes, numbered by `sequence`. The first message is a
+        snapshot of the table; a client that reconnects with `after_sequence` gets what it
+        missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+        get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyncServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +127,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.ResumeSync,
                     request_deserializer=embedd_dot_v1_dot_sync__pb2.ResumeSyncRequest.FromString,
                     response_serializer=embedd_dot_v1_dot_sync__pb2.ResumeSyncResponse.SerializeToString,
+            ),
+            'WatchVectorTable': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchVectorTable,
+                    request_deserializer=embedd_dot_v1_dot_sync__pb2.WatchVectorTableRequest.FromString,
+                    response_serializer=embedd_dot_v1_dot_sync__pb2.VectorTableEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +243,33 @@ class SyncService:
             '/embedd.v1.SyncService/ResumeSync',
             embedd_dot_v1_dot_sync__pb2.ResumeSyncRequest.SerializeToString,
             embedd_dot_v1_dot_sync__pb2.ResumeSyncResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchVectorTable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/embedd.v1.SyncService/WatchVectorTable',
+            embedd_dot_v1_dot_sync__pb2.WatchVectorTableRequest.SerializeToString,
+            embedd_dot_v1_dot_sync__pb2.VectorTableEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,13 @@ class SyncServiceStub:
     """Stops applying source changes; queries keep working."""
     ResumeSync: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ResumeSyncRequest, _sync_pb2.ResumeSyncResponse]
     """Applies source changes again, including those made while paused."""
+    WatchVectorTable: _grpc.UnaryStreamMultiCallable[_sync_pb2.WatchVectorTableRequest, _sync_pb2.VectorTableEvent]
+    """Follows a vector table for as long as the client stays: backfill progress, each sync
+    cycle's counts, status changes, numbered by `sequence`. The first message is a
+    snapshot of the table; a client that reconnects with `after_sequence` gets what it
+    missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+    get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+    """
 
 @_typing.type_check_only
 class SyncServiceAsyncStub(SyncServiceStub):
@@ -55,6 +62,13 @@ class SyncServiceAsyncStub(SyncServiceStub):
     """Stops applying source changes; queries keep working."""
     ResumeSync: _aio.UnaryUnaryMultiCallable[_sync_pb2.ResumeSyncRequest, _sync_pb2.ResumeSyncResponse]  # type: ignore[assignment]
     """Applies source changes again, including those made while paused."""
+    WatchVectorTable: _aio.UnaryStreamMultiCallable[_sync_pb2.WatchVectorTableRequest, _sync_pb2.VectorTableEvent]  # type: ignore[assignment]
+    """Follows a vector table for as long as the client stays: backfill progress, each sync
+    cycle's counts, status changes, numbered by `sequence`. The first message is a
+    snapshot of the table; a client that reconnects with `after_sequence` gets what it
+    missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+    get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+    """
 
 class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
     """Fills vector tables and keeps them in sync with their source."""
@@ -90,5 +104,18 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.ResumeSyncResponse, _abc.Awaitable[_sync_pb2.ResumeSyncResponse]]:
         """Applies source changes again, including those made while paused."""
+
+    @_abc_1.abstractmethod
+    def WatchVectorTable(
+        self,
+        request: _sync_pb2.WatchVectorTableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sync_pb2.VectorTableEvent], _abc.AsyncIterator[_sync_pb2.VectorTableEvent]]:
+        """Follows a vector table for as long as the client stays: backfill progress, each sync
+        cycle's counts, status changes, numbered by `sequence`. The first message is a
+        snapshot of the table; a client that reconnects with `after_sequence` gets what it
+        missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+        get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+        """
 
 def add_SyncServiceServicer_to_server(servicer: SyncServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -106,6 +106,7 @@ class Task(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     FAILURES_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
     EMBEDDING_STRATEGY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Identifier, `task_` prefix."""
@@ -121,6 +122,8 @@ class Task(_message.Message):
     """Attempts allowed before the task fails."""
     last_error: _builtins.str
     """The last error; absent if none."""
+    phase: _values_pb2.TaskPhase.Value.ValueType
+    """What the task is doing now (`unspecified` unless running)."""
     embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType
     """How the task embeds: `standard` or `batch`."""
     @_builtins.property
@@ -158,11 +161,12 @@ class Task(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         failures: _abc.Iterable[Global___TaskFailure] | None = ...,
+        phase: _values_pb2.TaskPhase.Value.ValueType = ...,
         embedding_strategy: _values_pb2.EmbeddingStrategy.Value.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "created_at", b"created_at", "finished_at", b"finished_at", "last_error", b"last_error", "progress", b"progress", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "embedding_strategy", b"embedding_strategy", "failures", b"failures", "finished_at", b"finished_at", "id", b"id", "last_error", b"last_error", "max_attempts", b"max_attempts", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "attempts", b"attempts", "created_at", b"created_at", "embedding_strategy", b"embedding_strategy", "failures", b"failures", "finished_at", b"finished_at", "id", b"id", "last_error", b"last_error", "max_attempts", b"max_attempts", "phase", b"phase", "progress", b"progress", "started_at", b"started_at", "status", b"status", "target_id", b"target_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
@@ -312,12 +316,15 @@ class WatchTaskResponse(_message.Message):
     ROWS_PER_S_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
     rows_per_s: _builtins.float
     """Rows per second over the recent window."""
     eta_seconds: _builtins.float
     """Estimated seconds to completion; absent when unknown."""
     done: _builtins.bool
     """True on the last message: the task completed or failed."""
+    phase: _values_pb2.TaskPhase.Value.ValueType
+    """What the task is doing now (as `task.phase`)."""
     @_builtins.property
     def task(self) -> Global___Task:
         """The task as of this event."""
@@ -329,10 +336,11 @@ class WatchTaskResponse(_message.Message):
         rows_per_s: _builtins.float = ...,
         eta_seconds: _builtins.float | None = ...,
         done: _builtins.bool = ...,
+        phase: _values_pb2.TaskPhase.Value.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "eta_seconds", b"eta_seconds", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "done", b"done", "eta_seconds", b"eta_seconds", "rows_per_s", b"rows_per_s", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "done", b"done", "eta_seconds", b"eta_seconds", "phase", b"phase", "rows_per_s", b"rows_per_s", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
     _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015

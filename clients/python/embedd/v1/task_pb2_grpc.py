@@ -71,8 +71,9 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTask(self, request, context):
-        """Streams a task's progress as it happens. The last message has `done` set and
-        says how the work ended. Over REST: newline-delimited JSON.
+        """Streams a task's progress as it happens: its state now, then every change, and the
+        latest state again every few seconds while nothing changes. The last message has
+        `done` set and says how the work ended. Over REST: newline-delimited JSON.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,8 +38,9 @@ class TaskServiceStub:
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]
     """Lists the organisation's tasks, newest first."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_task_pb2.WatchTaskRequest, _task_pb2.WatchTaskResponse]
-    """Streams a task's progress as it happens. The last message has `done` set and
-    says how the work ended. Over REST: newline-delimited JSON.
+    """Streams a task's progress as it happens: its state now, then every change, and the
+    latest state again every few seconds while nothing changes. The last message has
+    `done` set and says how the work ended. Over REST: newline-delimited JSON.
     """
 
 @_typing.type_check_only
@@ -52,8 +53,9 @@ class TaskServiceAsyncStub(TaskServiceStub):
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_pb2.ListTasksRequest, _task_pb2.ListTasksResponse]  # type: ignore[assignment]
     """Lists the organisation's tasks, newest first."""
     WatchTask: _aio.UnaryStreamMultiCallable[_task_pb2.WatchTaskRequest, _task_pb2.WatchTaskResponse]  # type: ignore[assignment]
-    """Streams a task's progress as it happens. The last message has `done` set and
-    says how the work ended. Over REST: newline-delimited JSON.
+    """Streams a task's progress as it happens: its state now, then every change, and the
+    latest state again every few seconds while nothing changes. The last message has
+    `done` set and says how the work ended. Over REST: newline-delimited JSON.
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -81,8 +83,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_pb2.WatchTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_pb2.WatchTaskResponse], _abc.AsyncIterator[_task_pb2.WatchTaskResponse]]:
-        """Streams a task's progress as it happens. The last message has `done` set and
-        says how the work ended. Over REST: newline-delimited JSON.
+        """Streams a task's progress as it happens: its state now, then every change, and the
+        latest state again every few seconds while nothing changes. The last message has
+        `done` set and says how the work ended. Over REST: newline-delimited JSON.
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

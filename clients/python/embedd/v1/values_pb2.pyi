@@ -632,6 +632,126 @@ class TaskType(_message.Message):
 Global___TaskType: _TypeAlias = TaskType  # noqa: Y015
 
 @_typing.final
+class TaskPhase(_message.Message):
+    """What a running task is doing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Value:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TaskPhase._Value.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        unspecified: TaskPhase._Value.ValueType  # 0
+        """Not running (pending, or finished)."""
+        reading: TaskPhase._Value.ValueType  # 1
+        """Counting and reading the first source rows."""
+        embedding: TaskPhase._Value.ValueType  # 2
+        """Rows are being read, embedded and written."""
+        writing: TaskPhase._Value.ValueType  # 3
+        """Every row is embedded; the last vectors are being written."""
+        indexing: TaskPhase._Value.ValueType  # 4
+        """Every row is written; the ANN and metadata indexes are being built."""
+        swapping: TaskPhase._Value.ValueType  # 5
+        """A re-backfill is catching up with changes and swapping its new vectors in."""
+
+    class Value(_Value, metaclass=_ValueEnumTypeWrapper):
+        """The task phase."""
+
+    unspecified: TaskPhase.Value.ValueType  # 0
+    """Not running (pending, or finished)."""
+    reading: TaskPhase.Value.ValueType  # 1
+    """Counting and reading the first source rows."""
+    embedding: TaskPhase.Value.ValueType  # 2
+    """Rows are being read, embedded and written."""
+    writing: TaskPhase.Value.ValueType  # 3
+    """Every row is embedded; the last vectors are being written."""
+    indexing: TaskPhase.Value.ValueType  # 4
+    """Every row is written; the ANN and metadata indexes are being built."""
+    swapping: TaskPhase.Value.ValueType  # 5
+    """A re-backfill is catching up with changes and swapping its new vectors in."""
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskPhase: _TypeAlias = TaskPhase  # noqa: Y015
+
+@_typing.final
+class StatusCause(_message.Message):
+    """Why a vector table's sync status changed (or, for a swap, its vectors)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Value:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[StatusCause._Value.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        unspecified: StatusCause._Value.ValueType  # 0
+        """Not set."""
+        backfill_started: StatusCause._Value.ValueType  # 1
+        """A backfill or re-backfill began filling the table."""
+        backfill_completed: StatusCause._Value.ValueType  # 2
+        """The backfill finished; the table is synced."""
+        paused: StatusCause._Value.ValueType  # 3
+        """The user paused sync."""
+        resumed: StatusCause._Value.ValueType  # 4
+        """The user resumed sync."""
+        error: StatusCause._Value.ValueType  # 5
+        """A sync cycle or a task failed (`reason` says why)."""
+        recovered: StatusCause._Value.ValueType  # 6
+        """A sync cycle succeeded after an error."""
+        pending_rebackfill: StatusCause._Value.ValueType  # 7
+        """The model, dimensions or columns changed: a re-backfill is queued."""
+        swapped: StatusCause._Value.ValueType  # 8
+        """A re-backfill swapped its new vectors in; the new configuration is live."""
+        other: StatusCause._Value.ValueType  # 9
+        """Any other change of status."""
+
+    class Value(_Value, metaclass=_ValueEnumTypeWrapper):
+        """The cause."""
+
+    unspecified: StatusCause.Value.ValueType  # 0
+    """Not set."""
+    backfill_started: StatusCause.Value.ValueType  # 1
+    """A backfill or re-backfill began filling the table."""
+    backfill_completed: StatusCause.Value.ValueType  # 2
+    """The backfill finished; the table is synced."""
+    paused: StatusCause.Value.ValueType  # 3
+    """The user paused sync."""
+    resumed: StatusCause.Value.ValueType  # 4
+    """The user resumed sync."""
+    error: StatusCause.Value.ValueType  # 5
+    """A sync cycle or a task failed (`reason` says why)."""
+    recovered: StatusCause.Value.ValueType  # 6
+    """A sync cycle succeeded after an error."""
+    pending_rebackfill: StatusCause.Value.ValueType  # 7
+    """The model, dimensions or columns changed: a re-backfill is queued."""
+    swapped: StatusCause.Value.ValueType  # 8
+    """A re-backfill swapped its new vectors in; the new configuration is live."""
+    other: StatusCause.Value.ValueType  # 9
+    """Any other change of status."""
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusCause: _TypeAlias = StatusCause  # noqa: Y015
+
+@_typing.final
 class TaskStatus(_message.Message):
     """The state of a task."""
 

@@ -10,13 +10,13 @@ from embedd.v1 import sync_pb2, task_pb2, values_pb2
 from embedd_client.cli.context import CursorOption, JsonOption, LimitOption, choice, session
 from embedd_client.cli.output import Output, as_dict
 from embedd_client.cli.progress import follow
+from embedd_client.cli.table_watch import follow_table
 from embedd_client.sync import SyncEmbeddClient
 
 sync = typer.Typer(help="A vector table's sync: status, pause, resume.", no_args_is_help=True)
 tasks = typer.Typer(help="Background tasks (backfills, re-backfills).", no_args_is_help=True)
 
 TASK_COLUMNS = ["id", "task_type", "target_id", "status", "rows_processed", "rows_total", "created_at"]
-_ACTIVE = (values_pb2.TaskStatus.pending, values_pb2.TaskStatus.running)
 
 
 def _follow_or_exit(client: SyncEmbeddClient, task_id: str, out: Output) -> None:
@@ -47,21 +47,27 @@ def backfill(
 
 def watch(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="task_... or vt_... (its current task).")],
+    target: Annotated[str, typer.Argument(help="task_... or vt_...")],
+    until_synced: Annotated[
+        bool,
+        typer.Option(
+            "--until-synced", help="vt_...: stop once it is synced with nothing running (exit 1 on error)."
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Follow a task's progress live; for a vector table, its current backfill."""
+    """Follow a task until it ends, or a vector table live: its status, backfill progress
+    (phase, rows/s, ETA) and sync cycles, until Ctrl-C."""
     with session(ctx, as_json) as (client, out):
-        task_id = target
-        if target.startswith("vt_"):
-            latest = client.tasks.ListTasks(task_pb2.ListTasksRequest(target_id=target, limit=1)).tasks
-            if not latest or latest[0].status not in _ACTIVE:
-                status = client.sync.GetSyncStatus(sync_pb2.GetSyncStatusRequest(vector_table_id=target))
-                out.hint("no backfill running; sync status:")
-                out.message(status)
-                return
-            task_id = latest[0].id
-        _follow_or_exit(client, task_id, out)
+        if not target.startswith("vt_"):
+            _follow_or_exit(client, target, out)
+            return
+        try:
+            code = follow_table(client, target, out, until_synced=until_synced)
+        except KeyboardInterrupt:
+            code = 0  # Ctrl-C is how a live watch ends
+        if code:
+            raise typer.Exit(code)
 
 
 @sync.command("status")

@@ -1,13 +1,14 @@
-"""A task's live progress bar: status (and phase, once the server sends one), rows done of
-total, rows/s and ETA as the server computes them; one JSON line per event with `--json`."""
+"""A task's live progress bar: status and phase, rows done of total, rows/s and ETA as the
+server computes them; one JSON line per event with `--json`."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
-from embedd.v1 import task_pb2, values_pb2
-from google.protobuf.message import Message
+from embedd.v1 import sync_pb2, task_pb2, values_pb2
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -26,23 +27,11 @@ from embedd_client.sync import SyncEmbeddClient
 _STATUS = values_pb2.TaskStatus.Value
 
 
-def phase_of(event: Message) -> str | None:
-    """The event's `phase` (issue 14 adds one to WatchTask: reading, embedding, writing,
-    indexing, swapping), on the event or its task, whichever carries it; None while the
-    server sends none. Read through the descriptor so that this build shows it as soon as
-    the server and the regenerated stubs have it."""
-    task = getattr(event, "task", None)
-    for message in (event, task):
-        if not isinstance(message, Message):
-            continue
-        field = message.DESCRIPTOR.fields_by_name.get("phase")
-        if field is None:
-            continue
-        value = getattr(message, "phase")  # noqa: B009 - the field may not exist in these stubs
-        if field.enum_type is not None:
-            value = field.enum_type.values_by_number[value].name
-        return None if value in ("", "unspecified") else str(value)
-    return None
+def phase_of(event: task_pb2.WatchTaskResponse | sync_pb2.BackfillProgress) -> str | None:
+    """What the task is doing (reading, embedding, writing, indexing, swapping); None when it
+    is not running."""
+    name = values_pb2.TaskPhase.Value.Name(event.phase)
+    return None if name == "unspecified" else name
 
 
 class _Elapsed(ProgressColumn):
@@ -54,10 +43,10 @@ class _Elapsed(ProgressColumn):
         return Text(duration(time.monotonic() - started), style="progress.elapsed")
 
 
-def label(event: task_pb2.WatchTaskResponse) -> str:
-    status = _STATUS.Name(event.task.status)
+def label(event: task_pb2.WatchTaskResponse | sync_pb2.BackfillProgress) -> str:
+    status = event.task.status if isinstance(event, task_pb2.WatchTaskResponse) else event.status
     phase = phase_of(event)
-    return f"{status} · {phase}" if phase else status
+    return f"{_STATUS.Name(status)} · {phase}" if phase else _STATUS.Name(status)
 
 
 def duration(seconds: float) -> str:
@@ -66,8 +55,25 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
 
 
-def eta(event: task_pb2.WatchTaskResponse) -> str:
-    return duration(event.eta_seconds) if event.HasField("eta_seconds") and not event.done else "-"
+def eta(event: task_pb2.WatchTaskResponse | sync_pb2.BackfillProgress) -> str:
+    status = event.task.status if isinstance(event, task_pb2.WatchTaskResponse) else event.status
+    done = status in (_STATUS.Value("completed"), _STATUS.Value("failed"))
+    return duration(event.eta_seconds) if event.HasField("eta_seconds") and not done else "-"
+
+
+def bar(console: Console) -> Progress:
+    """The progress bar of one task: status · phase, rows done of total, rows/s, ETA, time."""
+    columns = (
+        TextColumn("[bold]{task.description:<20}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("ETA {task.fields[eta]}"),
+        _Elapsed(),
+    )
+    return Progress(*columns, console=console)
 
 
 def follow(client: SyncEmbeddClient, task_id: str, out: Output) -> task_pb2.Task:
@@ -79,26 +85,11 @@ def follow(client: SyncEmbeddClient, task_id: str, out: Output) -> task_pb2.Task
             last = event
         return last.task
 
-    columns = (
-        TextColumn("[bold]{task.description:<20}"),
-        BarColumn(),
-        TaskProgressColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows"),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("ETA {task.fields[eta]}"),
-        _Elapsed(),
-    )
-    with Progress(*columns, console=out.err) as bar:
-        row = bar.add_task("pending", total=None, rate="", eta="-")
-
-        def reconnecting(err: grpc.RpcError, delay: float) -> None:
-            code = err.code().name if callable(getattr(err, "code", None)) else "error"
-            bar.console.print(f"[yellow]connection lost ({code}); reconnecting in {delay:.1f}s")
-
-        for event in client.watch_task(task_id, on_retry=reconnecting):
+    with bar(out.err) as shown:
+        row = shown.add_task("pending", total=None, rate="", eta="-")
+        for event in client.watch_task(task_id, on_retry=reconnecting(shown.console)):
             progress = event.task.progress
-            bar.update(
+            shown.update(
                 row,
                 description=label(event),
                 completed=progress.rows_processed,
@@ -109,6 +100,16 @@ def follow(client: SyncEmbeddClient, task_id: str, out: Output) -> task_pb2.Task
             last = event
     _summary(last.task, out)
     return last.task
+
+
+def reconnecting(console: Console) -> Callable[[grpc.RpcError, float], None]:
+    """Says so when a watch lost its connection and reconnects."""
+
+    def say(err: grpc.RpcError, delay: float) -> None:
+        code = err.code().name if callable(getattr(err, "code", None)) else "error"
+        console.print(f"[yellow]connection lost ({code}); reconnecting in {delay:.1f}s")
+
+    return say
 
 
 def _summary(task: task_pb2.Task, out: Output) -> None:

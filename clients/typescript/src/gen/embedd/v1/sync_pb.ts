@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EmbeddingStrategy_Value, SyncStatus_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { EmbeddingStrategy_Value, StatusCause_Value, SyncStatus_Value, TaskPhase_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/sync.proto.
  */
 export const file_embedd_v1_sync: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIoEBChpCYWNrZmlsbFZlY3RvclRhYmxlUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQISRAoSZW1iZWRkaW5nX3N0cmF0ZWd5GAIgASgOMiIuZW1iZWRkLnYxLkVtYmVkZGluZ1N0cmF0ZWd5LlZhbHVlQgTiQQEBIswBChtCYWNrZmlsbFZlY3RvclRhYmxlUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIsCgl0YXNrX3R5cGUYAiABKA4yGS5lbWJlZGQudjEuVGFza1R5cGUuVmFsdWUSEQoJdGFyZ2V0X2lkGAMgASgJEisKBnN0YXR1cxgEIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjUKFEdldFN5bmNTdGF0dXNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLmAwoVR2V0U3luY1N0YXR1c1Jlc3BvbnNlEjAKC3N5bmNfc3RhdHVzGAEgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSEwoLc3luY2VkX3Jvd3MYAiABKAESEgoKdG90YWxfcm93cxgDIAEoARIyCg5sYXN0X3N5bmNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPdmVjdG9yX3RhYmxlX2lkGAUgASgJEhQKDHJvd3NfcGVuZGluZxgGIAEoARIbCg5zdGFsZW5lc3Nfc2VjcxgHIAEoDUgAiAEBEhcKCmxhc3RfZXJyb3IYCCABKAlIAYgBARIxCg1sYXN0X2Vycm9yX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3dzX3NraXBwZWQYCiABKAESFAoHd2FybmluZxgLIAEoCUgCiAEBEhUKDXJvd3NfaW1wb3J0ZWQYFCABKAESFAoMYmF0Y2hfdG9rZW5zGBUgASgBEh8KF2VzdGltYXRlZF9zYXZpbmdfdG9rZW5zGBYgASgBQhEKD19zdGFsZW5lc3Nfc2Vjc0INCgtfbGFzdF9lcnJvckIKCghfd2FybmluZyIxChBQYXVzZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJvChFQYXVzZVN5bmNSZXNwb25zZRIXCg92ZWN0b3JfdGFibGVfaWQYASABKAkSMAoLc3luY19zdGF0dXMYAiABKA4yGy5lbWJlZGQudjEuU3luY1N0YXR1cy5WYWx1ZRIPCgdtZXNzYWdlGAMgASgJIjIKEVJlc3VtZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJwChJSZXN1bWVTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCTLABAoLU3luY1NlcnZpY2USnQEKE0JhY2tmaWxsVmVjdG9yVGFibGUSJS5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlcXVlc3QaJi5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlIjeC0+STAjEiLC92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L2JhY2tmaWxsOgEqEosBCg1HZXRTeW5jU3RhdHVzEh8uZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXF1ZXN0GiAuZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXNwb25zZSI3gtPkkwIxEi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3N0YXR1cxJ+CglQYXVzZVN5bmMSGy5lbWJlZGQudjEuUGF1c2VTeW5jUmVxdWVzdBocLmVtYmVkZC52MS5QYXVzZVN5bmNSZXNwb25zZSI2gtPkkwIwIi4vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3BhdXNlEoIBCgpSZXN1bWVTeW5jEhwuZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXF1ZXN0Gh0uZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXNwb25zZSI3gtPkkwIxIi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3Jlc3VtZWIGcHJvdG8z", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvc3luYy5wcm90bxIJZW1iZWRkLnYxIoEBChpCYWNrZmlsbFZlY3RvclRhYmxlUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQISRAoSZW1iZWRkaW5nX3N0cmF0ZWd5GAIgASgOMiIuZW1iZWRkLnYxLkVtYmVkZGluZ1N0cmF0ZWd5LlZhbHVlQgTiQQEBIswBChtCYWNrZmlsbFZlY3RvclRhYmxlUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIsCgl0YXNrX3R5cGUYAiABKA4yGS5lbWJlZGQudjEuVGFza1R5cGUuVmFsdWUSEQoJdGFyZ2V0X2lkGAMgASgJEisKBnN0YXR1cxgEIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjUKFEdldFN5bmNTdGF0dXNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiLmAwoVR2V0U3luY1N0YXR1c1Jlc3BvbnNlEjAKC3N5bmNfc3RhdHVzGAEgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSEwoLc3luY2VkX3Jvd3MYAiABKAESEgoKdG90YWxfcm93cxgDIAEoARIyCg5sYXN0X3N5bmNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPdmVjdG9yX3RhYmxlX2lkGAUgASgJEhQKDHJvd3NfcGVuZGluZxgGIAEoARIbCg5zdGFsZW5lc3Nfc2VjcxgHIAEoDUgAiAEBEhcKCmxhc3RfZXJyb3IYCCABKAlIAYgBARIxCg1sYXN0X2Vycm9yX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxyb3dzX3NraXBwZWQYCiABKAESFAoHd2FybmluZxgLIAEoCUgCiAEBEhUKDXJvd3NfaW1wb3J0ZWQYFCABKAESFAoMYmF0Y2hfdG9rZW5zGBUgASgBEh8KF2VzdGltYXRlZF9zYXZpbmdfdG9rZW5zGBYgASgBQhEKD19zdGFsZW5lc3Nfc2Vjc0INCgtfbGFzdF9lcnJvckIKCghfd2FybmluZyIxChBQYXVzZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJvChFQYXVzZVN5bmNSZXNwb25zZRIXCg92ZWN0b3JfdGFibGVfaWQYASABKAkSMAoLc3luY19zdGF0dXMYAiABKA4yGy5lbWJlZGQudjEuU3luY1N0YXR1cy5WYWx1ZRIPCgdtZXNzYWdlGAMgASgJIjIKEVJlc3VtZVN5bmNSZXF1ZXN0Eh0KD3ZlY3Rvcl90YWJsZV9pZBgBIAEoCUIE4kEBAiJwChJSZXN1bWVTeW5jUmVzcG9uc2USFwoPdmVjdG9yX3RhYmxlX2lkGAEgASgJEjAKC3N5bmNfc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWUSDwoHbWVzc2FnZRgDIAEoCSJuChdXYXRjaFZlY3RvclRhYmxlUmVxdWVzdBIdCg92ZWN0b3JfdGFibGVfaWQYASABKAlCBOJBAQISIQoOYWZ0ZXJfc2VxdWVuY2UYAiABKA1CBOJBAQFIAIgBAUIRCg9fYWZ0ZXJfc2VxdWVuY2Ui0QIKEFZlY3RvclRhYmxlRXZlbnQSFgoIc2VxdWVuY2UYASABKA1CBOJBAQMSLgoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSMgoIc25hcHNob3QYAyABKAsyHi5lbWJlZGQudjEuVmVjdG9yVGFibGVTbmFwc2hvdEgAEi8KCHByb2dyZXNzGAQgASgLMhsuZW1iZWRkLnYxLkJhY2tmaWxsUHJvZ3Jlc3NIABIqCgpzeW5jX2N5Y2xlGAUgASgLMhQuZW1iZWRkLnYxLlN5bmNDeWNsZUgAEjAKDXN0YXR1c19jaGFuZ2UYBiABKAsyFy5lbWJlZGQudjEuU3RhdHVzQ2hhbmdlSAASKQoJaGVhcnRiZWF0GAcgASgLMhQuZW1iZWRkLnYxLkhlYXJ0YmVhdEgAQgcKBWV2ZW50Ip8BChNWZWN0b3JUYWJsZVNuYXBzaG90EjYKBnN0YXR1cxgBIAEoCzIgLmVtYmVkZC52MS5HZXRTeW5jU3RhdHVzUmVzcG9uc2VCBOJBAQMSGwoNbWlzc2VkX2V2ZW50cxgCIAEoCEIE4kEBAxIzCghwcm9ncmVzcxgDIAEoCzIbLmVtYmVkZC52MS5CYWNrZmlsbFByb2dyZXNzQgTiQQEDIowDChBCYWNrZmlsbFByb2dyZXNzEhUKB3Rhc2tfaWQYASABKAlCBOJBAQMSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEjEKBnN0YXR1cxgDIAEoDjIbLmVtYmVkZC52MS5UYXNrU3RhdHVzLlZhbHVlQgTiQQEDEi8KBXBoYXNlGAQgASgOMhouZW1iZWRkLnYxLlRhc2tQaGFzZS5WYWx1ZUIE4kEBAxIcCg5yb3dzX3Byb2Nlc3NlZBgFIAEoAUIE4kEBAxIYCgpyb3dzX3RvdGFsGAYgASgBQgTiQQEDEhkKC3Jvd3NfZmFpbGVkGAcgASgBQgTiQQEDEhgKCnJvd3NfcGVyX3MYCCABKAFCBOJBAQMSHgoLZXRhX3NlY29uZHMYCSABKAFCBOJBAQNIAIgBARIdCgpsYXN0X2Vycm9yGAogASgJQgTiQQEDSAGIAQFCDgoMX2V0YV9zZWNvbmRzQg0KC19sYXN0X2Vycm9yIu4BCglTeW5jQ3ljbGUSFgoIaW5zZXJ0ZWQYASABKAFCBOJBAQMSGAoKcmVlbWJlZGRlZBgCIAEoAUIE4kEBAxIbCg1tZXRhZGF0YV9vbmx5GAMgASgBQgTiQQEDEhUKB2RlbGV0ZWQYBCABKAFCBOJBAQMSFAoGZmFpbGVkGAUgASgBQgTiQQEDEhkKC2R1cmF0aW9uX21zGAYgASgBQgTiQQEDEhUKB3NraXBwZWQYByABKAFCBOJBAQMSGQoLc3luY2VkX3Jvd3MYCCABKAFCBOJBAQMSGAoKdG90YWxfcm93cxgJIAEoAUIE4kEBAyK/AQoMU3RhdHVzQ2hhbmdlEjMKCHByZXZpb3VzGAEgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWVCBOJBAQMSMQoGc3RhdHVzGAIgASgOMhsuZW1iZWRkLnYxLlN5bmNTdGF0dXMuVmFsdWVCBOJBAQMSFAoGcmVhc29uGAMgASgJQgTiQQEDEjEKBWNhdXNlGAQgASgOMhwuZW1iZWRkLnYxLlN0YXR1c0NhdXNlLlZhbHVlQgTiQQEDIgsKCUhlYXJ0YmVhdDLLBQoLU3luY1NlcnZpY2USnQEKE0JhY2tmaWxsVmVjdG9yVGFibGUSJS5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlcXVlc3QaJi5lbWJlZGQudjEuQmFja2ZpbGxWZWN0b3JUYWJsZVJlc3BvbnNlIjeC0+STAjEiLC92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L2JhY2tmaWxsOgEqEosBCg1HZXRTeW5jU3RhdHVzEh8uZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXF1ZXN0GiAuZW1iZWRkLnYxLkdldFN5bmNTdGF0dXNSZXNwb25zZSI3gtPkkwIxEi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3N0YXR1cxJ+CglQYXVzZVN5bmMSGy5lbWJlZGQudjEuUGF1c2VTeW5jUmVxdWVzdBocLmVtYmVkZC52MS5QYXVzZVN5bmNSZXNwb25zZSI2gtPkkwIwIi4vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3BhdXNlEoIBCgpSZXN1bWVTeW5jEhwuZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXF1ZXN0Gh0uZW1iZWRkLnYxLlJlc3VtZVN5bmNSZXNwb25zZSI3gtPkkwIxIi8vdjEvdmVjdG9yLXRhYmxlcy97dmVjdG9yX3RhYmxlX2lkfS9zeW5jL3Jlc3VtZRKIAQoQV2F0Y2hWZWN0b3JUYWJsZRIiLmVtYmVkZC52MS5XYXRjaFZlY3RvclRhYmxlUmVxdWVzdBobLmVtYmVkZC52MS5WZWN0b3JUYWJsZUV2ZW50IjGC0+STAisSKS92MS92ZWN0b3ItdGFibGVzL3t2ZWN0b3JfdGFibGVfaWR9L3dhdGNoMAFiBnByb3RvMw", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * Request for BackfillVectorTable.
@@ -348,6 +348,368 @@ export const ResumeSyncResponseSchema: GenMessage<ResumeSyncResponse> = /*@__PUR
   messageDesc(file_embedd_v1_sync, 7);
 
 /**
+ * Request for WatchVectorTable.
+ *
+ * @generated from message embedd.v1.WatchVectorTableRequest
+ */
+export type WatchVectorTableRequest = Message<"embedd.v1.WatchVectorTableRequest"> & {
+  /**
+   * The vector table's identifier.
+   *
+   * @generated from field: string vector_table_id = 1;
+   */
+  vectorTableId: string;
+
+  /**
+   * The last `sequence` this client saw: the events after it come first (while they are
+   * in the bounded history; else a snapshot with `missed_events`). Absent: start with a
+   * snapshot of the table now.
+   *
+   * @generated from field: optional uint32 after_sequence = 2;
+   */
+  afterSequence?: number | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.WatchVectorTableRequest.
+ * Use `create(WatchVectorTableRequestSchema)` to create a new message.
+ */
+export const WatchVectorTableRequestSchema: GenMessage<WatchVectorTableRequest> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 8);
+
+/**
+ * One event of a watched vector table.
+ *
+ * @generated from message embedd.v1.VectorTableEvent
+ */
+export type VectorTableEvent = Message<"embedd.v1.VectorTableEvent"> & {
+  /**
+   * Grows with every event of this table (a progress event replaced by a newer one of the
+   * same task leaves a gap); a snapshot carries the sequence it is current to; 0 on
+   * heartbeats.
+   *
+   * @generated from field: uint32 sequence = 1;
+   */
+  sequence: number;
+
+  /**
+   * When the change was committed (RFC 3339, UTC, with fractions of a second); for a
+   * snapshot or a heartbeat, when it was sent.
+   *
+   * @generated from field: google.protobuf.Timestamp time = 2;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * What happened.
+   *
+   * @generated from oneof embedd.v1.VectorTableEvent.event
+   */
+  event: {
+    /**
+     * The table's state: the first message of a watch, or after missed events.
+     *
+     * @generated from field: embedd.v1.VectorTableSnapshot snapshot = 3;
+     */
+    value: VectorTableSnapshot;
+    case: "snapshot";
+  } | {
+    /**
+     * Progress of the table's backfill or re-backfill task.
+     *
+     * @generated from field: embedd.v1.BackfillProgress progress = 4;
+     */
+    value: BackfillProgress;
+    case: "progress";
+  } | {
+    /**
+     * One finished sync cycle.
+     *
+     * @generated from field: embedd.v1.SyncCycle sync_cycle = 5;
+     */
+    value: SyncCycle;
+    case: "syncCycle";
+  } | {
+    /**
+     * The sync status changed (paused, resumed, error, pending_rebackfill, swapped...).
+     *
+     * @generated from field: embedd.v1.StatusChange status_change = 6;
+     */
+    value: StatusChange;
+    case: "statusChange";
+  } | {
+    /**
+     * Nothing happened; the stream is alive.
+     *
+     * @generated from field: embedd.v1.Heartbeat heartbeat = 7;
+     */
+    value: Heartbeat;
+    case: "heartbeat";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message embedd.v1.VectorTableEvent.
+ * Use `create(VectorTableEventSchema)` to create a new message.
+ */
+export const VectorTableEventSchema: GenMessage<VectorTableEvent> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 9);
+
+/**
+ * A vector table's state.
+ *
+ * @generated from message embedd.v1.VectorTableSnapshot
+ */
+export type VectorTableSnapshot = Message<"embedd.v1.VectorTableSnapshot"> & {
+  /**
+   * The sync status, as GetSyncStatus reports it.
+   *
+   * @generated from field: embedd.v1.GetSyncStatusResponse status = 1;
+   */
+  status?: GetSyncStatusResponse | undefined;
+
+  /**
+   * True when events were missed: the client resumed from a sequence no longer in the
+   * history, or it read too slowly and the server dropped what it had buffered.
+   *
+   * @generated from field: bool missed_events = 2;
+   */
+  missedEvents: boolean;
+
+  /**
+   * The table's latest backfill or re-backfill; absent if it never had one.
+   *
+   * @generated from field: embedd.v1.BackfillProgress progress = 3;
+   */
+  progress?: BackfillProgress | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.VectorTableSnapshot.
+ * Use `create(VectorTableSnapshotSchema)` to create a new message.
+ */
+export const VectorTableSnapshotSchema: GenMessage<VectorTableSnapshot> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 10);
+
+/**
+ * Progress of a backfill or re-backfill.
+ *
+ * @generated from message embedd.v1.BackfillProgress
+ */
+export type BackfillProgress = Message<"embedd.v1.BackfillProgress"> & {
+  /**
+   * The task's identifier.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * `backfill` or `rebackfill`.
+   *
+   * @generated from field: embedd.v1.TaskType.Value task_type = 2;
+   */
+  taskType: TaskType_Value;
+
+  /**
+   * The task state.
+   *
+   * @generated from field: embedd.v1.TaskStatus.Value status = 3;
+   */
+  status: TaskStatus_Value;
+
+  /**
+   * What the task is doing now.
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 4;
+   */
+  phase: TaskPhase_Value;
+
+  /**
+   * Rows processed so far (whole numbers; double so that JSON prints numbers).
+   *
+   * @generated from field: double rows_processed = 5;
+   */
+  rowsProcessed: number;
+
+  /**
+   * Rows to process in all.
+   *
+   * @generated from field: double rows_total = 6;
+   */
+  rowsTotal: number;
+
+  /**
+   * Rows that failed for good.
+   *
+   * @generated from field: double rows_failed = 7;
+   */
+  rowsFailed: number;
+
+  /**
+   * Rows per second over the recent window.
+   *
+   * @generated from field: double rows_per_s = 8;
+   */
+  rowsPerS: number;
+
+  /**
+   * Estimated seconds to completion; absent when unknown (e.g. while indexing).
+   *
+   * @generated from field: optional double eta_seconds = 9;
+   */
+  etaSeconds?: number | undefined;
+
+  /**
+   * The last attempt's error; absent if none.
+   *
+   * @generated from field: optional string last_error = 10;
+   */
+  lastError?: string | undefined;
+};
+
+/**
+ * Describes the message embedd.v1.BackfillProgress.
+ * Use `create(BackfillProgressSchema)` to create a new message.
+ */
+export const BackfillProgressSchema: GenMessage<BackfillProgress> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 11);
+
+/**
+ * The counts of one sync cycle.
+ *
+ * @generated from message embedd.v1.SyncCycle
+ */
+export type SyncCycle = Message<"embedd.v1.SyncCycle"> & {
+  /**
+   * New source rows embedded and stored.
+   *
+   * @generated from field: double inserted = 1;
+   */
+  inserted: number;
+
+  /**
+   * Rows whose embedded text changed, embedded again.
+   *
+   * @generated from field: double reembedded = 2;
+   */
+  reembedded: number;
+
+  /**
+   * Rows whose metadata alone changed, updated without calling the provider.
+   *
+   * @generated from field: double metadata_only = 3;
+   */
+  metadataOnly: number;
+
+  /**
+   * Rows deleted from the source, removed from the vectors.
+   *
+   * @generated from field: double deleted = 4;
+   */
+  deleted: number;
+
+  /**
+   * Rows that could not be embedded.
+   *
+   * @generated from field: double failed = 5;
+   */
+  failed: number;
+
+  /**
+   * How long the cycle took, in milliseconds.
+   *
+   * @generated from field: double duration_ms = 6;
+   */
+  durationMs: number;
+
+  /**
+   * New rows not stored because the organisation's vector budget is used up.
+   *
+   * @generated from field: double skipped = 7;
+   */
+  skipped: number;
+
+  /**
+   * The table's rows with vectors after the cycle (as GetSyncStatus's `synced_rows`).
+   *
+   * @generated from field: double synced_rows = 8;
+   */
+  syncedRows: number;
+
+  /**
+   * Rows in the source after the cycle (as GetSyncStatus's `total_rows`).
+   *
+   * @generated from field: double total_rows = 9;
+   */
+  totalRows: number;
+};
+
+/**
+ * Describes the message embedd.v1.SyncCycle.
+ * Use `create(SyncCycleSchema)` to create a new message.
+ */
+export const SyncCycleSchema: GenMessage<SyncCycle> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 12);
+
+/**
+ * A change of sync status (or a swap, which may keep the status).
+ *
+ * @generated from message embedd.v1.StatusChange
+ */
+export type StatusChange = Message<"embedd.v1.StatusChange"> & {
+  /**
+   * The status before.
+   *
+   * @generated from field: embedd.v1.SyncStatus.Value previous = 1;
+   */
+  previous: SyncStatus_Value;
+
+  /**
+   * The status now.
+   *
+   * @generated from field: embedd.v1.SyncStatus.Value status = 2;
+   */
+  status: SyncStatus_Value;
+
+  /**
+   * Why, for people (e.g. the error, or "re-backfill swapped in").
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+
+  /**
+   * Why, for programs.
+   *
+   * @generated from field: embedd.v1.StatusCause.Value cause = 4;
+   */
+  cause: StatusCause_Value;
+};
+
+/**
+ * Describes the message embedd.v1.StatusChange.
+ * Use `create(StatusChangeSchema)` to create a new message.
+ */
+export const StatusChangeSchema: GenMessage<StatusChange> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 13);
+
+/**
+ * A keep-alive message of an idle stream.
+ *
+ * @generated from message embedd.v1.Heartbeat
+ */
+export type Heartbeat = Message<"embedd.v1.Heartbeat"> & {
+};
+
+/**
+ * Describes the message embedd.v1.Heartbeat.
+ * Use `create(HeartbeatSchema)` to create a new message.
+ */
+export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_sync, 14);
+
+/**
  * Fills vector tables and keeps them in sync with their source.
  *
  * @generated from service embedd.v1.SyncService
@@ -392,6 +754,20 @@ export const SyncService: GenService<{
     methodKind: "unary";
     input: typeof ResumeSyncRequestSchema;
     output: typeof ResumeSyncResponseSchema;
+  },
+  /**
+   * Follows a vector table for as long as the client stays: backfill progress, each sync
+   * cycle's counts, status changes, numbered by `sequence`. The first message is a
+   * snapshot of the table; a client that reconnects with `after_sequence` gets what it
+   * missed, or (history is bounded) a snapshot that says events were missed. Idle streams
+   * get a heartbeat every few seconds. Over REST: newline-delimited JSON.
+   *
+   * @generated from rpc embedd.v1.SyncService.WatchVectorTable
+   */
+  watchVectorTable: {
+    methodKind: "server_streaming";
+    input: typeof WatchVectorTableRequestSchema;
+    output: typeof VectorTableEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_embedd_v1_sync, 0);

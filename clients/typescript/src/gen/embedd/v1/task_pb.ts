@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { EmbeddingStrategy_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
+import type { EmbeddingStrategy_Value, TaskPhase_Value, TaskStatus_Value, TaskType_Value } from "./values_pb.js";
 import { file_embedd_v1_values } from "./values_pb.js";
 import { file_google_api_annotations } from "../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../google/api/field_behavior_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/task.proto.
  */
 export const file_embedd_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIogDCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMSGwoNcm93c19pbXBvcnRlZBgUIAEoAUIE4kEBAxIfChFiYXRjaGVzX3N1Ym1pdHRlZBgVIAEoAUIE4kEBAxIfChFiYXRjaGVzX2NvbXBsZXRlZBgWIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX3N1Ym1pdHRlZBgXIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX2NvbXBsZXRlZBgYIAEoAUIE4kEBAxIaCgxiYXRjaF90b2tlbnMYGSABKAFCBOJBAQMSJQoXZXN0aW1hdGVkX3NhdmluZ190b2tlbnMYGiABKAFCBOJBAQMixAQKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQMSRAoSZW1iZWRkaW5nX3N0cmF0ZWd5GBQgASgOMiIuZW1iZWRkLnYxLkVtYmVkZGluZ1N0cmF0ZWd5LlZhbHVlQgTiQQEDQg0KC19sYXN0X2Vycm9yIjoKC1Rhc2tGYWlsdXJlEhYKCHBrX3ZhbHVlGAEgASgJQgTiQQEDEhMKBWVycm9yGAIgASgJQgTiQQEDIicKDkdldFRhc2tSZXF1ZXN0EhUKB3Rhc2tfaWQYASABKAlCBOJBAQIiiQEKEExpc3RUYXNrc1JlcXVlc3QSEwoFbGltaXQYASABKAVCBOJBAQESFAoGY3Vyc29yGAIgASgJQgTiQQEBEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBARIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBASJIChFMaXN0VGFza3NSZXNwb25zZRIeCgV0YXNrcxgBIAMoCzIPLmVtYmVkZC52MS5UYXNrEhMKC25leHRfY3Vyc29yGAIgASgJIikKEFdhdGNoVGFza1JlcXVlc3QSFQoHdGFza19pZBgBIAEoCUIE4kEBAiJ+ChFXYXRjaFRhc2tSZXNwb25zZRIdCgR0YXNrGAEgASgLMg8uZW1iZWRkLnYxLlRhc2sSEgoKcm93c19wZXJfcxgCIAEoARIYCgtldGFfc2Vjb25kcxgDIAEoAUgAiAEBEgwKBGRvbmUYBCABKAhCDgoMX2V0YV9zZWNvbmRzMqkCCgtUYXNrU2VydmljZRJSCgdHZXRUYXNrEhkuZW1iZWRkLnYxLkdldFRhc2tSZXF1ZXN0Gg8uZW1iZWRkLnYxLlRhc2siG4LT5JMCFRITL3YxL3Rhc2tzL3t0YXNrX2lkfRJZCglMaXN0VGFza3MSGy5lbWJlZGQudjEuTGlzdFRhc2tzUmVxdWVzdBocLmVtYmVkZC52MS5MaXN0VGFza3NSZXNwb25zZSIRgtPkkwILEgkvdjEvdGFza3MSawoJV2F0Y2hUYXNrEhsuZW1iZWRkLnYxLldhdGNoVGFza1JlcXVlc3QaHC5lbWJlZGQudjEuV2F0Y2hUYXNrUmVzcG9uc2UiIYLT5JMCGxIZL3YxL3Rhc2tzL3t0YXNrX2lkfS93YXRjaDABYgZwcm90bzM", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
+  fileDesc("ChRlbWJlZGQvdjEvdGFzay5wcm90bxIJZW1iZWRkLnYxIogDCgxUYXNrUHJvZ3Jlc3MSHwoRbGFzdF9wcm9jZXNzZWRfcGsYASABKAlCBOJBAQMSHAoOcm93c19wcm9jZXNzZWQYAiABKAFCBOJBAQMSGAoKcm93c190b3RhbBgDIAEoAUIE4kEBAxIZCgtyb3dzX2ZhaWxlZBgEIAEoAUIE4kEBAxIaCgxyb3dzX3NraXBwZWQYBSABKAFCBOJBAQMSGwoNcm93c19pbXBvcnRlZBgUIAEoAUIE4kEBAxIfChFiYXRjaGVzX3N1Ym1pdHRlZBgVIAEoAUIE4kEBAxIfChFiYXRjaGVzX2NvbXBsZXRlZBgWIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX3N1Ym1pdHRlZBgXIAEoAUIE4kEBAxIiChRiYXRjaF9yb3dzX2NvbXBsZXRlZBgYIAEoAUIE4kEBAxIaCgxiYXRjaF90b2tlbnMYGSABKAFCBOJBAQMSJQoXZXN0aW1hdGVkX3NhdmluZ190b2tlbnMYGiABKAFCBOJBAQMi9QQKBFRhc2sSEAoCaWQYASABKAlCBOJBAQgSMgoJdGFza190eXBlGAIgASgOMhkuZW1iZWRkLnYxLlRhc2tUeXBlLlZhbHVlQgTiQQEDEhcKCXRhcmdldF9pZBgDIAEoCUIE4kEBAxIxCgZzdGF0dXMYBCABKA4yGy5lbWJlZGQudjEuVGFza1N0YXR1cy5WYWx1ZUIE4kEBAxI0CgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxIvCghwcm9ncmVzcxgGIAEoCzIXLmVtYmVkZC52MS5UYXNrUHJvZ3Jlc3NCBOJBAQMSFgoIYXR0ZW1wdHMYByABKAVCBOJBAQMSGgoMbWF4X2F0dGVtcHRzGAggASgFQgTiQQEDEh0KCmxhc3RfZXJyb3IYCSABKAlCBOJBAQNIAIgBARI0CgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI1CgtmaW5pc2hlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSLgoIZmFpbHVyZXMYDCADKAsyFi5lbWJlZGQudjEuVGFza0ZhaWx1cmVCBOJBAQMSLwoFcGhhc2UYDSABKA4yGi5lbWJlZGQudjEuVGFza1BoYXNlLlZhbHVlQgTiQQEDEkQKEmVtYmVkZGluZ19zdHJhdGVneRgUIAEoDjIiLmVtYmVkZC52MS5FbWJlZGRpbmdTdHJhdGVneS5WYWx1ZUIE4kEBA0INCgtfbGFzdF9lcnJvciI6CgtUYXNrRmFpbHVyZRIWCghwa192YWx1ZRgBIAEoCUIE4kEBAxITCgVlcnJvchgCIAEoCUIE4kEBAyInCg5HZXRUYXNrUmVxdWVzdBIVCgd0YXNrX2lkGAEgASgJQgTiQQECIokBChBMaXN0VGFza3NSZXF1ZXN0EhMKBWxpbWl0GAEgASgFQgTiQQEBEhQKBmN1cnNvchgCIAEoCUIE4kEBARIXCgl0YXJnZXRfaWQYAyABKAlCBOJBAQESMQoGc3RhdHVzGAQgASgOMhsuZW1iZWRkLnYxLlRhc2tTdGF0dXMuVmFsdWVCBOJBAQEiSAoRTGlzdFRhc2tzUmVzcG9uc2USHgoFdGFza3MYASADKAsyDy5lbWJlZGQudjEuVGFzaxITCgtuZXh0X2N1cnNvchgCIAEoCSIpChBXYXRjaFRhc2tSZXF1ZXN0EhUKB3Rhc2tfaWQYASABKAlCBOJBAQIiqQEKEVdhdGNoVGFza1Jlc3BvbnNlEh0KBHRhc2sYASABKAsyDy5lbWJlZGQudjEuVGFzaxISCgpyb3dzX3Blcl9zGAIgASgBEhgKC2V0YV9zZWNvbmRzGAMgASgBSACIAQESDAoEZG9uZRgEIAEoCBIpCgVwaGFzZRgFIAEoDjIaLmVtYmVkZC52MS5UYXNrUGhhc2UuVmFsdWVCDgoMX2V0YV9zZWNvbmRzMqkCCgtUYXNrU2VydmljZRJSCgdHZXRUYXNrEhkuZW1iZWRkLnYxLkdldFRhc2tSZXF1ZXN0Gg8uZW1iZWRkLnYxLlRhc2siG4LT5JMCFRITL3YxL3Rhc2tzL3t0YXNrX2lkfRJZCglMaXN0VGFza3MSGy5lbWJlZGQudjEuTGlzdFRhc2tzUmVxdWVzdBocLmVtYmVkZC52MS5MaXN0VGFza3NSZXNwb25zZSIRgtPkkwILEgkvdjEvdGFza3MSawoJV2F0Y2hUYXNrEhsuZW1iZWRkLnYxLldhdGNoVGFza1JlcXVlc3QaHC5lbWJlZGQudjEuV2F0Y2hUYXNrUmVzcG9uc2UiIYLT5JMCGxIZL3YxL3Rhc2tzL3t0YXNrX2lkfS93YXRjaDABYgZwcm90bzM", [file_embedd_v1_values, file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_timestamp]);
 
 /**
  * How far a task has come. Counts are whole numbers carried as `double`: JSON prints them
@@ -208,6 +208,13 @@ export type Task = Message<"embedd.v1.Task"> & {
   failures: TaskFailure[];
 
   /**
+   * What the task is doing now (`unspecified` unless running).
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 13;
+   */
+  phase: TaskPhase_Value;
+
+  /**
    * How the task embeds: `standard` or `batch`.
    *
    * @generated from field: embedd.v1.EmbeddingStrategy.Value embedding_strategy = 20;
@@ -395,6 +402,13 @@ export type WatchTaskResponse = Message<"embedd.v1.WatchTaskResponse"> & {
    * @generated from field: bool done = 4;
    */
   done: boolean;
+
+  /**
+   * What the task is doing now (as `task.phase`).
+   *
+   * @generated from field: embedd.v1.TaskPhase.Value phase = 5;
+   */
+  phase: TaskPhase_Value;
 };
 
 /**
@@ -431,8 +445,9 @@ export const TaskService: GenService<{
     output: typeof ListTasksResponseSchema;
   },
   /**
-   * Streams a task's progress as it happens. The last message has `done` set and
-   * says how the work ended. Over REST: newline-delimited JSON.
+   * Streams a task's progress as it happens: its state now, then every change, and the
+   * latest state again every few seconds while nothing changes. The last message has
+   * `done` set and says how the work ended. Over REST: newline-delimited JSON.
    *
    * @generated from rpc embedd.v1.TaskService.WatchTask
    */

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/values.proto.
  */
 export const file_embedd_v1_values: GenFile = /*@__PURE__*/
-  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACIkYKEUVtYmVkZGluZ1N0cmF0ZWd5IjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIc3RhbmRhcmQQARIJCgViYXRjaBACImYKCkZpbHRlclR5cGUiWAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdrZXl3b3JkEAESCwoHaW50ZWdlchACEgkKBWZsb2F0EAMSCwoHYm9vbGVhbhAEEgwKCGRhdGV0aW1lEAUiTgoIVGFza1R5cGUiQgoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIMCghiYWNrZmlsbBABEg4KCnJlYmFja2ZpbGwQAiIECAMQAyoEc3luYyJbCgpUYXNrU3RhdHVzIk0KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHcGVuZGluZxABEgsKB3J1bm5pbmcQAhINCgljb21wbGV0ZWQQAxIKCgZmYWlsZWQQBCI/CgpQZXJtaXNzaW9uIjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCAoEZnVsbBABEg0KCXJlYWRfb25seRACYgZwcm90bzM");
+  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACIkYKEUVtYmVkZGluZ1N0cmF0ZWd5IjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIc3RhbmRhcmQQARIJCgViYXRjaBACImYKCkZpbHRlclR5cGUiWAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdrZXl3b3JkEAESCwoHaW50ZWdlchACEgkKBWZsb2F0EAMSCwoHYm9vbGVhbhAEEgwKCGRhdGV0aW1lEAUiTgoIVGFza1R5cGUiQgoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIMCghiYWNrZmlsbBABEg4KCnJlYmFja2ZpbGwQAiIECAMQAyoEc3luYyJqCglUYXNrUGhhc2UiXQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdyZWFkaW5nEAESDQoJZW1iZWRkaW5nEAISCwoHd3JpdGluZxADEgwKCGluZGV4aW5nEAQSDAoIc3dhcHBpbmcQBSK5AQoLU3RhdHVzQ2F1c2UiqQEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASFAoQYmFja2ZpbGxfc3RhcnRlZBABEhYKEmJhY2tmaWxsX2NvbXBsZXRlZBACEgoKBnBhdXNlZBADEgsKB3Jlc3VtZWQQBBIJCgVlcnJvchAFEg0KCXJlY292ZXJlZBAGEhYKEnBlbmRpbmdfcmViYWNrZmlsbBAHEgsKB3N3YXBwZWQQCBIJCgVvdGhlchAJIlsKClRhc2tTdGF0dXMiTQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdwZW5kaW5nEAESCwoHcnVubmluZxACEg0KCWNvbXBsZXRlZBADEgoKBmZhaWxlZBAEIj8KClBlcm1pc3Npb24iMQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIICgRmdWxsEAESDQoJcmVhZF9vbmx5EAJiBnByb3RvMw");
 
 /**
  * Where a vector table keeps its vectors.
@@ -791,6 +791,174 @@ export const TaskType_ValueSchema: GenEnum<TaskType_Value> = /*@__PURE__*/
   enumDesc(file_embedd_v1_values, 12, 0);
 
 /**
+ * What a running task is doing.
+ *
+ * @generated from message embedd.v1.TaskPhase
+ */
+export type TaskPhase = Message<"embedd.v1.TaskPhase"> & {
+};
+
+/**
+ * Describes the message embedd.v1.TaskPhase.
+ * Use `create(TaskPhaseSchema)` to create a new message.
+ */
+export const TaskPhaseSchema: GenMessage<TaskPhase> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_values, 13);
+
+/**
+ * The task phase.
+ *
+ * @generated from enum embedd.v1.TaskPhase.Value
+ */
+export enum TaskPhase_Value {
+  /**
+   * Not running (pending, or finished).
+   *
+   * @generated from enum value: unspecified = 0;
+   */
+  unspecified = 0,
+
+  /**
+   * Counting and reading the first source rows.
+   *
+   * @generated from enum value: reading = 1;
+   */
+  reading = 1,
+
+  /**
+   * Rows are being read, embedded and written.
+   *
+   * @generated from enum value: embedding = 2;
+   */
+  embedding = 2,
+
+  /**
+   * Every row is embedded; the last vectors are being written.
+   *
+   * @generated from enum value: writing = 3;
+   */
+  writing = 3,
+
+  /**
+   * Every row is written; the ANN and metadata indexes are being built.
+   *
+   * @generated from enum value: indexing = 4;
+   */
+  indexing = 4,
+
+  /**
+   * A re-backfill is catching up with changes and swapping its new vectors in.
+   *
+   * @generated from enum value: swapping = 5;
+   */
+  swapping = 5,
+}
+
+/**
+ * Describes the enum embedd.v1.TaskPhase.Value.
+ */
+export const TaskPhase_ValueSchema: GenEnum<TaskPhase_Value> = /*@__PURE__*/
+  enumDesc(file_embedd_v1_values, 13, 0);
+
+/**
+ * Why a vector table's sync status changed (or, for a swap, its vectors).
+ *
+ * @generated from message embedd.v1.StatusCause
+ */
+export type StatusCause = Message<"embedd.v1.StatusCause"> & {
+};
+
+/**
+ * Describes the message embedd.v1.StatusCause.
+ * Use `create(StatusCauseSchema)` to create a new message.
+ */
+export const StatusCauseSchema: GenMessage<StatusCause> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_values, 14);
+
+/**
+ * The cause.
+ *
+ * @generated from enum embedd.v1.StatusCause.Value
+ */
+export enum StatusCause_Value {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: unspecified = 0;
+   */
+  unspecified = 0,
+
+  /**
+   * A backfill or re-backfill began filling the table.
+   *
+   * @generated from enum value: backfill_started = 1;
+   */
+  backfill_started = 1,
+
+  /**
+   * The backfill finished; the table is synced.
+   *
+   * @generated from enum value: backfill_completed = 2;
+   */
+  backfill_completed = 2,
+
+  /**
+   * The user paused sync.
+   *
+   * @generated from enum value: paused = 3;
+   */
+  paused = 3,
+
+  /**
+   * The user resumed sync.
+   *
+   * @generated from enum value: resumed = 4;
+   */
+  resumed = 4,
+
+  /**
+   * A sync cycle or a task failed (`reason` says why).
+   *
+   * @generated from enum value: error = 5;
+   */
+  error = 5,
+
+  /**
+   * A sync cycle succeeded after an error.
+   *
+   * @generated from enum value: recovered = 6;
+   */
+  recovered = 6,
+
+  /**
+   * The model, dimensions or columns changed: a re-backfill is queued.
+   *
+   * @generated from enum value: pending_rebackfill = 7;
+   */
+  pending_rebackfill = 7,
+
+  /**
+   * A re-backfill swapped its new vectors in; the new configuration is live.
+   *
+   * @generated from enum value: swapped = 8;
+   */
+  swapped = 8,
+
+  /**
+   * Any other change of status.
+   *
+   * @generated from enum value: other = 9;
+   */
+  other = 9,
+}
+
+/**
+ * Describes the enum embedd.v1.StatusCause.Value.
+ */
+export const StatusCause_ValueSchema: GenEnum<StatusCause_Value> = /*@__PURE__*/
+  enumDesc(file_embedd_v1_values, 14, 0);
+
+/**
  * The state of a task.
  *
  * @generated from message embedd.v1.TaskStatus
@@ -803,7 +971,7 @@ export type TaskStatus = Message<"embedd.v1.TaskStatus"> & {
  * Use `create(TaskStatusSchema)` to create a new message.
  */
 export const TaskStatusSchema: GenMessage<TaskStatus> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 13);
+  messageDesc(file_embedd_v1_values, 15);
 
 /**
  * The task state.
@@ -851,7 +1019,7 @@ export enum TaskStatus_Value {
  * Describes the enum embedd.v1.TaskStatus.Value.
  */
 export const TaskStatus_ValueSchema: GenEnum<TaskStatus_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 13, 0);
+  enumDesc(file_embedd_v1_values, 15, 0);
 
 /**
  * What an API key may do.
@@ -866,7 +1034,7 @@ export type Permission = Message<"embedd.v1.Permission"> & {
  * Use `create(PermissionSchema)` to create a new message.
  */
 export const PermissionSchema: GenMessage<Permission> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 14);
+  messageDesc(file_embedd_v1_values, 16);
 
 /**
  * The permission level.
@@ -900,5 +1068,5 @@ export enum Permission_Value {
  * Describes the enum embedd.v1.Permission.Value.
  */
 export const Permission_ValueSchema: GenEnum<Permission_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 14, 0);
+  enumDesc(file_embedd_v1_values, 16, 0);
 
