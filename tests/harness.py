@@ -25,6 +25,7 @@ from embedd_server.devtools.pg import LocalPostgres
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
+from embedd_server.providers.http import RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.connections import Checker
@@ -183,8 +184,8 @@ class CountingRegistry(EmbedderRegistry):
     """The embedder registry the test servers are started with (`app.start(embedders=...)`):
     the real one, whose embedders count what they embed while `counting()` is open."""
 
-    def __init__(self, session: aiohttp.ClientSession, secrets: SecretBox) -> None:
-        super().__init__(session, secrets)
+    def __init__(self, session: aiohttp.ClientSession, secrets: SecretBox, policy: RetryPolicy) -> None:
+        super().__init__(session, secrets, policy)
         self._counter: Counter | None = None
 
     def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from embedd_server.engine.tables import TableManager
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.network_policy import NetworkPolicy, http_connector
+from embedd_server.providers.http import DEFAULT_POLICY, RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.ratelimit import RateLimiter
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
@@ -125,6 +127,7 @@ def engine_settings(settings: Settings) -> EngineSettings:
         maintenance_work_mem=settings.index_maintenance_work_mem,
         connect_timeout_s=settings.connect_timeout_s,
         max_sync_backoff_s=settings.sync_max_backoff_s,
+        retry_backoff_s=settings.engine_retry_backoff_s,
         cdc_sweep_s=settings.cdc_sweep_s,
     )
 
@@ -167,8 +170,9 @@ class Service:
             await self.pool.close()
 
 
-# Builds the embedder registry from the shared HTTP session and the secret box.
-EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox], EmbedderRegistry]
+# Builds the embedder registry from the shared HTTP session, the secret box and the retry
+# policy of provider requests.
+EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox, RetryPolicy], EmbedderRegistry]
 
 
 async def start(
@@ -198,7 +202,9 @@ async def start(
             connector=http_connector(policy, limit=0, ttl_dns_cache=300),
         )
         made.push_async_callback(http.close)
-        registry = embedders(http, box)
+        registry = embedders(
+            http, box, dataclasses.replace(DEFAULT_POLICY, max_attempts=settings.provider_max_attempts)
+        )
         made.push_async_callback(registry.aclose)
         authenticator = Authenticator(orgs)
         auth_listener = Listener(

@@ -41,6 +41,8 @@ class EngineSettings:
     maintenance_work_mem: str = ""
     connect_timeout_s: float = 10.0
     max_sync_backoff_s: float = 600.0
+    # A failed task attempt is retried after this long, 4x longer after each further one.
+    retry_backoff_s: float = 5.0
     # cdc mode: a full comparison (deletes, late commits) every this many seconds.
     cdc_sweep_s: float = 600.0
     # Where the users' databases may be (the server's network policy).

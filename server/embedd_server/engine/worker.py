@@ -106,17 +106,20 @@ class Worker:
         except ProviderError as exc:
             await self._fail(lease, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))
         except Exception as exc:
-            log.exception("task attempt failed")
+            if not connection_lost(exc):  # a database that restarted is no bug: no traceback
+                log.exception("task attempt failed")
             await self._fail(lease, describe_error(exc), retry=True)
         finally:
             self._running.pop(task.id, None)
             self._wake.set()
 
     async def _fail(self, lease: TaskLease, error: str, *, retry: bool) -> None:
-        retry = retry and lease.task.attempts < lease.task.max_attempts
-        log.warning("task attempt failed", error=error, retry=retry, attempt=lease.task.attempts)
+        attempt = lease.task.attempts
+        retry = retry and attempt < lease.task.max_attempts
+        delay = retry_delay(self._settings.retry_backoff_s, attempt)
+        log.warning("task attempt failed", error=error, retry=retry, attempt=attempt, retry_in_s=delay)
         try:
-            await lease.fail(error, retry=retry)
+            await lease.fail(error, retry=retry, retry_in_s=delay)
         except LeaseLost as exc:
             log.warning("lease lost; the failure is not recorded", reason=str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -201,6 +204,33 @@ def _first_failure(group: ExceptionGroup[Exception]) -> Exception:
     return _first_failure(first) if isinstance(first, ExceptionGroup) else first
 
 
+_CONNECTION_LOST = (
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.AdminShutdownError,  # 57P01: shutting down, or a new lease holder ended the session
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.IdleSessionTimeoutError,
+)
+# The longest pause before a failed attempt is retried.
+MAX_RETRY_DELAY_S = 600.0
+
+
+def retry_delay(base_s: float, attempt: int) -> float:
+    """The pause after failed attempt number `attempt` (1-based): `base_s`, then 4x longer
+    each time. With the default 5 s and 3 attempts a task rides out 25 s of an unreachable
+    database or provider before it fails."""
+    return min(base_s * 4.0 ** max(attempt - 1, 0), MAX_RETRY_DELAY_S)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """The database connection went away under the work (a restart, a failover, a dropped
+    network): retrying is all there is to do."""
+    if isinstance(exc, _CONNECTION_LOST):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+
+
 def describe_error(exc: BaseException) -> str:
     """A failure as users see it in `last_error`: the kind and the database's own words,
     never a traceback."""
@@ -210,4 +240,6 @@ def describe_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError | TimeoutError):
         return f"could not reach the database: {exc.__class__.__name__}"
+    if connection_lost(exc):
+        return "the connection to the database was closed (it restarted, or the network dropped it)"
     return f"internal error ({exc.__class__.__name__}); the server's log has the details"
