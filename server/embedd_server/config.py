@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     engine_poll_s: float = 0.5
     # A failed task attempt (a database or provider unreachable, an unexpected error) is
     # retried after this many seconds, 4x longer after each further failure, up to the
-    # task's max_attempts (3): 5 s rides out 25 s of an outage before the task fails.
+    # task's max_attempts (3): 5 s rides out 25 s of an outage before the task fails
+    # (docs/facts.md, "Faults").
     engine_retry_backoff_s: float = 5.0
     # Run the engine in this process (a replica may serve the API only).
     engine_enabled: bool = True

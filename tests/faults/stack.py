@@ -416,7 +416,7 @@ class QueryLoad:
         await asyncio.gather(*self._tasks)
 
     def ok(self, since: float = 0.0) -> int:
-        return sum(1 for t, o in self.outcomes if t >= since and o == "200")  # noqa: PLR2004
+        return sum(1 for t, o in self.outcomes if t >= since and o == "200")
 
     def failed(self, since: float = 0.0, until: float = float("inf")) -> list[str]:
         return [o for t, o in self.outcomes if since <= t < until and o != "200"]

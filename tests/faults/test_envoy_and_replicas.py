@@ -95,3 +95,36 @@ async def test_replica_killed_under_load_during_a_backfill(stack: Stack) -> None
         + "; filled: "
         + await settled(stack, filled)
     )
+
+
+async def test_replica_stopped_gracefully_under_load(stack: Stack) -> None:
+    """A deploy: SIGTERM. The replica says NOT_SERVING, drains, and hands its task back at
+    once (the interrupted attempt does not count); no client sees an error."""
+    servers = [await stack.start_server(shutdown_grace_s="2") for _ in range(2)]
+    queried = await stack.synced_table(500)
+    await stack.start_envoy()
+    filled = await stack.make_table(await stack.make_source(ROWS))
+    stack.provider.latency_s = 0.05
+    async with stack.rest() as rest:
+        load = QueryLoad(rest, queried.id, concurrency=6).start()
+        try:
+            await load.wait_ok(60)
+            task_id = await stack.backfill(filled)
+            stopped = stack.replica_of((await stack.wait_progress(task_id, ROWS // 5))["lease_owner"])
+            assert stopped is not None
+            stopping_at = time.monotonic()
+            await asyncio.to_thread(stopped.stop)
+            stop_s = time.monotonic() - stopping_at
+            await load.wait_ok(100, since=time.monotonic())
+        finally:
+            await load.stop()
+    assert not load.failed(stopping_at), load.failed(stopping_at)
+    done = await stack.wait_task(task_id, "completed")
+    assert done["attempts"] == 1  # handed back, not lost: the next claim is the first that counts
+    [survivor] = [s for s in servers if s is not stopped]
+    assert not server_errors(stack, survivor), server_errors(stack, survivor)
+    print(
+        f"replica stopped (SIGTERM) under load: it stopped in {stop_s:.1f}s, 0 of"
+        f" {len(load.outcomes)} queries failed, its backfill was handed back and finished by the"
+        f" other; queried: " + await settled(stack, queried) + "; filled: " + await settled(stack, filled)
+    )
