@@ -1,7 +1,7 @@
 """Retries and resumes of fills, against a real control plane (no server: the test is the
 only claimer): a failed attempt waits before it is claimed again, a backfill asked for after
-a failed one starts from its checkpoint, and a table never filled is left to that backfill,
-not to the sync scheduler."""
+a failed one starts from its checkpoint, a table never filled is left to that backfill, not
+to the sync scheduler, and a fill never runs beside a sync cycle of its table."""
 
 from __future__ import annotations
 
@@ -89,3 +89,14 @@ async def test_a_table_whose_first_fill_failed_is_not_synced(plane: Plane) -> No
     await plane.pool.execute("UPDATE vector_tables SET sync_status = 'error' WHERE id = $1", filled.id)
     claimed = await plane.tables.claim_due("proc-a", LEASE_S, 10)
     assert [c.table.id for c in claimed] == [filled.id]  # a filled table in error is retried
+
+
+async def test_a_fill_waits_for_the_sync_cycle_running_on_its_table(plane: Plane) -> None:
+    """A backfill (or re-backfill) asked for while a cycle runs used to start beside it: two
+    writers on one table, and a swap could rename the table under the cycle's writes."""
+    vt = await plane.vector_table()
+    [cycle] = await plane.tables.claim_due("proc-a", LEASE_S, 10)
+    await _fill(plane, vt)
+    assert await plane.tasks.claim("proc-b", LEASE_S) is None
+    await cycle.lease.finish(cursor=None, swept=True, counts=None)
+    assert await plane.tasks.claim("proc-b", LEASE_S) is not None

@@ -135,9 +135,11 @@ class TaskStore:
         return [(r["pk_value"], r["error"]) for r in rows]
 
     async def claim(self, owner: str, lease_s: float) -> TaskLease | None:
-        """The next task for `owner`: pending, or running under a lapsed lease (its process
-        died or stalled). Tasks out of attempts are failed instead of claimed. The claim
-        increments the epoch: whoever held the task before is fenced out from now on."""
+        """The next task for `owner`: pending (and due, when retried), or running under a
+        lapsed lease (its process died or stalled), whose table no sync cycle holds (the
+        fill waits for it: one writer per table). Tasks out of attempts are failed instead of
+        claimed. The claim increments the epoch: whoever held the task before is fenced out
+        from now on."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE tasks SET status = 'failed', finished_at = clock_timestamp(),"
@@ -151,10 +153,12 @@ class TaskStore:
                 " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
                 " attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()),"
                 " updated_at = clock_timestamp()"
-                " WHERE id = (SELECT id FROM tasks"
-                "   WHERE (status = 'pending' AND coalesce(not_before, '-infinity') <= clock_timestamp())"
-                "   OR (status = 'running' AND lease_expires_at < clock_timestamp())"
-                "   ORDER BY priority DESC, created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+                " WHERE id = (SELECT id FROM tasks t"
+                "   WHERE ((status = 'pending' AND coalesce(not_before, '-infinity') <= clock_timestamp())"
+                "   OR (status = 'running' AND lease_expires_at < clock_timestamp()))"
+                "   AND NOT EXISTS (SELECT 1 FROM vector_tables v WHERE v.id = t.target_id"
+                "                   AND v.sync_lease_expires_at > clock_timestamp())"
+                "   ORDER BY priority DESC, created_at FOR UPDATE OF t SKIP LOCKED LIMIT 1)"
                 " RETURNING *",
                 owner,
                 lease_s,
