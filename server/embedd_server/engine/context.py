@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,29 @@ from embedd_server.store.vector_tables import VectorTableStore
 
 class PermanentError(Exception):
     """Retrying will not help (deleted table, bad key, no privilege): fail now."""
+
+
+class ConnectionLost(Exception):
+    """A job's connection to the user's database closed under it - it restarted, the network
+    dropped it, or a new lease holder ended this one's session - whatever the driver raised
+    for it then (a closed-connection error, or a confused protocol state)."""
+
+
+_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+@contextmanager
+def connections_watched(*conns: asyncpg.Connection[Any]) -> Iterator[None]:
+    """Turns a driver error raised while one of `conns` has closed into ConnectionLost."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        if any(c.is_closed() for c in conns):
+            raise ConnectionLost(
+                "the connection to the source database was closed (it restarted, the network"
+                " dropped it, or another server took the table over)"
+            ) from exc
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +121,10 @@ class EngineDeps:
             await reader.close()
             raise
         try:
-            await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
-            await register_vector_codec(writer)
-            yield TableSession(embedder, reader, writer)
+            with connections_watched(reader, writer):
+                await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
+                await register_vector_codec(writer)
+                yield TableSession(embedder, reader, writer)
         finally:
             await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)
 

@@ -25,7 +25,7 @@ import structlog
 from embedd_server.domain.leases import LeaseLost
 from embedd_server.domain.models import VectorTable
 from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
-from embedd_server.engine.context import EngineDeps, Fence, PermanentError, cancel_and_wait
+from embedd_server.engine.context import ConnectionLost, EngineDeps, Fence, PermanentError, cancel_and_wait
 from embedd_server.engine.leases import while_leased
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.network_policy import NetworkPolicyDenied
@@ -205,6 +205,7 @@ def _first_failure(group: ExceptionGroup[Exception]) -> Exception:
 
 
 _CONNECTION_LOST = (
+    ConnectionLost,  # the user's database, whatever the driver raised (engine/context.py)
     OSError,  # refused, reset, timed out
     asyncpg.PostgresConnectionError,  # class 08
     asyncpg.AdminShutdownError,  # 57P01: shutting down, or a new lease holder ended the session
@@ -224,11 +225,9 @@ def retry_delay(base_s: float, attempt: int) -> float:
 
 
 def connection_lost(exc: BaseException) -> bool:
-    """The database connection went away under the work (a restart, a failover, a dropped
-    network): retrying is all there is to do."""
-    if isinstance(exc, _CONNECTION_LOST):
-        return True
-    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
+    """A database connection went away under the work (a restart, a failover, a dropped
+    network, the session ended by a new lease holder): retrying is all there is to do."""
+    return isinstance(exc, _CONNECTION_LOST)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -240,6 +239,6 @@ def describe_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError | TimeoutError):
         return f"could not reach the database: {exc.__class__.__name__}"
-    if connection_lost(exc):
-        return "the connection to the database was closed (it restarted, or the network dropped it)"
+    if isinstance(exc, ConnectionLost):
+        return str(exc)
     return f"internal error ({exc.__class__.__name__}); the server's log has the details"
