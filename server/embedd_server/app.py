@@ -190,6 +190,7 @@ async def start(
             settings.database_url.get_secret_value(),
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            idle_in_transaction_timeout_s=settings.db_idle_in_transaction_timeout_s,
         )
         made.push_async_callback(pool.close)
         box = secret_box(settings)

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # A control-plane transaction idle this long (its process stalled inside it) is ended by
+    # PostgreSQL, so its row locks cannot keep a task from being taken over (store/db.py).
+    db_idle_in_transaction_timeout_s: float = 5.0
 
     grpc_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all interfaces by default
     grpc_port: int = 50051

@@ -39,12 +39,14 @@ from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.devtools.serverproc import ServerProcess, create_org, free_port, new_secret_key
 
 from tests.fakes.providers import FakeOpenAI
+from tests.faults.check import assert_settled, platform_views
 from tests.harness import unexpected_tracebacks, wait_for
 
 USER = "embedd_user"
 SOURCE_DB = "shop"
 MODEL = "text-embedding-3-small"
 DIMENSIONS = 256
+ROWS = 3000  # a scenario's source table: a few seconds of backfill, 60 chunks to die between
 
 # Small chunks (many checkpoints to die between), a short lease (a quick takeover), quick
 # polls and a short sync backoff: every fault plays out in seconds. INFO: the log says what
@@ -323,6 +325,29 @@ class Stack:
                 task_pb2.ListTasksRequest(target_id=table.id if table else "", limit=100)
             )
         return list(page.tasks)
+
+    async def rows_with(self, table: Table, pattern: str) -> int:
+        """How many of the table's vectors hold an embedded text LIKE `pattern`."""
+        async with self.owner() as conn:
+            n = await conn.fetchval(
+                f'SELECT count(*) FROM "{table.ref}" WHERE embedded_text LIKE $1', pattern
+            )
+        return int(n)
+
+    async def settled(self, table: Table, *, failed_tasks: int = 0) -> str:
+        """The check every scenario ends with (check.py), through a live server; what it saw."""
+        owner_dsn = self.clusters.owner_dsn()
+        async with self.client() as c:
+            seen = await assert_settled(
+                c,
+                control_dsn=self.control_dsn,
+                owner_dsn=owner_dsn,
+                vt_id=table.id,
+                views=platform_views(owner_dsn),
+                failed_tasks=failed_tasks,
+                expected_vector=lambda text: self.provider.expected(text, None, DIMENSIONS),
+            )
+        return str(seen)
 
     def log_records(self, server: ServerProcess) -> list[dict[str, Any]]:
         assert server.log_path is not None

@@ -9,8 +9,7 @@ import time
 
 from embedd.v1 import query_pb2
 
-from tests.faults.stack import Stack
-from tests.faults.test_server_kills import ROWS, _rows_with, settled
+from tests.faults.stack import ROWS, Stack
 from tests.harness import wait_for
 
 # How long a restarted PostgreSQL stays down: a restart with a slow checkpoint, a failover.
@@ -33,7 +32,7 @@ async def test_user_database_restarted_mid_backfill(stack: Stack) -> None:
     done = await stack.wait_task(task_id, "completed")
     print(
         f"user database restarted mid-backfill: task completed after {done['attempts']} attempt(s),"
-        f" {time.monotonic() - began:.1f}s after the stop; " + await settled(stack, table)
+        f" {time.monotonic() - began:.1f}s after the stop; " + await stack.settled(table)
     )
 
 
@@ -45,13 +44,13 @@ async def test_user_database_restarted_mid_sync(stack: Stack) -> None:
         await conn.execute(f"UPDATE {table.source} SET title = title || ' v2'")
 
     async def under_way() -> bool:
-        return ROWS // 10 <= await _rows_with(stack, table, "%v2%") < ROWS // 2
+        return ROWS // 10 <= await stack.rows_with(table, "%v2%") < ROWS // 2
 
     await wait_for(under_way, 30, what="the sync cycle to be under way")
     began = time.monotonic()
     await _restart(stack.clusters.user)
     stack.provider.latency_s = 0.02
-    report = await settled(stack, table)
+    report = await stack.settled(table)
     async with stack.client() as c:  # queries work again too
         hits = await c.query.QueryVectorTable(
             query_pb2.QueryVectorTableRequest(vector_table_id=table.id, query="item 7", limit=3)
@@ -76,7 +75,7 @@ async def test_control_plane_restarted_while_tasks_run(stack: Stack) -> None:
     stack.provider.latency_s = 0.02
     done = await stack.wait_task(task_id, "completed")
     assert server.alive()
-    reports = [await settled(stack, t) for t in (filling, syncing)]
+    reports = [await stack.settled(t) for t in (filling, syncing)]
     print(
         f"control plane restarted while tasks ran: the fill completed after {done['attempts']} attempt(s),"
         f" all settled {time.monotonic() - began:.1f}s after the stop, the same server process;"

@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.faults.stack import QueryLoad, Stack, envoy_hosts, server_errors
-from tests.faults.test_server_kills import ROWS, settled
+from tests.faults.stack import ROWS, QueryLoad, Stack, envoy_hosts, server_errors
 from tests.harness import wait_for
 
 
@@ -38,7 +37,7 @@ async def test_envoy_restarted_under_load(stack: Stack) -> None:
     print(
         f"envoy restarted under load: {len(load.outcomes)} queries, {len(seen)} failed on the client"
         f" side while it was down or its connections were dead ({kinds}), none after; the server"
-        f" logged no error; {load.ok(back_at)} ok after the restart; " + await settled(stack, table)
+        f" logged no error; {load.ok(back_at)} ok after the restart; " + await stack.settled(table)
     )
 
 
@@ -91,9 +90,9 @@ async def test_replica_killed_under_load_during_a_backfill(stack: Stack) -> None
         f"replica killed: {len(failed)} of {len(load.outcomes)} queries failed ({failed}); Envoy marked it"
         f" {marked['health_flags']} {ejected_s:.1f}s after the kill; {load.ok(since)} ok after;"
         f" the backfill was taken over by replica {servers.index(taker)}; queried: "
-        + await settled(stack, queried)
+        + await stack.settled(queried)
         + "; filled: "
-        + await settled(stack, filled)
+        + await stack.settled(filled)
     )
 
 
@@ -126,5 +125,5 @@ async def test_replica_stopped_gracefully_under_load(stack: Stack) -> None:
     print(
         f"replica stopped (SIGTERM) under load: it stopped in {stop_s:.1f}s, 0 of"
         f" {len(load.outcomes)} queries failed, its backfill was handed back and finished by the"
-        f" other; queried: " + await settled(stack, queried) + "; filled: " + await settled(stack, filled)
+        f" other; queried: " + await stack.settled(queried) + "; filled: " + await stack.settled(filled)
     )

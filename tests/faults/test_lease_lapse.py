@@ -16,8 +16,7 @@ import time
 from embedd_server.devtools.serverproc import ServerProcess
 from embedd_server.sinks.fence import Holder, table_key
 
-from tests.faults.stack import Stack, Table
-from tests.faults.test_server_kills import ROWS, settled
+from tests.faults.stack import ROWS, Stack, Table
 from tests.harness import wait_for
 
 
@@ -86,7 +85,7 @@ async def test_a_holder_paused_past_its_lease_stops_by_itself(stack: Stack) -> N
     print(
         f"lease lapse (paused past it): taken over {took_over_s:.1f}s after the pause (lease 3 s), at"
         f" {at_pause} rows, the old writer session ended; the continued holder logged"
-        f" {_lost_leases(stack, holder)}; " + await settled(stack, table)
+        f" {_lost_leases(stack, holder)}; " + await stack.settled(table)
     )
 
 
@@ -114,5 +113,5 @@ async def test_a_holder_that_still_believes_in_its_lease_has_its_late_writes_ref
     assert done["attempts"] == 2 and holder.alive()
     print(
         f"lease lapse (the holder unaware): taken over at {at_pause} rows, the old writer session ended;"
-        f" the continued holder's next write: {refused}; " + await settled(stack, table)
+        f" the continued holder's next write: {refused}; " + await stack.settled(table)
     )

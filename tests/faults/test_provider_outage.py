@@ -8,8 +8,7 @@ import time
 
 from embedd.v1 import sync_pb2, values_pb2
 
-from tests.faults.stack import Stack
-from tests.faults.test_server_kills import ROWS, settled
+from tests.faults.stack import ROWS, Stack
 
 
 async def test_provider_down_longer_than_the_retry_budget(stack: Stack) -> None:
@@ -42,5 +41,5 @@ async def test_provider_down_longer_than_the_retry_budget(stack: Stack) -> None:
     print(
         f"provider down: the task failed {failed_after:.1f}s into the outage ({failed['last_error']!r});"
         f" the new backfill resumed at {done_before} and embedded {stack.provider.counters.inputs} rows; "
-        + await settled(stack, table, failed_tasks=1)
+        + await stack.settled(table, failed_tasks=1)
     )

@@ -11,25 +11,8 @@ import asyncpg
 from embedd.v1 import vector_table_pb2
 from embedd_server.domain.vector_tables import VectorTableSpec, swap_marker
 
-from tests.faults.check import assert_settled, platform_views
-from tests.faults.stack import COLUMNS, DIMENSIONS, Stack, Table
+from tests.faults.stack import COLUMNS, ROWS, Stack, Table
 from tests.harness import wait_for
-
-ROWS = 3000
-
-
-async def settled(stack: Stack, table: Table, **kwargs: object) -> str:
-    async with stack.client() as c:
-        seen = await assert_settled(
-            c,
-            control_dsn=stack.control_dsn,
-            owner_dsn=stack.clusters.owner_dsn(),
-            vt_id=table.id,
-            views=platform_views(stack.clusters.owner_dsn()),
-            expected_vector=lambda text: stack.provider.expected(text, None, DIMENSIONS),
-            **kwargs,  # type: ignore[arg-type]
-        )
-    return str(seen)
 
 
 async def test_kill_during_backfill(stack: Stack) -> None:
@@ -51,15 +34,8 @@ async def test_kill_during_backfill(stack: Stack) -> None:
     assert 0 <= again <= 2 * 50 + 50, again
     print(
         f"kill during backfill: resumed at {at_kill['rows_processed']}, done {took:.1f}s after the kill,"
-        f" {again} rows embedded twice; " + await settled(stack, table)
+        f" {again} rows embedded twice; " + await stack.settled(table)
     )
-
-
-async def _rows_with(stack: Stack, table: Table, pattern: str) -> int:
-    async with stack.owner() as conn:
-        return int(
-            await conn.fetchval(f'SELECT count(*) FROM "{table.ref}" WHERE embedded_text LIKE $1', pattern)
-        )
 
 
 async def test_kill_during_sync_cycle(stack: Stack) -> None:
@@ -70,7 +46,7 @@ async def test_kill_during_sync_cycle(stack: Stack) -> None:
         await conn.execute(f"UPDATE {table.source} SET title = title || ' v2'")
 
     async def halfway() -> bool:
-        return ROWS // 5 <= await _rows_with(stack, table, "%v2%") < ROWS // 2
+        return ROWS // 5 <= await stack.rows_with(table, "%v2%") < ROWS // 2
 
     await wait_for(halfway, 30, what="the sync cycle to be under way")
     first.kill()
@@ -80,10 +56,10 @@ async def test_kill_during_sync_cycle(stack: Stack) -> None:
             "SELECT sync_lease_owner, last_synced_at FROM vector_tables WHERE id = $1", table.id
         )
     assert stack.replica_of(row["sync_lease_owner"]) is first, "the cycle was not running"
-    partial = await _rows_with(stack, table, "%v2%")
+    partial = await stack.rows_with(table, "%v2%")
     stack.provider.latency_s = 0.02
     await stack.start_server()
-    report = await settled(stack, table)
+    report = await stack.settled(table)
     async with stack.control() as ctl:
         after = await ctl.fetchval("SELECT last_synced_at FROM vector_tables WHERE id = $1", table.id)
     assert after > row["last_synced_at"]
@@ -145,11 +121,11 @@ async def test_kill_between_the_swap_and_its_record(stack: Stack) -> None:
     done = await stack.wait_task(task_id, "completed")
     assert done["attempts"] == 2
     assert stack.provider.counters.inputs == 0, "the swapped-in table was built again"
-    assert await _rows_with(stack, table, "Item: %") == ROWS
+    assert await stack.rows_with(table, "Item: %") == ROWS
     print(
         f"kill between the swap and its record: recorded by the next server"
         f" {time.monotonic() - killed_at:.1f}s after the kill, nothing embedded again; "
-        + await settled(stack, table)
+        + await stack.settled(table)
     )
 
 

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import secrets
 
+import asyncpg
+import pytest
+from embedd_server.devtools.pg import LocalPostgres, create_database
 from embedd_server.domain.models import VectorTable
+from embedd_server.store.db import create_pool
+from embedd_server.store.tasks import TaskStore
+from embedd_server.store.vector_tables import VectorTableStore
 
+from tests.harness import wait_for
 from tests.integration.test_fencing import LEASE_S, Plane, plane  # the fixture, too
 
 __all__ = ["plane"]
@@ -100,3 +107,35 @@ async def test_a_fill_waits_for_the_sync_cycle_running_on_its_table(plane: Plane
     assert await plane.tasks.claim("proc-b", LEASE_S) is None
     await cycle.lease.finish(cursor=None, swept=True, counts=None)
     assert await plane.tasks.claim("proc-b", LEASE_S) is not None
+
+
+async def test_a_holder_stalled_inside_a_transaction_cannot_keep_its_task(pg: LocalPostgres) -> None:
+    """The fault suite saw a holder paused (SIGSTOP) in the middle of a checkpoint: its open
+    transaction kept the task row locked, and the other server's claims (SKIP LOCKED) passed
+    it by for as long as the holder slept. PostgreSQL now ends a transaction left idle."""
+    name = f"stall_{secrets.token_hex(4)}"
+    await create_database(pg.superuser_dsn(), name, with_vector=False)
+    pool = await create_pool(
+        pg.superuser_dsn(name, direct=True), min_size=1, max_size=4, idle_in_transaction_timeout_s=0.5
+    )
+    try:
+        plane = Plane(pool, TaskStore(pool), VectorTableStore(pool))
+        vt = await plane.vector_table()
+        await _fill(plane, vt)
+        stalled = await plane.tasks.claim("proc-a", LEASE_S)
+        assert stalled is not None
+        await plane.lapse(stalled.task.id)
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            async with stalled._fenced():  # the holder stops here, inside its transaction
+                await wait_for(lambda: _claimed(plane), 10, what="another claim past the stalled holder")
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(pg.superuser_dsn())
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+async def _claimed(plane: Plane) -> bool:
+    return await plane.tasks.claim("proc-b", LEASE_S) is not None
