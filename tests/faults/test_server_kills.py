@@ -98,8 +98,11 @@ async def test_kill_between_the_swap_and_its_record(stack: Stack) -> None:
         await lock.execute("SELECT 1 FROM vector_tables WHERE id = $1 FOR UPDATE", table.id)
 
         async def in_the_window() -> bool:
+            # pg_locks, not pg_stat_activity: inside a transaction the latter is a snapshot taken
+            # at its first read, blind to a connection the server's pool opened after it
             waiting = await lock.fetchval(  # the completing transaction, blocked by our lock
-                "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                " AND pg_backend_pid() = ANY(pg_blocking_pids(pid))"
             )
             return bool(waiting) and await _marker(stack, table) == marker
 
