@@ -134,23 +134,43 @@ def test_each_retry_waits_four_times_longer() -> None:
 
 
 class _Conn:
-    def __init__(self, closed: bool) -> None:
-        self.closed = closed
+    """A connection that is closed, confused (the server ended it, the driver has not seen the
+    end of the stream yet), or fine."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
 
     def is_closed(self) -> bool:
-        return self.closed
+        return self.state == "closed"
+
+    async def fetchval(self, sql: str) -> int:
+        if self.state == "confused":
+            raise asyncpg.InternalClientError(
+                "cannot switch to state 11; another operation (2) is in progress"
+            )
+        return 1
 
 
-def test_a_driver_error_on_a_closed_connection_is_a_lost_connection() -> None:
-    """The fault suite saw a holder whose session a new holder had ended fail its next COPY
-    with asyncpg's "cannot switch to state 11; another operation (2) is in progress": a
-    traceback and "internal error" for what was a closed connection."""
-    confused = asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress")
-    with pytest.raises(ConnectionLost) as lost, connections_watched(_Conn(False), _Conn(True)):  # type: ignore[arg-type]
-        raise confused
-    assert lost.value.__cause__ is confused
-    # both open: a bug, kept as it is; and what is not the driver's passes through
-    with pytest.raises(asyncpg.InternalClientError), connections_watched(_Conn(False), _Conn(False)):  # type: ignore[arg-type]
-        raise confused
-    with pytest.raises(ValueError), connections_watched(_Conn(True)):  # type: ignore[arg-type]
-        raise ValueError("x")
+CONFUSED = asyncpg.InternalClientError("cannot switch to state 21; another operation (2) is in progress")
+
+
+@pytest.mark.parametrize("state", ["closed", "confused"])
+async def test_a_driver_error_on_a_connection_that_no_longer_answers_is_a_lost_connection(state: str) -> None:
+    """The fault suite saw a holder whose session a new holder had ended - and a task whose
+    database restarted - fail the next COPY with asyncpg's "cannot switch to state 21;
+    another operation (2) is in progress", before the connection looked closed: a traceback
+    and "internal error" for what was a lost connection."""
+    with pytest.raises(ConnectionLost) as lost:
+        async with connections_watched(_Conn("fine"), _Conn(state)):  # type: ignore[arg-type]
+            raise CONFUSED
+    assert lost.value.__cause__ is CONFUSED
+
+
+async def test_a_driver_error_on_connections_that_answer_is_kept() -> None:
+    """Both still answer: a bug, kept as it is; and what is not the driver's passes through."""
+    with pytest.raises(asyncpg.InternalClientError):
+        async with connections_watched(_Conn("fine"), _Conn("fine")):  # type: ignore[arg-type]
+            raise CONFUSED
+    with pytest.raises(ValueError):
+        async with connections_watched(_Conn("closed")):  # type: ignore[arg-type]
+            raise ValueError("x")

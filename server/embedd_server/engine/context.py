@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,19 +38,34 @@ class ConnectionLost(Exception):
 
 
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_PROBE_TIMEOUT_S = 2.0
 
 
-@contextmanager
-def connections_watched(*conns: asyncpg.Connection[Any]) -> Iterator[None]:
-    """Turns a driver error raised while one of `conns` has closed into ConnectionLost."""
+async def usable(conn: asyncpg.Connection[Any]) -> bool:
+    """The connection still answers. One the server ended may not look closed yet: asyncpg
+    marks it closed when it reads the end of the stream, and until then every call fails
+    with a protocol-state error ("another operation (2) is in progress")."""
+    if conn.is_closed():
+        return False
+    try:
+        await asyncio.wait_for(conn.fetchval("SELECT 1"), _PROBE_TIMEOUT_S)
+    except (*_DRIVER_ERRORS, TimeoutError):
+        return False
+    return True
+
+
+@asynccontextmanager
+async def connections_watched(*conns: asyncpg.Connection[Any]) -> AsyncIterator[None]:
+    """Turns a driver error after which one of `conns` no longer answers into ConnectionLost."""
     try:
         yield
     except _DRIVER_ERRORS as exc:
-        if any(c.is_closed() for c in conns):
-            raise ConnectionLost(
-                "the connection to the source database was closed (it restarted, the network"
-                " dropped it, or another server took the table over)"
-            ) from exc
+        for conn in conns:
+            if not await usable(conn):
+                raise ConnectionLost(
+                    "the connection to the source database was closed (it restarted, the network"
+                    " dropped it, or another server took the table over)"
+                ) from exc
         raise
 
 
@@ -121,7 +136,7 @@ class EngineDeps:
             await reader.close()
             raise
         try:
-            with connections_watched(reader, writer):
+            async with connections_watched(reader, writer):
                 await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
                 await register_vector_codec(writer)
                 yield TableSession(embedder, reader, writer)
