@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install chromium run test lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths bench-watch clean
+.PHONY: install chromium run test test-faults lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths bench-watch clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -51,8 +51,10 @@ install: $(VENV)/.installed $(TS)/node_modules/.installed
 install: $(PROTOC_GEN_SWAGGER) envoy/redoc.standalone.js chromium
 
 ## Starts PostgreSQL, the gRPC server, Envoy, demo data and a dev API key; Ctrl-C stops all.
+## `make run REPLICAS=3`: three servers on the one control plane, behind the one Envoy.
+REPLICAS ?= 1
 run: install
-	$(PY) -m embedd_server.devtools.devstack
+	EMBEDD_DEV_REPLICAS=$(REPLICAS) $(PY) -m embedd_server.devtools.devstack
 
 ## Everything: contract checks, lint, types, then the whole test suite.
 test: install proto-lint proto-breaking lint typecheck
@@ -81,6 +83,11 @@ typecheck: install
 
 unit: install
 	$(PY) -m pytest -q tests/unit
+
+## The fault suite alone (tests/faults, ~1.5 min; `make test` runs it too): servers killed
+## and paused, PostgreSQL and Envoy restarted, the provider down, replicas behind one Envoy.
+test-faults: install
+	$(PY) -m pytest -q tests/faults
 
 ## Benchmarks (minutes each; not part of `make test`). Each ends with one JSON line.
 bench-providers: install

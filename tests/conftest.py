@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ async def service(
 
 
 @pytest.fixture(scope="session")
-def envoy(service: app.Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnvoyProcess]:
+async def envoy(
+    service: app.Service, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[EnvoyProcess]:
     config = render_config(
         ROOT / "envoy" / "envoy.yaml",
         grpc_host="127.0.0.1",
@@ -103,8 +106,14 @@ def envoy(service: app.Service, tmp_path_factory: pytest.TempPathFactory) -> Ite
         admin_port=0,
         descriptor=ROOT / "envoy" / "embedd.binpb",
     )
-    with EnvoyProcess(config, work_dir=tmp_path_factory.mktemp("envoy")) as proc:
+    proc = EnvoyProcess(config, work_dir=tmp_path_factory.mktemp("envoy"))
+    # In a thread: Envoy's start waits for its first health checks, which the in-process
+    # server answers from this loop.
+    await asyncio.to_thread(proc.start)
+    try:
         yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
     assert_no_lua_errors(proc.log_path)  # a Lua runtime error shows nowhere else
 
 

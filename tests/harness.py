@@ -25,6 +25,7 @@ from embedd_server.devtools.pg import LocalPostgres
 from embedd_server.domain.credentials import ConnectionTestResult, PgCredentials
 from embedd_server.domain.models import EmbeddingProvider
 from embedd_server.providers.base import Embedder, EmbedResult, InputType
+from embedd_server.providers.http import RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry, SaveLearned
 from embedd_server.secretbox import SecretBox
 from embedd_server.services.connections import Checker
@@ -186,9 +187,13 @@ class CountingRegistry(EmbedderRegistry):
     the real one, whose embedders count what they embed while `counting()` is open."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, secrets: SecretBox, save_learned: SaveLearned | None = None
+        self,
+        session: aiohttp.ClientSession,
+        secrets: SecretBox,
+        policy: RetryPolicy,
+        save_learned: SaveLearned | None = None,
     ) -> None:
-        super().__init__(session, secrets, save_learned=save_learned)
+        super().__init__(session, secrets, policy, save_learned=save_learned)
         self._counter: Counter | None = None
 
     def get(self, record: EmbeddingProvider, model: str, dimensions: int) -> Embedder:

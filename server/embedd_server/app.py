@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from embedd_server.engine.watch import Watches
 from embedd_server.engine.worker import Worker
 from embedd_server.interceptors import ServiceInterceptor
 from embedd_server.network_policy import NetworkPolicy, http_connector
+from embedd_server.providers.http import DEFAULT_POLICY, RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry, SaveLearned
 from embedd_server.ratelimit import RateLimiter
 from embedd_server.secretbox import SecretBox, decode_key, load_or_create_key_file
@@ -174,6 +176,7 @@ def engine_settings(settings: Settings) -> EngineSettings:
         maintenance_work_mem=settings.index_maintenance_work_mem,
         connect_timeout_s=settings.connect_timeout_s,
         max_sync_backoff_s=settings.sync_max_backoff_s,
+        retry_backoff_s=settings.engine_retry_backoff_s,
         cdc_sweep_s=settings.cdc_sweep_s,
         batch=BatchSettings(
             rows_per_batch=settings.batch_rows_per_batch,
@@ -258,13 +261,15 @@ class Service:
             await self.pool.close()
 
 
-# Builds the embedder registry from the shared HTTP session, the secret box and where what
-# it learns about a provider's server is saved.
-EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox, SaveLearned], EmbedderRegistry]
+# Builds the embedder registry from the shared HTTP session, the secret box, the retry policy
+# of provider requests and where what it learns about a provider's server is saved.
+EmbeddersFactory = Callable[[aiohttp.ClientSession, SecretBox, RetryPolicy, SaveLearned], EmbedderRegistry]
 
 
-def default_embedders(session: aiohttp.ClientSession, box: SecretBox, save: SaveLearned) -> EmbedderRegistry:
-    return EmbedderRegistry(session, box, save_learned=save)
+def default_embedders(
+    session: aiohttp.ClientSession, box: SecretBox, policy: RetryPolicy, save: SaveLearned
+) -> EmbedderRegistry:
+    return EmbedderRegistry(session, box, policy, save_learned=save)
 
 
 async def start(
@@ -282,6 +287,7 @@ async def start(
             settings.database_url.get_secret_value(),
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            idle_in_transaction_timeout_s=settings.db_idle_in_transaction_timeout_s,
         )
         made.push_async_callback(pool.close)
         box = secret_box(settings)
@@ -296,7 +302,12 @@ async def start(
         )
         made.push_async_callback(http.close)
         connections, providers = ConnectionStore(pool), EmbeddingProviderStore(pool)
-        registry = embedders(http, box, providers.save_learned)
+        registry = embedders(
+            http,
+            box,
+            dataclasses.replace(DEFAULT_POLICY, max_attempts=settings.provider_max_attempts),
+            providers.save_learned,
+        )
         made.push_async_callback(registry.aclose)
         authenticator = Authenticator(orgs)
         vector_tables, tasks = VectorTableStore(pool), TaskStore(pool)

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # A control-plane transaction idle this long (its process stalled inside it) is ended by
+    # PostgreSQL, so its row locks cannot keep a task from being taken over (store/db.py).
+    db_idle_in_transaction_timeout_s: float = 5.0
 
     grpc_host: str = "0.0.0.0"  # noqa: S104 - a server listens on all interfaces by default
     grpc_port: int = 50051
@@ -56,6 +59,11 @@ class Settings(BaseSettings):
     network_allow: str = ""
     # Total time of one HTTP request to an embedding provider.
     provider_timeout_s: float = 60.0
+    # Attempts per provider request for transient failures (5xx, timeouts, refused
+    # connections), with exponential backoff between them (0.5 s doubling, up to 30 s):
+    # the default 6 ride out ~15 s of an outage before the request fails as `unreachable`
+    # (a task attempt then fails, and is retried: engine_retry_backoff_s).
+    provider_max_attempts: int = 6
 
     # The sync engine. Rows read per chunk (one keyset query, one COPY, one checkpoint).
     engine_chunk_rows: int = 1000
@@ -66,6 +74,11 @@ class Settings(BaseSettings):
     # A claimed task is another process's to take over when not renewed for this long.
     engine_lease_s: float = 30.0
     engine_poll_s: float = 0.5
+    # A failed task attempt (a database or provider unreachable, an unexpected error) is
+    # retried after this many seconds, 4x longer after each further failure, up to the
+    # task's max_attempts (3): 5 s rides out 25 s of an outage before the task fails
+    # (docs/facts.md, "Faults").
+    engine_retry_backoff_s: float = 5.0
     # Run the engine in this process (a replica may serve the API only).
     engine_enabled: bool = True
     # A failing sync is retried with exponential backoff up to this many seconds.

@@ -30,6 +30,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
         level=level.upper(), stream=out, format="%(levelname)s %(name)s %(message)s", force=True
     )
     logging.getLogger("grpc._cython.cygrpc").addFilter(_client_bytes_are_no_fault)
+    logging.getLogger("asyncpg.pool").addFilter(_reconnects_are_no_fault)
 
 
 def _client_bytes_are_no_fault(record: logging.LogRecord) -> bool:
@@ -39,5 +40,16 @@ def _client_bytes_are_no_fault(record: logging.LogRecord) -> bool:
     warning line, without the traceback."""
     if record.getMessage().startswith("Invalid encoding on"):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _reconnects_are_no_fault(record: logging.LogRecord) -> bool:
+    """While the control plane is down (a restart, a failover) asyncpg keeps reconnecting its
+    pool and logs each failed try as a WARNING with a traceback. The reason, on one line, is
+    what an operator needs; a traceback would say the server failed, and it did not."""
+    if record.exc_info and record.getMessage().startswith("Failed to restore the pool connection floor"):
+        exc = record.exc_info[1]
+        record.msg, record.args = f"{record.getMessage()} ({exc.__class__.__name__}: {exc})", ()
         record.exc_info, record.exc_text = None, None
     return True

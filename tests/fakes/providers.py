@@ -162,6 +162,7 @@ class FakeProvider:
         self._tokens = _Bucket(tpm, burst_s) if tpm else None
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.port = 0
         self.base_url = ""
 
     # -- control -------------------------------------------------------------------------------
@@ -174,14 +175,16 @@ class FakeProvider:
         self.counters = Counters()
 
     async def start(self) -> str:
+        """Serves on a free port; after `stop()`, again on the same one (the provider is back)."""
+        self._closing.clear()
         app = web.Application(client_max_size=64 * 1024**2)
         self.routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, handler_cancellation=True, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base_url = f"http://127.0.0.1:{port}{self.prefix}"
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base_url = f"http://127.0.0.1:{self.port}{self.prefix}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -154,9 +154,7 @@ async def test_a_rebackfill_task_is_never_visible_before_its_spec(plane: Plane) 
         )
         # The transaction blocks at its first write of the row: the task's INSERT, whose event
         # trigger takes the table's next sequence (migration 0010), before the UPDATE.
-        await wait_for(
-            lambda: _blocked_on_lock(plane.ctl, "INSERT INTO tasks"), what="the update to block"
-        )
+        await wait_for(lambda: _blocked_on_lock(plane.ctl, "INSERT INTO tasks"), what="the update to block")
         claimable = await plane.ctl.fetchval(
             "SELECT count(*) FROM tasks WHERE target_id = $1 AND status = 'pending'", plane.vt.id
         )

@@ -50,7 +50,7 @@ class Plane:
     async def vector_table(
         self, spec: VectorTableSpec | None = None, ref: str = "embedd_vt_x"
     ) -> VectorTable:
-        """A vector table row (and the rows it references), status synced."""
+        """A vector table row (and the rows it references), filled once and synced."""
         org, env, conn, emb, vt = (f"{p}_{secrets.token_hex(8)}" for p in ("org", "env", "conn", "emb", "vt"))
         spec = spec or _spec()
         async with self.pool.acquire() as c:
@@ -84,7 +84,11 @@ class Plane:
             spec=spec,
             platform_vector_ref=ref,
         )
-        await self.pool.execute("UPDATE vector_tables SET sync_status = 'synced' WHERE id = $1", vt)
+        await self.pool.execute(
+            "UPDATE vector_tables SET sync_status = 'synced', last_synced_at = clock_timestamp()"
+            " WHERE id = $1",
+            vt,
+        )
         return made
 
     async def claimed(self, vt: VectorTable, owner: str = "proc-a") -> TaskLease:

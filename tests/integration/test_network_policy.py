@@ -6,6 +6,7 @@ control plane is shared with the session's server), REST through its own Envoy a
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -64,11 +65,13 @@ async def _server(control_dsn: str, work: Path, **policy: str) -> AsyncIterator[
         admin_port=0,
         descriptor=ROOT / "envoy" / "embedd.binpb",
     )
+    envoy = EnvoyProcess(config, work_dir=work)
     try:
-        with EnvoyProcess(config, work_dir=work) as envoy:
-            async with httpx.AsyncClient(base_url=envoy.http_url, timeout=30) as rest:
-                yield Server(service, envoy, rest)
+        await asyncio.to_thread(envoy.start)  # it health-checks the server on this loop
+        async with httpx.AsyncClient(base_url=envoy.http_url, timeout=30) as rest:
+            yield Server(service, envoy, rest)
     finally:
+        await asyncio.to_thread(envoy.stop)
         await service.stop(1.0)
 
 

@@ -4,6 +4,12 @@ Starts an embedded PostgreSQL (control plane + a demo database with `public.prod
 least-privilege `embedd_user`), the gRPC server on :50051 and Envoy on :8080, creates a dev
 organisation and API key, prints a quickstart and writes `.embedd/dev.env`. Ctrl-C stops
 everything; a second run reuses the data and the key.
+
+`make run REPLICAS=3` (EMBEDD_DEV_REPLICAS) runs that many servers on the one control plane:
+the first in this process, the others as `embedd-server serve` processes on the next ports
+(:50052, ...; logs in `.embedd/replica-N.log`), all behind the one Envoy, which balances and
+health-checks them (envoy/envoy.yaml). Kill one (`kill -9`) to watch Envoy route around it
+and another replica take its tasks over.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from embedd_server.config import load_settings
 from embedd_server.devtools.demo_data import SCHEMA, products
 from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.pg import LocalPostgres, create_database, create_role, quote_ident
+from embedd_server.devtools.serverproc import ServerProcess
 from embedd_server.logs import configure_logging
 from embedd_server.providers.local import MINILM_MODEL, best_local_model
 from embedd_server.store.orgs import OrgStore
@@ -44,6 +51,7 @@ class Ports:
     grpc: int = int(os.environ.get("EMBEDD_DEV_GRPC_PORT", "50051"))
     http: int = int(os.environ.get("EMBEDD_DEV_HTTP_PORT", "8080"))
     admin: int = int(os.environ.get("EMBEDD_DEV_ADMIN_PORT", "9901"))
+    replicas: int = max(1, int(os.environ.get("EMBEDD_DEV_REPLICAS", "1")))
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -142,10 +150,21 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
         qdrant_path=data_dir / "qdrant",
     )
     service = await app.start(settings)
+    replicas = [
+        ServerProcess(
+            settings.database_url.get_secret_value(),
+            (data_dir / "secret.key").read_text().strip(),  # the first server made it
+            port=ports.grpc + n,
+            log_path=data_dir / f"replica-{n}.log",
+            log_level="INFO",
+            log_format="console",
+        )
+        for n in range(1, ports.replicas)
+    ]
     config = render_config(
         ROOT / "envoy" / "envoy.yaml",
         grpc_host="127.0.0.1",
-        grpc_port=service.port,
+        grpc_port=[service.port, *(r.port for r in replicas)],
         http_host="127.0.0.1",
         http_port=ports.http,
         admin_port=ports.admin,
@@ -153,7 +172,12 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
     )
     envoy = EnvoyProcess(config, work_dir=data_dir / "envoy")
     try:
-        envoy.start()
+        for replica in replicas:
+            await asyncio.to_thread(replica.start)
+            print(f"replica on 127.0.0.1:{replica.port} (log {replica.log_path})", flush=True)
+        # In a thread: Envoy's start waits for its first health checks, which this process's
+        # server answers from this loop.
+        await asyncio.to_thread(envoy.start)
         env = {
             "EMBEDD_URL": envoy.http_url,
             "EMBEDD_GRPC": f"127.0.0.1:{service.port}",
@@ -176,6 +200,8 @@ async def run(pg: LocalPostgres, data_dir: Path, ports: Ports, previous: dict[st
         print("\nstopping...", flush=True)
     finally:
         envoy.stop()
+        for replica in replicas:
+            await asyncio.to_thread(replica.stop)
         await service.stop(settings.shutdown_grace_s)
     return env
 

@@ -39,6 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -126,7 +127,7 @@ def render_config(
     template: Path,
     *,
     grpc_host: str,
-    grpc_port: int,
+    grpc_port: int | Sequence[int],
     http_host: str,
     http_port: int,
     admin_port: int,
@@ -137,7 +138,9 @@ def render_config(
     Ports may be 0 (any free port; `EnvoyProcess` reports the bound one). The admin
     interface always listens on 127.0.0.1; the descriptor path and the paths of the files Envoy
     serves itself (envoy/openapi.json, envoy/docs.html, envoy/redoc.standalone.js) become
-    absolute, the latter pointing at the repository's copies.
+    absolute, the latter pointing at the repository's copies. Several `grpc_port`s are several
+    replicas of the server on `grpc_host`: one endpoint each, balanced and health-checked
+    (envoy.yaml's cluster).
     """
     loaded = yaml.safe_load(template.read_text())
     if not isinstance(loaded, dict):
@@ -161,8 +164,11 @@ def render_config(
     else:
         cluster["type"] = "STATIC"  # no DNS round before the cluster is ready
         cluster.pop("dns_lookup_family", None)
-    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-    endpoint["address"]["socket_address"] = {"address": grpc_host, "port_value": grpc_port}
+    ports = [grpc_port] if isinstance(grpc_port, int) else list(grpc_port)
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+        {"endpoint": {"address": {"socket_address": {"address": grpc_host, "port_value": port}}}}
+        for port in ports
+    ]
     return config
 
 
@@ -299,6 +305,13 @@ class EnvoyProcess:
             _terminate(proc, grace)
         self._http_port = None
         self._admin_port = None
+
+    def kill(self) -> None:
+        """SIGKILL: connections drop mid-request (a crash, an OOM kill); `start()` again works."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
 
     def cleanup(self) -> None:
         """Stop, and delete the work directory if this object created it."""

@@ -322,7 +322,9 @@ class LocalPostgres:
     Unless `keep_running=True`, the server is stopped when this Python process exits (normal
     exit, including Ctrl-C; not SIGKILL). A kept or orphaned server is found and restarted by
     the next `start()` on the same data directory. The TLS front (see the module docstring)
-    lives in this process: after it exits only `backend_port` answers.
+    lives in this process: after it exits only `backend_port` answers. A cluster stopped with
+    `stop()` starts again on the same ports (`port` and `backend_port`), so clients that knew
+    it reconnect to it: what the fault tests restart it for.
 
     Attributes: `port` (public TCP port, known after `start()`), `backend_port` (PostgreSQL's
     own TCP port; equal to `port` unless there is a TLS front), `host`, `data_dir`.
@@ -345,6 +347,7 @@ class LocalPostgres:
         self.keep_running = keep_running
         self.tls_front = not _build_has_ssl()
         self._requested_port = port
+        self._kept_backend_port = 0  # the backend's port once chosen, kept across restarts
         self._run_as: _RunAs | None = None
         self._front: _TlsFront | None = None
         self._started = False
@@ -413,6 +416,7 @@ class LocalPostgres:
                 self._pg_ctl_stop()
                 raise
             self._started = True
+            self._requested_port, self._kept_backend_port = self.port, self.backend_port
             if not self.keep_running and not self._atexit_registered:
                 atexit.register(self._stop_at_exit)
                 self._atexit_registered = True
@@ -584,7 +588,7 @@ class LocalPostgres:
 
     def _write_config(self) -> None:
         if self.tls_front:
-            self.backend_port = _free_port("127.0.0.1")
+            self.backend_port = self._kept_backend_port or _free_port("127.0.0.1")
         else:
             self.backend_port = self._requested_port or _free_port(self.host)
         listen = "127.0.0.1" if self.tls_front else self.host

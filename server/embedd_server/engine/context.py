@@ -35,6 +35,44 @@ class PermanentError(Exception):
     """Retrying will not help (deleted table, bad key, no privilege): fail now."""
 
 
+class ConnectionLost(Exception):
+    """A job's connection to the user's database closed under it - it restarted, the network
+    dropped it, or a new lease holder ended this one's session - whatever the driver raised
+    for it then (a closed-connection error, or a confused protocol state)."""
+
+
+_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_PROBE_TIMEOUT_S = 2.0
+
+
+async def usable(conn: asyncpg.Connection[Any]) -> bool:
+    """The connection still answers. One the server ended may not look closed yet: asyncpg
+    marks it closed when it reads the end of the stream, and until then every call fails
+    with a protocol-state error ("another operation (2) is in progress")."""
+    if conn.is_closed():
+        return False
+    try:
+        await asyncio.wait_for(conn.fetchval("SELECT 1"), _PROBE_TIMEOUT_S)
+    except (*_DRIVER_ERRORS, TimeoutError):
+        return False
+    return True
+
+
+@asynccontextmanager
+async def connections_watched(*conns: asyncpg.Connection[Any]) -> AsyncIterator[None]:
+    """Turns a driver error after which one of `conns` no longer answers into ConnectionLost."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        for conn in conns:
+            if not await usable(conn):
+                raise ConnectionLost(
+                    "the connection to the source database was closed (it restarted, the network"
+                    " dropped it, or another server took the table over)"
+                ) from exc
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     chunk_rows: int = 1000
@@ -45,6 +83,8 @@ class EngineSettings:
     maintenance_work_mem: str = ""
     connect_timeout_s: float = 10.0
     max_sync_backoff_s: float = 600.0
+    # A failed task attempt is retried after this long, 4x longer after each further one.
+    retry_backoff_s: float = 5.0
     # cdc mode: a full comparison (deletes, late commits) every this many seconds.
     cdc_sweep_s: float = 600.0
     # Where the users' databases may be (the server's network policy).
@@ -115,12 +155,19 @@ class EngineDeps:
             await reader.close()
             raise
         try:
-            await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
-            if spec.mode != "managed":  # managed mode's source needs no pgvector
-                await register_vector_codec(writer)
-            yield TableSession(
-                embedder, reader, writer, vt.platform_vector_ref, fence, self.stores, self.settings.chunk_rows
-            )
+            async with connections_watched(reader, writer):
+                await take_over(writer, vt.platform_vector_ref, fence.holder, fence.confirm)
+                if spec.mode != "managed":  # managed mode's source needs no pgvector
+                    await register_vector_codec(writer)
+                yield TableSession(
+                    embedder,
+                    reader,
+                    writer,
+                    vt.platform_vector_ref,
+                    fence,
+                    self.stores,
+                    self.settings.chunk_rows,
+                )
         finally:
             await asyncio.gather(reader.close(), writer.close(), return_exceptions=True)
 

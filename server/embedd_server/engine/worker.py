@@ -28,7 +28,14 @@ from embedd_server.domain.vector_tables import VectorTableSpec, import_applies
 from embedd_server.engine.backfill import BackfillJob, Checkpoint, Progress
 from embedd_server.engine.batch_backfill import BatchBackfillJob, Waiting
 from embedd_server.engine.budget import within_budget
-from embedd_server.engine.context import EngineDeps, Fence, PermanentError, TableSession, cancel_and_wait
+from embedd_server.engine.context import (
+    ConnectionLost,
+    EngineDeps,
+    Fence,
+    PermanentError,
+    TableSession,
+    cancel_and_wait,
+)
 from embedd_server.engine.leases import while_leased
 from embedd_server.engine.rebackfill import RebackfillJob
 from embedd_server.network_policy import NetworkPolicyDenied
@@ -111,17 +118,20 @@ class Worker:
         except ProviderError as exc:
             await self._fail(lease, exc.message, retry=exc.code not in ("bad_key", "network_policy_denied"))
         except Exception as exc:
-            log.exception("task attempt failed")
+            if not connection_lost(exc):  # a database that restarted is no bug: no traceback
+                log.exception("task attempt failed")
             await self._fail(lease, describe_error(exc), retry=True)
         finally:
             self._running.pop(task.id, None)
             self._wake.set()
 
     async def _fail(self, lease: TaskLease, error: str, *, retry: bool) -> None:
-        retry = retry and lease.task.attempts < lease.task.max_attempts
-        log.warning("task attempt failed", error=error, retry=retry, attempt=lease.task.attempts)
+        attempt = lease.task.attempts
+        retry = retry and attempt < lease.task.max_attempts
+        delay = retry_delay(self._settings.retry_backoff_s, attempt)
+        log.warning("task attempt failed", error=error, retry=retry, attempt=attempt, retry_in_s=delay)
         try:
-            await lease.fail(error, retry=retry)
+            await lease.fail(error, retry=retry, retry_in_s=delay)
         except LeaseLost as exc:
             log.warning("lease lost; the failure is not recorded", reason=str(exc))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -321,6 +331,32 @@ def _first_failure(group: ExceptionGroup[Exception]) -> Exception:
     return _first_failure(first) if isinstance(first, ExceptionGroup) else first
 
 
+_CONNECTION_LOST = (
+    ConnectionLost,  # the user's database, whatever the driver raised (engine/context.py)
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.AdminShutdownError,  # 57P01: shutting down, or a new lease holder ended the session
+    asyncpg.CrashShutdownError,  # 57P02
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.IdleSessionTimeoutError,
+)
+# The longest pause before a failed attempt is retried.
+MAX_RETRY_DELAY_S = 600.0
+
+
+def retry_delay(base_s: float, attempt: int) -> float:
+    """The pause after failed attempt number `attempt` (1-based): `base_s`, then 4x longer
+    each time. With the default 5 s and 3 attempts a task rides out 25 s of an unreachable
+    database or provider before it fails."""
+    return min(base_s * 4.0 ** max(attempt - 1, 0), MAX_RETRY_DELAY_S)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A database connection went away under the work (a restart, a failover, a dropped
+    network, the session ended by a new lease holder): retrying is all there is to do."""
+    return isinstance(exc, _CONNECTION_LOST)
+
+
 def describe_error(exc: BaseException) -> str:
     """A failure as users see it in `last_error`: the kind and the database's own words,
     never a traceback."""
@@ -330,4 +366,6 @@ def describe_error(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, OSError | TimeoutError):
         return f"could not reach the database: {exc.__class__.__name__}"
+    if isinstance(exc, ConnectionLost):
+        return str(exc)
     return f"internal error ({exc.__class__.__name__}); the server's log has the details"

@@ -71,11 +71,28 @@ async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
     return None
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool[Any]:
-    """The control-plane pool, with migrations applied before it is handed out."""
+async def create_pool(
+    dsn: str, *, min_size: int, max_size: int, idle_in_transaction_timeout_s: float = 5.0
+) -> asyncpg.Pool[Any]:
+    """The control-plane pool, with migrations applied before it is handed out.
+
+    A transaction left open by a process that stalled inside it (paused, partitioned) is
+    ended by PostgreSQL after `idle_in_transaction_timeout_s`: its row locks - a task row
+    locked by a checkpoint - would otherwise keep the task from every other replica's claim
+    (SKIP LOCKED skips it) until the process woke up, or its TCP connection timed out hours
+    later (docs/facts.md, "Faults"). Every control-plane transaction runs SQL only, so none
+    is idle for long."""
     # No RESET ALL on release: the control plane never changes session state outside a
     # transaction (SET LOCAL only), and the reset would cost every query a round trip.
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_no_reset)
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        reset=_no_reset,
+        server_settings={
+            "idle_in_transaction_session_timeout": str(int(idle_in_transaction_timeout_s * 1000))
+        },
+    )
     async with pool.acquire() as conn:
         await migrate(conn)
     return pool

@@ -133,15 +133,41 @@ class TaskStore:
         target_id: str,
         embedding_strategy: str | None = None,
     ) -> Task:
-        return await insert_task(
-            self._pool,
-            id=id,
-            org_id=org_id,
-            env_id=env_id,
-            task_type=task_type,
-            target_id=target_id,
-            embedding_strategy=embedding_strategy,
-        )
+        """A new pending fill. When the table's last fill (or re-backfill) failed and was of
+        this type, the new one starts from its checkpoint and carries its row failures over:
+        asking again after, say, a provider outage does not pay for the rows already done."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            task = await insert_task(
+                conn,
+                id=id,
+                org_id=org_id,
+                env_id=env_id,
+                task_type=task_type,
+                target_id=target_id,
+                embedding_strategy=embedding_strategy,
+            )
+            row = await conn.fetchrow(
+                "WITH last AS (SELECT * FROM tasks WHERE target_id = $2 AND id <> $1"
+                "   AND task_type IN ('backfill', 'rebackfill') AND status IN ('completed', 'failed')"
+                "   ORDER BY finished_at DESC NULLS LAST, created_at DESC LIMIT 1)"
+                " UPDATE tasks t SET last_processed_pk = last.last_processed_pk,"
+                " rows_processed = last.rows_processed, rows_total = last.rows_total,"
+                " rows_failed = last.rows_failed, rows_imported = last.rows_imported"
+                " FROM last WHERE t.id = $1 AND last.status = 'failed' AND last.task_type = t.task_type"
+                " AND t.embedding_strategy IS NOT DISTINCT FROM last.embedding_strategy"
+                " AND last.last_processed_pk IS NOT NULL RETURNING t.*, last.id AS resumed_from",
+                id,
+                target_id,
+            )
+            if row is None:
+                return task
+            await conn.execute(
+                "INSERT INTO task_failures (task_id, pk_value, error)"
+                " SELECT $1, pk_value, error FROM task_failures WHERE task_id = $2",
+                id,
+                row["resumed_from"],
+            )
+            return task_from_row(row)
 
     async def get(self, org_id: str, env_id: str, task_id: str) -> Task | None:
         row = await self._pool.fetchrow(
@@ -182,9 +208,11 @@ class TaskStore:
         return [(r["pk_value"], r["error"]) for r in rows]
 
     async def claim(self, owner: str, lease_s: float) -> TaskLease | None:
-        """The next task for `owner`: pending, or running under a lapsed lease (its process
-        died or stalled). Tasks out of attempts are failed instead of claimed. The claim
-        increments the epoch: whoever held the task before is fenced out from now on."""
+        """The next task for `owner`: pending (and due, when retried), or running under a
+        lapsed lease (its process died or stalled), whose table no sync cycle holds (the
+        fill waits for it: one writer per table). Tasks out of attempts are failed instead of
+        claimed. The claim increments the epoch: whoever held the task before is fenced out
+        from now on."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE tasks SET status = 'failed', finished_at = clock_timestamp(),"
@@ -199,9 +227,12 @@ class TaskStore:
                 " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
                 " attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()),"
                 " updated_at = clock_timestamp()"
-                " WHERE id = (SELECT id FROM tasks"
-                "   WHERE status = 'pending' OR (status = 'running' AND lease_expires_at < clock_timestamp())"
-                "   ORDER BY priority DESC, created_at FOR UPDATE SKIP LOCKED LIMIT 1)"
+                " WHERE id = (SELECT id FROM tasks t"
+                "   WHERE ((status = 'pending' AND coalesce(not_before, '-infinity') <= clock_timestamp())"
+                "   OR (status = 'running' AND lease_expires_at < clock_timestamp()))"
+                "   AND NOT EXISTS (SELECT 1 FROM vector_tables v WHERE v.id = t.target_id"
+                "                   AND v.sync_lease_expires_at > clock_timestamp())"
+                "   ORDER BY priority DESC, created_at FOR UPDATE OF t SKIP LOCKED LIMIT 1)"
                 " RETURNING *",
                 owner,
                 lease_s,
@@ -343,15 +374,18 @@ class TaskLease:
                 rows_imported,
             )
 
-    async def _finish(self, conn: Executor, status: str, error: str | None) -> None:
+    async def _finish(self, conn: Executor, status: str, error: str | None, retry_in_s: float = 0.0) -> None:
+        """The attempt's end; a retried one (pending again) is claimable in `retry_in_s`."""
         await conn.execute(
             "UPDATE tasks SET status = $2, last_error = $3, phase = NULL, lease_owner = NULL,"
             " lease_expires_at = NULL,"
             " finished_at = CASE WHEN $2 IN ('completed', 'failed') THEN clock_timestamp() END,"
+            " not_before = clock_timestamp() + make_interval(secs => $4),"
             " updated_at = clock_timestamp() WHERE id = $1",
             self.task.id,
             status,
             error,
+            retry_in_s,
         )
 
     async def complete(self) -> None:
@@ -406,11 +440,12 @@ class TaskLease:
                 rows_skipped,
             )
 
-    async def fail(self, error: str, *, retry: bool) -> None:
-        """This attempt failed: pending again for another one (`retry`), or failed for good -
-        and the vector table shows the error (in `error` state when failed for good)."""
+    async def fail(self, error: str, *, retry: bool, retry_in_s: float = 0.0) -> None:
+        """This attempt failed: pending again for another one (`retry`), claimable in
+        `retry_in_s`, or failed for good - and the vector table shows the error (in `error`
+        state when failed for good)."""
         async with self._fenced() as conn:
-            await self._finish(conn, "pending" if retry else "failed", error)
+            await self._finish(conn, "pending" if retry else "failed", error, retry_in_s)
             await conn.execute(
                 "UPDATE vector_tables SET last_error = $2, last_error_at = clock_timestamp(),"
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused'"
@@ -441,7 +476,7 @@ class TaskLease:
         await self._pool.execute(
             "UPDATE tasks SET status = 'pending', phase = NULL, attempts = greatest(attempts - 1, 0),"
             " lease_owner = NULL,"
-            " lease_expires_at = NULL, updated_at = clock_timestamp()"
+            " lease_expires_at = NULL, not_before = NULL, updated_at = clock_timestamp()"
             " WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND status = 'running'",
             *self._args(),
         )

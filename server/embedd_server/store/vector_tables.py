@@ -209,14 +209,16 @@ class VectorTableStore:
     # --- sync scheduling ----------------------------------------------------------------
 
     async def claim_due(self, owner: str, lease_s: float, limit: int) -> list[SyncClaim]:
-        """Tables due for a sync poll, leased to `owner` under a new epoch: synced or in error
-        (retried with backoff), not paused, no backfill queued or running, no live lease
-        elsewhere."""
+        """Tables due for a sync poll, leased to `owner` under a new epoch: filled once, synced
+        or in error (retried with backoff), not paused, no backfill queued or running, no live
+        lease elsewhere. A table whose first fill failed is left to a new backfill (which
+        resumes that fill): a cycle would embed its missing rows behind the user's back, and
+        again beside the backfill they ask for."""
         rows = await self._pool.fetch(
             "UPDATE vector_tables SET sync_lease_owner = $1, sync_lease_epoch = sync_lease_epoch + 1,"
             " sync_lease_expires_at = clock_timestamp() + make_interval(secs => $2)"
             " WHERE id IN (SELECT v.id FROM vector_tables v"
-            "   WHERE v.sync_status IN ('synced', 'error')"
+            "   WHERE v.sync_status IN ('synced', 'error') AND v.last_synced_at IS NOT NULL"
             "   AND coalesce(v.next_sync_at, '-infinity') <= clock_timestamp()"
             "   AND (v.sync_lease_expires_at IS NULL OR v.sync_lease_expires_at < clock_timestamp())"
             "   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id"
