@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import UserDb
 from tests.fakes.providers import FakeOpenAI
-from tests.harness import Org, wait_for
-from tests.integration.test_sync import status_is
+from tests.harness import Org
+from tests.integration.test_vector_tables import wait_synced
 
 ROWS = 12_000
 
@@ -65,7 +65,7 @@ async def test_backfill_completes_through_429s_and_500s(
         assert vt.status_code == 200, vt.text
         vt_id, ref = vt.json()["id"], vt.json()["platform_vector_ref"]
         task = (await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill")).json()
-        await wait_for(lambda: status_is(org, vt_id, "synced"), 60, what="the backfill")
+        assert (await wait_synced(org, vt_id, 60))["sync_status"] == "synced"
         got = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
         assert got["status"] == "completed" and got["progress"]["rows_failed"] == 0
         stored = await owner.fetchval(

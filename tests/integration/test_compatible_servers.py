@@ -24,9 +24,9 @@ from embedd_server.secretbox import SecretBox
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.fakes.providers import FakeCompatible, FakeOpenAI
-from tests.harness import Org, rest_error, wait_for
+from tests.harness import Org, rest_error
 from tests.integration.test_providers import sentence
-from tests.integration.test_sync import status_is
+from tests.integration.test_vector_tables import wait_synced
 
 MODEL, DIMS = "BAAI/bge-small-en-v1.5", 384
 # Quick retries; a 429 without Retry-After (TEI's "overloaded") pauses 50 ms.
@@ -198,7 +198,7 @@ async def test_a_compatible_server_over_the_api(org: Org, user_db: UserDb) -> No
         try:
             started = time.monotonic()
             await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill")
-            await wait_for(lambda: status_is(org, vt_id, "synced"), 60)
+            assert (await wait_synced(org, vt_id, 60))["sync_status"] == "synced"
             assert time.monotonic() - started < 60
             owner = await asyncpg.connect(user_db.owner_dsn)
             try:

@@ -18,6 +18,7 @@ from tests.conftest import UserDb
 from tests.fakes.providers import FakeOpenAI
 from tests.harness import Org, grpc_error, rest_error, wait_for
 from tests.integration.test_sync import status_is
+from tests.integration.test_vector_tables import wait_synced
 
 KEY = "sk-proj-" + secrets.token_hex(24)
 WRONG = "sk-proj-" + secrets.token_hex(24)
@@ -105,7 +106,7 @@ async def test_provider_messages_never_show_the_key(
     tasks = {}
     for vt in (rows, broken):
         tasks[vt["id"]] = (await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")).json()["task_id"]
-    await wait_for(lambda: status_is(org, rows["id"], "synced"), 30)
+    assert (await wait_synced(org, rows["id"], 30))["sync_status"] == "synced"
     await wait_for(lambda: status_is(org, broken["id"], "error"), 30)
 
     # 3. a query whose text the provider rejects, quoting the key

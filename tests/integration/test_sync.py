@@ -15,6 +15,7 @@ from embedd_server import app
 
 from tests.conftest import ITEM_ROWS, UserDb
 from tests.harness import Org, counting, rest_error, wait_for
+from tests.integration.test_vector_tables import wait_synced
 from tests.modes import StoreView, connection
 
 ROWS = ITEM_ROWS
@@ -49,7 +50,7 @@ async def synced_table(
     assert r.status_code == 200, r.text
     vt = r.json()
     assert (await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")).status_code == 200
-    await wait_for(lambda: status_is(org, vt["id"], "synced"), what="the backfill")
+    assert (await wait_synced(org, vt["id"]))["sync_status"] == "synced"
     return vt  # type: ignore[no-any-return]
 
 
@@ -265,7 +266,7 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
     assert tasks[0]["task_type"] == "rebackfill"
     status, code, _ = rest_error(await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill"))
     assert (status, code) == (409, "backfill_in_progress")
-    await wait_for(lambda: status_is(org, vt_id, "synced"))
+    assert (await wait_synced(org, vt_id))["sync_status"] == "synced"
     after_swap = queries.stats["queries"]
     await wait_for(
         lambda: queries.stats["queries"] >= after_swap + 20, what="queries on the swapped-in table"
@@ -299,7 +300,7 @@ async def test_metadata_column_change_reuses_the_vectors(
         columns = [*COLUMNS, {"name": "updated_at", "role": "metadata", "filter_type": "datetime"}]
         r = await org.http("PATCH", f"/v1/vector-tables/{vt['id']}?update_mask=columns", {"columns": columns})
         assert r.status_code == 200, r.text
-        await wait_for(lambda: status_is(org, vt["id"], "synced"))
+        assert (await wait_synced(org, vt["id"]))["sync_status"] == "synced"
         assert counted.texts == 0
     now = await view.rows()
     # the same vector (Qdrant normalises what it stores for cosine: equal up to float32 rounding)

@@ -54,13 +54,18 @@ async def create_vt(org: Org, user_db: UserDb, mode: str = "platform", **changes
     return r.json()  # type: ignore[no-any-return]
 
 
-async def wait_synced(org: Org, vt_id: str, within_s: float = 30.0) -> dict[str, Any]:
-    """The sync status once the fill ended (synced, or error)."""
+async def wait_synced(
+    org: Org, vt_id: str, within_s: float = 30.0, *, indexed: bool = True
+) -> dict[str, Any]:
+    """The sync status once the fill ended (synced, or error) - with its index built too,
+    unless `indexed` is False (the table is synced, and queryable, before its index is)."""
     status: dict[str, Any] = {}
 
     async def ended() -> bool:
+        status.clear()
         status.update((await org.http("GET", f"/v1/vector-tables/{vt_id}/sync/status")).json())
-        return status["sync_status"] in ("synced", "error")
+        building = status.get("index_status") == "building"
+        return status["sync_status"] in ("synced", "error") and not (indexed and building)
 
     await wait_for(ended, within_s, what="the fill to end")
     return status

@@ -96,6 +96,7 @@ def test_field_behavior_and_printed_fields() -> None:
         "rows_imported",
         "batch_tokens",
         "estimated_saving_tokens",
+        "index_status",
     }
     assert status["additionalProperties"] is False
     assert "additionalProperties" not in table  # requests: the transcoder ignores unknown fields

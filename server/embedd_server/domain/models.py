@@ -120,6 +120,10 @@ class VectorTable:
     staleness_s: float | None = None
     # Source rows not stored because the organisation's vector budget is used up (managed).
     rows_skipped: int = 0
+    # The ANN index after a fill: "building" (queryable meanwhile), "ready", "none"; and while
+    # building, the share done.
+    index_status: str | None = None
+    index_progress: float | None = None
     # Rows the last fill imported; tokens the fills sent through the provider's batch API.
     rows_imported: int = 0
     batch_tokens: int = 0
@@ -162,8 +166,10 @@ class Task:
     rows_imported: int = 0
     batch_tokens: int = 0
     batches: BatchProgress | None = None
-    # What a running task is doing (reading, embedding, writing, indexing, swapping).
+    # What a running task is doing (reading, embedding, writing, indexing, swapping), and the
+    # share of it done where that is measured (indexing).
     phase: str | None = None
+    phase_progress: float | None = None
 
     @property
     def done(self) -> bool:

@@ -64,6 +64,13 @@ Checkpoint = Callable[[Progress], Awaitable[None]]
 # Records what the task is doing now: reading, embedding, writing, indexing or swapping
 # (docs/watch.md; fenced like the checkpoint).
 SetPhase = Callable[[str], Awaitable[None]]
+# Every row is written (vectors, source rows, rows skipped over the budget): the live table is
+# synced and queryable from here while its index builds.
+Written = Callable[[int, int, int], Awaitable[None]]
+# The index build's share done (0-1).
+IndexProgress = Callable[[float], Awaitable[None]]
+# How often a running index build's progress is read and reported.
+INDEX_PROGRESS_S = 1.0
 
 
 async def no_phase(phase: str) -> None:
@@ -90,6 +97,12 @@ class BackfillJob:
     budget: int | None = None
     # Take vectors from the table's import where they serve (domain.vector_tables.import_applies).
     use_import: bool = False
+    # The live table's fill (not a re-backfill's replacement): `written` makes it synced once
+    # every row is written, then the index is built concurrently - sync cycles go on writing
+    # and queries rank exactly meanwhile (docs/indexes.md) - reporting `index_progress`.
+    written: Written | None = None
+    index_progress: IndexProgress | None = None
+    index_status: str = "ready"  # after run(): "ready", or "none" (too wide for an ANN index)
     rows_processed: int = 0
     rows_total: int = 0
     rows_skipped: int = 0
@@ -117,8 +130,28 @@ class BackfillJob:
         if not bulk:
             await store.remove_vanished(self.source)
         await self.set_phase("indexing")
-        await store.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
+        if self.written is None:
+            await store.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
+        else:
+            await self.written(await store.count(), self.rows_total, self.rows_skipped)
+            await self._build_reporting(store)
+        self.index_status = "ready" if await store.has_index() else "none"
         return await store.count()
+
+    async def _build_reporting(self, store: VectorStore) -> None:
+        """The concurrent index build, its progress read and reported every second."""
+
+        async def report() -> None:
+            while True:
+                await anyio.sleep(INDEX_PROGRESS_S)
+                done = await store.index_progress()
+                if done is not None and self.index_progress is not None:
+                    await self.index_progress(done)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(report)
+            await store.build_indexes(self.spec.columns, self.maintenance_work_mem or None, concurrently=True)
+            tg.cancel_scope.cancel()
 
     async def _pipeline(self, *, start_after: str | None, upsert_all: bool) -> None:
         chunks_send, chunks_recv = anyio.create_memory_object_stream[list[SourceRow]](1)

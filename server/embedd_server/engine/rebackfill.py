@@ -61,6 +61,7 @@ class RebackfillJob:
     budget: int | None = None
     rows_skipped: int = 0
     set_phase: SetPhase = no_phase
+    index_status: str = "ready"  # after run(): the swapped-in store's ("none": too wide for one)
 
     async def run(self) -> tuple[int, int] | Waiting:
         """Builds, swaps and cleans up; returns (vectors, source rows), or how long to wait
@@ -99,7 +100,9 @@ class RebackfillJob:
         await replacement.build_indexes(self.spec.columns, self.maintenance_work_mem or None)
         await self._catch_up(replacement)  # the index build took a while too
         await self.live.swap_in(replacement, self.confirm)
-        return await replacement.promoted().count(), await self.source.count()
+        live = replacement.promoted()
+        self.index_status = "ready" if await live.has_index() else "none"
+        return await live.count(), await self.source.count()
 
     async def _catch_up(self, replacement: VectorStore) -> None:
         job = SyncJob(

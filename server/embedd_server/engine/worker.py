@@ -177,15 +177,11 @@ class Worker:
                 budget=await self._budget(vt, task),
                 use_import=import_applies(vt.spec, first_fill=vt.last_synced_at is None),
                 set_phase=lease.set_phase,
+                written=functools.partial(_written, lease, vt.id),
+                index_progress=functools.partial(lease.index_progress, vt.id),
             )
-            synced = await _guard(job.run())
-        return functools.partial(
-            lease.complete_fill,
-            vt.id,
-            synced_rows=synced,
-            total_rows=job.rows_total,
-            rows_skipped=job.rows_skipped,
-        )
+            await _guard(job.run())
+        return functools.partial(lease.complete_indexing, vt.id, index_status=job.index_status)
 
     async def _batch_fill(self, lease: TaskLease, vt: VectorTable) -> Completion:
         """One step of a fill through the provider's batch API: parks the task until the next
@@ -207,13 +203,19 @@ class Worker:
                 lease, vt, vt.spec, within_budget(store, budget), session, first_fill=first_fill, live=True
             )
             outcome = await _guard(job.step())
+            indexed = isinstance(outcome, Waiting) or await store.has_index()
         if isinstance(outcome, Waiting):
             return functools.partial(lease.park, outcome.delay_s)
         skipped = 0
         if budget is not None:  # rows neither stored nor failed were over the budget
             skipped = max(job.rows_total - outcome - lease.task.rows_failed, 0)
         return functools.partial(
-            lease.complete_fill, vt.id, synced_rows=outcome, total_rows=job.rows_total, rows_skipped=skipped
+            lease.complete_fill,
+            vt.id,
+            synced_rows=outcome,
+            total_rows=job.rows_total,
+            rows_skipped=skipped,
+            index_status="ready" if indexed else "none",
         )
 
     async def _batch_job(
@@ -297,6 +299,7 @@ class Worker:
             synced_rows=vectors,
             total_rows=total,
             rows_skipped=job.rows_skipped,
+            index_status=job.index_status,
         )
 
     async def _budget(self, vt: VectorTable, task: Task) -> int | None:
@@ -309,6 +312,10 @@ class Worker:
         if budget is not None and task.last_processed_pk is not None:
             budget = max(budget - (task.rows_processed - task.rows_failed), 0)
         return budget
+
+
+async def _written(lease: TaskLease, vt_id: str, vectors: int, total: int, skipped: int) -> None:
+    await lease.mark_written(vt_id, synced_rows=vectors, total_rows=total, rows_skipped=skipped)
 
 
 async def _guard(work: Awaitable[T]) -> T:

@@ -54,6 +54,8 @@ def task_to_proto(t: models.Task, failures: Sequence[tuple[str, str]] = ()) -> t
         msg.embedding_strategy = values_pb2.EmbeddingStrategy.Value.Value(t.embedding_strategy)
     if t.last_error:
         msg.last_error = t.last_error
+    if t.phase_progress is not None and t.status == "running":
+        msg.progress.phase_progress = t.phase_progress
     return msg
 
 

@@ -482,6 +482,10 @@ def sync_status_to_proto(
         msg.last_error = vt.last_error
     if warning:
         msg.warning = warning
+    if vt.index_status is not None:
+        msg.index_status = values_pb2.IndexStatus.Value.Value(vt.index_status)
+        if vt.index_status == "building" and vt.index_progress is not None:
+            msg.index_progress = vt.index_progress
     return msg
 
 

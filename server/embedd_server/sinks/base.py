@@ -131,8 +131,16 @@ class VectorStore(Protocol):
         """Before a bulk load into an empty store: the ANN index is built after."""
         ...
 
-    async def build_indexes(self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None) -> None:
-        """The ANN index and the metadata indexes of the filterable columns."""
+    async def build_indexes(
+        self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None, *, concurrently: bool = False
+    ) -> None:
+        """The ANN index and the metadata indexes of the filterable columns; `concurrently`
+        when sync cycles may write the store meanwhile (the live table after a fill)."""
+        ...
+
+    async def index_progress(self) -> float | None:
+        """The share done (0-1) of an index build running now; None when none runs or the
+        store cannot tell."""
         ...
 
     async def write(self, batch: Batch, *, upsert: bool) -> None:

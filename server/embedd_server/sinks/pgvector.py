@@ -118,30 +118,92 @@ class PgVectorTable:
         return index_name(self.name, f"{secrets.token_hex(3)}_{kind}")
 
     async def indexes(self, conn: asyncpg.Connection[Any]) -> list[tuple[str, str, bool]]:
-        """(qualified name, definition, is primary key) of this table's indexes."""
+        """(qualified name, definition, is primary key) of this table's valid indexes (a
+        concurrent build that was interrupted leaves an invalid one: `drop_invalid`)."""
         rows = await conn.fetch(
             "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def,"
-            " i.indisprimary AS pk FROM pg_index i WHERE i.indrelid = to_regclass($1)",
+            " i.indisprimary AS pk FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisvalid",
             self.qualified,
         )
         return [(r["name"], r["def"], r["pk"]) for r in rows]
+
+    async def drop_invalid(self, conn: asyncpg.Connection[Any]) -> None:
+        """Drops what an interrupted CREATE INDEX CONCURRENTLY left: an index marked invalid,
+        which queries never use and a new build would collide with."""
+        for r in await conn.fetch(
+            "SELECT i.indexrelid::regclass::text AS name FROM pg_index i"
+            " WHERE i.indrelid = to_regclass($1) AND NOT i.indisvalid",
+            self.qualified,
+        ):
+            await conn.execute(f"DROP INDEX IF EXISTS {r['name']}")
 
     async def has_hnsw(self, conn: asyncpg.Connection[Any]) -> bool:
         return any("USING hnsw" in d for _, d, _ in await self.indexes(conn))
 
     async def create_hnsw(
-        self, conn: asyncpg.Connection[Any], maintenance_work_mem: str | None = None
+        self,
+        conn: asyncpg.Connection[Any],
+        maintenance_work_mem: str | None = None,
+        *,
+        concurrently: bool = False,
     ) -> None:
+        """The HNSW index; `concurrently` while sync cycles write the table (CREATE INDEX
+        CONCURRENTLY: writes go on during the build; it cannot run in a transaction block, so
+        the memory setting is the session's for the build, then reset)."""
         if self.dimensions > HNSW_MAX_HALFVEC_DIMS or await self.has_hnsw(conn):
             return  # too wide for HNSW even as halfvec (queries scan exactly), or built already
         ops = "halfvec_cosine_ops" if self.dimensions > HNSW_MAX_VECTOR_DIMS else "vector_cosine_ops"
-        async with conn.transaction():
+        create = (
+            f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{quote_ident(self._index_name('hnsw'))}"
+            f" ON {self.qualified} USING hnsw ({self.vector_expression()} {ops})"
+        )
+        if not concurrently:
+            async with conn.transaction():
+                if maintenance_work_mem:
+                    await conn.execute(
+                        f"SET LOCAL maintenance_work_mem = {quote_literal(maintenance_work_mem)}"
+                    )
+                await conn.execute(create)
+            return
+        await self.drop_invalid(conn)
+        if maintenance_work_mem:
+            await conn.execute(f"SET maintenance_work_mem = {quote_literal(maintenance_work_mem)}")
+        try:
+            await conn.execute(create)
+        finally:
             if maintenance_work_mem:
-                await conn.execute(f"SET LOCAL maintenance_work_mem = {quote_literal(maintenance_work_mem)}")
-            await conn.execute(
-                f"CREATE INDEX {quote_ident(self._index_name('hnsw'))} ON {self.qualified}"
-                f" USING hnsw ({self.vector_expression()} {ops})"
-            )
+                await conn.execute("RESET maintenance_work_mem")
+
+    async def index_progress(self, conn: asyncpg.Connection[Any]) -> float | None:
+        """The share done of an index build running on this table (any session), None when
+        none runs. pg_stat_progress_create_index counts each phase of a concurrent build from
+        zero, so the phases are weighted in their order: building 90 %, validating 9 %, and
+        the last waits (for older transactions to end) at 99 %."""
+        row = await conn.fetchrow(
+            "SELECT phase, tuples_done, tuples_total, blocks_done, blocks_total"
+            " FROM pg_stat_progress_create_index WHERE relid = to_regclass($1)",
+            self.qualified,
+        )
+        if row is None:
+            return None
+        phase: str = row["phase"]
+        share = 0.0
+        for done, total in (
+            (row["tuples_done"], row["tuples_total"]),
+            (row["blocks_done"], row["blocks_total"]),
+        ):
+            if total:
+                share = min(float(done) / float(total), 1.0)
+                break
+        if phase.startswith("building index"):
+            return 0.9 * share
+        if phase.startswith("index validation"):
+            return 0.9 + 0.09 * share
+        if phase == "waiting for writers before validation":
+            return 0.9
+        if phase in ("initializing", "waiting for writers before build"):
+            return 0.0
+        return 0.99
 
     async def drop_hnsw(self, conn: asyncpg.Connection[Any]) -> None:
         for name, definition, _ in await self.indexes(conn):
@@ -149,19 +211,23 @@ class PgVectorTable:
                 await conn.execute(f"DROP INDEX IF EXISTS {name}")
 
     async def create_metadata_indexes(
-        self, conn: asyncpg.Connection[Any], columns: Sequence[ColumnSpec]
+        self, conn: asyncpg.Connection[Any], columns: Sequence[ColumnSpec], *, concurrently: bool = False
     ) -> None:
         """Btree expression indexes on filterable metadata: selective filters then read only the
         rows they select and rank them exactly (recall 1.0: docs/facts.md, "Query paths").
-        Rebuilt from scratch (cheap), so a resumed or repeated fill never leaves a stale one."""
+        Rebuilt from scratch (cheap), so a resumed or repeated fill never leaves a stale one;
+        `concurrently` while sync cycles write the table."""
+        how = "CONCURRENTLY " if concurrently else ""
+        if concurrently:
+            await self.drop_invalid(conn)
         for name, definition, is_pk in await self.indexes(conn):
             if not is_pk and "USING hnsw" not in definition:
-                await conn.execute(f"DROP INDEX IF EXISTS {name}")
+                await conn.execute(f"DROP INDEX {how}IF EXISTS {name}")
         for i, column in enumerate(columns):
             expr = metadata_expression(column)
             if expr is not None:
                 await conn.execute(
-                    f"CREATE INDEX {quote_ident(self._index_name(f'm{i}'))} ON {self.qualified} ({expr})"
+                    f"CREATE INDEX {how}{quote_ident(self._index_name(f'm{i}'))} ON {self.qualified} ({expr})"
                 )
 
     async def is_empty(self, conn: asyncpg.Connection[Any]) -> bool:

@@ -97,9 +97,18 @@ class PgVectorStore:
     async def drop_index(self) -> None:
         await self.table.drop_hnsw(self._writer)
 
-    async def build_indexes(self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None) -> None:
-        await self.table.create_hnsw(self._writer, maintenance_work_mem)
-        await self.table.create_metadata_indexes(self._writer, [c for c in columns if c.role == "metadata"])
+    async def build_indexes(
+        self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None, *, concurrently: bool = False
+    ) -> None:
+        # The btree indexes first: they are quick, and filtered queries count through them.
+        metadata = [c for c in columns if c.role == "metadata"]
+        await self.table.create_metadata_indexes(self._writer, metadata, concurrently=concurrently)
+        await self.table.create_hnsw(self._writer, maintenance_work_mem, concurrently=concurrently)
+
+    async def index_progress(self) -> float | None:
+        # On the reader: the writer is busy building.
+        conn = self._reader if self._reader is not None else self._writer
+        return await self.table.index_progress(conn)  # type: ignore[arg-type]
 
     # -- writes ------------------------------------------------------------------------------
 

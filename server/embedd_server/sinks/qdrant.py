@@ -209,7 +209,13 @@ class QdrantStore:
     async def drop_index(self) -> None:
         await self._qd.call("update_collection", self.collection, hnsw_config=models.HnswConfigDiff(m=0))
 
-    async def build_indexes(self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None) -> None:
+    async def index_progress(self) -> float | None:
+        return None  # Qdrant optimises in the background and publishes no share done
+
+    async def build_indexes(
+        self, columns: Sequence[ColumnSpec], maintenance_work_mem: str | None, *, concurrently: bool = False
+    ) -> None:
+        # Qdrant keeps taking writes while it builds (`concurrently` is how it always works).
         for column in columns:
             schema = _INDEX_TYPES.get(column.filter_type or "")
             if column.role == "metadata" and schema is not None:

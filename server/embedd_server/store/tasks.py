@@ -71,6 +71,7 @@ def task_from_row(r: asyncpg.Record | Mapping[str, Any]) -> Task:
         batch_tokens=r["batch_tokens"],
         batches=_batches(r),
         phase=r["phase"],
+        phase_progress=r.get("phase_progress"),
     )
 
 
@@ -217,12 +218,13 @@ class TaskStore:
             await conn.execute(
                 "UPDATE tasks SET status = 'failed', finished_at = clock_timestamp(),"
                 " last_error = coalesce(last_error, 'gave up after ' || attempts || ' attempts'),"
-                " phase = NULL, lease_owner = NULL, updated_at = clock_timestamp()"
+                " phase = NULL, phase_progress = NULL, lease_owner = NULL, updated_at = clock_timestamp()"
                 " WHERE status = 'running' AND lease_expires_at < clock_timestamp()"
                 " AND attempts >= max_attempts"
             )
             row = await conn.fetchrow(
-                "UPDATE tasks SET status = 'running', phase = 'reading', lease_owner = $1,"
+                "UPDATE tasks SET status = 'running', phase = 'reading', phase_progress = NULL,"
+                " lease_owner = $1,"
                 " lease_epoch = lease_epoch + 1,"
                 " lease_expires_at = clock_timestamp() + make_interval(secs => $2),"
                 " attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()),"
@@ -287,7 +289,8 @@ class TaskLease:
             return
         async with self._fenced() as conn:
             await conn.execute(
-                "UPDATE tasks SET phase = $2, updated_at = clock_timestamp() WHERE id = $1",
+                "UPDATE tasks SET phase = $2, phase_progress = NULL, updated_at = clock_timestamp()"
+                " WHERE id = $1",
                 self.task.id,
                 phase,
             )
@@ -377,7 +380,8 @@ class TaskLease:
     async def _finish(self, conn: Executor, status: str, error: str | None, retry_in_s: float = 0.0) -> None:
         """The attempt's end; a retried one (pending again) is claimable in `retry_in_s`."""
         await conn.execute(
-            "UPDATE tasks SET status = $2, last_error = $3, phase = NULL, lease_owner = NULL,"
+            "UPDATE tasks SET status = $2, last_error = $3, phase = NULL, phase_progress = NULL,"
+            " lease_owner = NULL,"
             " lease_expires_at = NULL,"
             " finished_at = CASE WHEN $2 IN ('completed', 'failed') THEN clock_timestamp() END,"
             " not_before = clock_timestamp() + make_interval(secs => $4),"
@@ -396,8 +400,53 @@ class TaskLease:
     async def _skipped(self, conn: Executor, rows_skipped: int) -> None:
         await conn.execute("UPDATE tasks SET rows_skipped = $2 WHERE id = $1", self.task.id, rows_skipped)
 
-    async def complete_fill(
+    async def mark_written(
         self, vt_id: str, *, synced_rows: int, total_rows: int, rows_skipped: int = 0
+    ) -> None:
+        """Every row is written; the index is still to build. The table is synced (queryable,
+        exactly) and due for sync polls from now on, while the task goes on indexing
+        (docs/indexes.md)."""
+        async with self._fenced() as conn:
+            await self._skipped(conn, rows_skipped)
+            await _mark_synced(
+                conn,
+                vt_id,
+                synced_rows=synced_rows,
+                total_rows=total_rows,
+                rows_skipped=rows_skipped,
+                index_status="building",
+            )
+
+    async def index_progress(self, vt_id: str, done: float) -> None:
+        """The index build's share done, for sync status and the task's watchers."""
+        async with self._fenced() as conn:
+            await conn.execute("UPDATE tasks SET phase_progress = $2 WHERE id = $1", self.task.id, done)
+            await conn.execute(
+                "UPDATE vector_tables SET index_progress = $2 WHERE id = $1 AND index_status = 'building'",
+                vt_id,
+                done,
+            )
+
+    async def complete_indexing(self, vt_id: str, *, index_status: str) -> None:
+        """Completed once its index is built. The table has been synced since mark_written,
+        and sync cycles keep its counts: only the index state is recorded."""
+        async with self._fenced() as conn:
+            await self._finish(conn, "completed", None)
+            await conn.execute(
+                "UPDATE vector_tables SET index_status = $2, index_progress = NULL,"
+                " updated_at = clock_timestamp() WHERE id = $1",
+                vt_id,
+                index_status,
+            )
+
+    async def complete_fill(
+        self,
+        vt_id: str,
+        *,
+        synced_rows: int,
+        total_rows: int,
+        rows_skipped: int = 0,
+        index_status: str = "ready",
     ) -> None:
         """Completed, and the table synced (unless paused meanwhile) and due for its first
         sync poll - in one transaction: whoever sees it synced sees the task completed.
@@ -405,22 +454,24 @@ class TaskLease:
         async with self._fenced() as conn:
             await self._skipped(conn, rows_skipped)  # first: the completion's event carries it
             await self._finish(conn, "completed", None)
-            await conn.execute(
-                "UPDATE vector_tables SET"
-                " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
-                " synced_rows = $2, total_rows = $3, last_synced_at = clock_timestamp(),"
-                " last_error = NULL, last_error_at = NULL, sync_failures = 0, rows_skipped = $4,"
-                " next_sync_at = clock_timestamp()"
-                " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
-                " updated_at = clock_timestamp() WHERE id = $1",
+            await _mark_synced(
+                conn,
                 vt_id,
-                synced_rows,
-                total_rows,
-                rows_skipped,
+                synced_rows=synced_rows,
+                total_rows=total_rows,
+                rows_skipped=rows_skipped,
+                index_status=index_status,
             )
 
     async def complete_swap(
-        self, vt_id: str, spec: VectorTableSpec, *, synced_rows: int, total_rows: int, rows_skipped: int = 0
+        self,
+        vt_id: str,
+        spec: VectorTableSpec,
+        *,
+        synced_rows: int,
+        total_rows: int,
+        rows_skipped: int = 0,
+        index_status: str = "ready",
     ) -> None:
         """Completed, and the swapped-in table's spec is the live one."""
         async with self._fenced() as conn:
@@ -431,13 +482,14 @@ class TaskLease:
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
                 " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
                 " last_error = NULL, last_error_at = NULL, sync_failures = 0, sync_cursor = NULL,"
-                " rows_skipped = $5,"
+                " rows_skipped = $5, index_status = $6, index_progress = NULL,"
                 " next_sync_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
                 vt_id,
                 json.dumps(spec.to_json()),
                 synced_rows,
                 total_rows,
                 rows_skipped,
+                index_status,
             )
 
     async def fail(self, error: str, *, retry: bool, retry_in_s: float = 0.0) -> None:
@@ -474,9 +526,32 @@ class TaskLease:
         """Gives the task back untouched (this process is shutting down): pending again, and
         the interrupted attempt does not count against `max_attempts`. No-op when not ours."""
         await self._pool.execute(
-            "UPDATE tasks SET status = 'pending', phase = NULL, attempts = greatest(attempts - 1, 0),"
+            "UPDATE tasks SET status = 'pending', phase = NULL, phase_progress = NULL,"
+            " attempts = greatest(attempts - 1, 0),"
             " lease_owner = NULL,"
             " lease_expires_at = NULL, not_before = NULL, updated_at = clock_timestamp()"
             " WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND status = 'running'",
             *self._args(),
         )
+
+
+async def _mark_synced(
+    conn: Executor, vt_id: str, *, synced_rows: int, total_rows: int, rows_skipped: int, index_status: str
+) -> None:
+    """The vector table synced (unless paused meanwhile) with its counts and index state, and
+    due for its next sync poll one interval from now."""
+    await conn.execute(
+        "UPDATE vector_tables SET"
+        " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
+        " synced_rows = $2, total_rows = $3, last_synced_at = clock_timestamp(),"
+        " last_error = NULL, last_error_at = NULL, sync_failures = 0, rows_skipped = $4,"
+        " index_status = $5, index_progress = CASE WHEN $5 = 'building' THEN 0 END,"
+        " next_sync_at = clock_timestamp()"
+        " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
+        " updated_at = clock_timestamp() WHERE id = $1",
+        vt_id,
+        synced_rows,
+        total_rows,
+        rows_skipped,
+        index_status,
+    )

@@ -56,6 +56,8 @@ def _vt(r: asyncpg.Record) -> VectorTable:
         last_error_at=r["last_error_at"],
         staleness_s=r.get("staleness_s"),
         rows_skipped=r["rows_skipped"],
+        index_status=r["index_status"],
+        index_progress=r["index_progress"],
         rows_imported=r["rows_imported"],
         batch_tokens=r["batch_tokens"],
     )
@@ -221,8 +223,11 @@ class VectorTableStore:
             "   WHERE v.sync_status IN ('synced', 'error') AND v.last_synced_at IS NOT NULL"
             "   AND coalesce(v.next_sync_at, '-infinity') <= clock_timestamp()"
             "   AND (v.sync_lease_expires_at IS NULL OR v.sync_lease_expires_at < clock_timestamp())"
+            # none while a fill is queued or running - but for its index build: the table
+            # is synced by then, and changes go on (docs/indexes.md)
             "   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id"
-            "                   AND t.status IN ('pending', 'running'))"
+            "                   AND t.status IN ('pending', 'running')"
+            "                   AND NOT (t.task_type = 'backfill' AND t.phase = 'indexing'))"
             "   ORDER BY v.next_sync_at NULLS FIRST FOR UPDATE SKIP LOCKED LIMIT $3)"
             " RETURNING *, clock_timestamp() AS claimed_at,"
             " extract(epoch FROM clock_timestamp() - last_delete_sweep_at)::float8 AS since_sweep_s",

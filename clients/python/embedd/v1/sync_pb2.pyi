@@ -125,6 +125,8 @@ class GetSyncStatusResponse(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
     ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    INDEX_STATUS_FIELD_NUMBER: _builtins.int
+    INDEX_PROGRESS_FIELD_NUMBER: _builtins.int
     ROWS_IMPORTED_FIELD_NUMBER: _builtins.int
     BATCH_TOKENS_FIELD_NUMBER: _builtins.int
     ESTIMATED_SAVING_TOKENS_FIELD_NUMBER: _builtins.int
@@ -151,6 +153,12 @@ class GetSyncStatusResponse(_message.Message):
     """
     warning: _builtins.str
     """Something to know that is not an error, e.g. why rows were skipped; absent if none."""
+    index_status: _values_pb2.IndexStatus.Value.ValueType
+    """The ANN index: `building` after a fill (the table is queryable meanwhile), then `ready`."""
+    index_progress: _builtins.float
+    """While `building`: the share of the build done (0-1), from PostgreSQL's
+    pg_stat_progress_create_index; absent otherwise.
+    """
     rows_imported: _builtins.float
     """Rows whose vectors the last fill took from the table's `embedding_import` instead of
     calling the provider.
@@ -185,20 +193,26 @@ class GetSyncStatusResponse(_message.Message):
         last_error_at: _timestamp_pb2.Timestamp | None = ...,
         rows_skipped: _builtins.float = ...,
         warning: _builtins.str | None = ...,
+        index_status: _values_pb2.IndexStatus.Value.ValueType = ...,
+        index_progress: _builtins.float | None = ...,
         rows_imported: _builtins.float = ...,
         batch_tokens: _builtins.float = ...,
         estimated_saving_tokens: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "staleness_secs", b"staleness_secs", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_index_progress", b"_index_progress", "_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "index_progress", b"index_progress", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "staleness_secs", b"staleness_secs", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "batch_tokens", b"batch_tokens", "estimated_saving_tokens", b"estimated_saving_tokens", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_imported", b"rows_imported", "rows_pending", b"rows_pending", "rows_skipped", b"rows_skipped", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_index_progress", b"_index_progress", "_last_error", b"_last_error", "_staleness_secs", b"_staleness_secs", "_warning", b"_warning", "batch_tokens", b"batch_tokens", "estimated_saving_tokens", b"estimated_saving_tokens", "index_progress", b"index_progress", "index_status", b"index_status", "last_error", b"last_error", "last_error_at", b"last_error_at", "last_synced_at", b"last_synced_at", "rows_imported", b"rows_imported", "rows_pending", b"rows_pending", "rows_skipped", b"rows_skipped", "staleness_secs", b"staleness_secs", "sync_status", b"sync_status", "synced_rows", b"synced_rows", "total_rows", b"total_rows", "vector_table_id", b"vector_table_id", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__index_progress: _TypeAlias = _typing.Literal["index_progress"]  # noqa: Y015
+    _WhichOneofArgType__index_progress: _TypeAlias = _typing.Literal["_index_progress", b"_index_progress"]  # noqa: Y015
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
     _WhichOneofReturnType__staleness_secs: _TypeAlias = _typing.Literal["staleness_secs"]  # noqa: Y015
     _WhichOneofArgType__staleness_secs: _TypeAlias = _typing.Literal["_staleness_secs", b"_staleness_secs"]  # noqa: Y015
     _WhichOneofReturnType__warning: _TypeAlias = _typing.Literal["warning"]  # noqa: Y015
     _WhichOneofArgType__warning: _TypeAlias = _typing.Literal["_warning", b"_warning"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__index_progress) -> _WhichOneofReturnType__index_progress | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
     @_typing.overload

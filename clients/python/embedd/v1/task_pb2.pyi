@@ -40,6 +40,7 @@ class TaskProgress(_message.Message):
     BATCH_ROWS_COMPLETED_FIELD_NUMBER: _builtins.int
     BATCH_TOKENS_FIELD_NUMBER: _builtins.int
     ESTIMATED_SAVING_TOKENS_FIELD_NUMBER: _builtins.int
+    PHASE_PROGRESS_FIELD_NUMBER: _builtins.int
     last_processed_pk: _builtins.str
     """Primary key of the last row committed; the resume point."""
     rows_processed: _builtins.float
@@ -64,6 +65,10 @@ class TaskProgress(_message.Message):
     """Batch strategy: tokens the provider's batch API embedded (billed at half price)."""
     estimated_saving_tokens: _builtins.float
     """Batch strategy: the saving, in tokens at the normal API's price (half of `batch_tokens`)."""
+    phase_progress: _builtins.float
+    """The share of the current phase done (0 to 1), where it is measured: the index build of
+    the `indexing` phase. Absent otherwise.
+    """
     def __init__(
         self,
         *,
@@ -79,12 +84,15 @@ class TaskProgress(_message.Message):
         batch_rows_completed: _builtins.float = ...,
         batch_tokens: _builtins.float = ...,
         estimated_saving_tokens: _builtins.float = ...,
+        phase_progress: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_phase_progress", b"_phase_progress", "phase_progress", b"phase_progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_rows_completed", b"batch_rows_completed", "batch_rows_submitted", b"batch_rows_submitted", "batch_tokens", b"batch_tokens", "batches_completed", b"batches_completed", "batches_submitted", b"batches_submitted", "estimated_saving_tokens", b"estimated_saving_tokens", "last_processed_pk", b"last_processed_pk", "rows_failed", b"rows_failed", "rows_imported", b"rows_imported", "rows_processed", b"rows_processed", "rows_skipped", b"rows_skipped", "rows_total", b"rows_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_phase_progress", b"_phase_progress", "batch_rows_completed", b"batch_rows_completed", "batch_rows_submitted", b"batch_rows_submitted", "batch_tokens", b"batch_tokens", "batches_completed", b"batches_completed", "batches_submitted", b"batches_submitted", "estimated_saving_tokens", b"estimated_saving_tokens", "last_processed_pk", b"last_processed_pk", "phase_progress", b"phase_progress", "rows_failed", b"rows_failed", "rows_imported", b"rows_imported", "rows_processed", b"rows_processed", "rows_skipped", b"rows_skipped", "rows_total", b"rows_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__phase_progress: _TypeAlias = _typing.Literal["phase_progress"]  # noqa: Y015
+    _WhichOneofArgType__phase_progress: _TypeAlias = _typing.Literal["_phase_progress", b"_phase_progress"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__phase_progress) -> _WhichOneofReturnType__phase_progress | None: ...
 
 Global___TaskProgress: _TypeAlias = TaskProgress  # noqa: Y015
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65mbedd/v1/values.proto\x12\tembedd.v1\";\n\x04Mode\"3\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08platform\x10\x01\x12\x0b\n\x07managed\x10\x02\"M\n\x12\x43onnectionProvider\"7\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0e\n\npostgresql\x10\x01\x12\r\n\tsnowflake\x10\x02\"S\n\x10\x43onnectionStatus\"?\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07\x63reated\x10\x01\x12\r\n\tconnected\x10\x02\x12\t\n\x05\x65rror\x10\x03\":\n\nTestStatus\",\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x06\n\x02ok\x10\x01\x12\n\n\x06\x66\x61iled\x10\x02\"\x91\x02\n\x15\x43onnectionTestFailure\"\xf7\x01\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0f\n\x0bunreachable\x10\x01\x12\x0b\n\x07timeout\x10\x02\x12\x13\n\x0f\x62\x61\x64_credentials\x10\x03\x12\x16\n\x12\x64\x61tabase_not_found\x10\x04\x12\x10\n\x0cssl_required\x10\x05\x12\x13\n\x0fssl_unavailable\x10\x06\x12\x1c\n\x18vector_extension_missing\x10\x07\x12\x1c\n\x18\x63reate_privilege_missing\x10\x08\x12\x14\n\x10schema_not_found\x10\t\x12\x19\n\x15network_policy_denied\x10\n\"\x85\x01\n\x1c\x45mbeddingProviderTestFailure\"e\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07\x62\x61\x64_key\x10\x01\x12\x0f\n\x0bunreachable\x10\x02\x12\x12\n\x0eprovider_error\x10\x03\x12\x19\n\x15network_policy_denied\x10\x04\"`\n\x15\x45mbeddingProviderType\"G\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\n\n\x06openai\x10\x01\x12\n\n\x06gemini\x10\x02\x12\n\n\x06voyage\x10\x03\x12\t\n\x05local\x10\x04\"\x7f\n\nSyncStatus\"q\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07pending\x10\x01\x12\x0f\n\x0b\x62\x61\x63kfilling\x10\x02\x12\n\n\x06synced\x10\x03\x12\n\n\x06paused\x10\x04\x12\t\n\x05\x65rror\x10\x05\x12\x16\n\x12pending_rebackfill\x10\x06\"8\n\x08SyncMode\",\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\t\n\x05\x62\x61tch\x10\x01\x12\x07\n\x03\x63\x64\x63\x10\x02\"C\n\nColumnRole\"5\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\r\n\tembedding\x10\x01\x12\x0c\n\x08metadata\x10\x02\"F\n\x11\x45mbeddingStrategy\"1\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08standard\x10\x01\x12\t\n\x05\x62\x61tch\x10\x02\"f\n\nFilterType\"X\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07keyword\x10\x01\x12\x0b\n\x07integer\x10\x02\x12\t\n\x05\x66loat\x10\x03\x12\x0b\n\x07\x62oolean\x10\x04\x12\x0c\n\x08\x64\x61tetime\x10\x05\"N\n\x08TaskType\"B\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08\x62\x61\x63kfill\x10\x01\x12\x0e\n\nrebackfill\x10\x02\"\x04\x08\x03\x10\x03*\x04sync\"j\n\tTaskPhase\"]\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07reading\x10\x01\x12\r\n\tembedding\x10\x02\x12\x0b\n\x07writing\x10\x03\x12\x0c\n\x08indexing\x10\x04\x12\x0c\n\x08swapping\x10\x05\"\xb9\x01\n\x0bStatusCause\"\xa9\x01\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x14\n\x10\x62\x61\x63kfill_started\x10\x01\x12\x16\n\x12\x62\x61\x63kfill_completed\x10\x02\x12\n\n\x06paused\x10\x03\x12\x0b\n\x07resumed\x10\x04\x12\t\n\x05\x65rror\x10\x05\x12\r\n\trecovered\x10\x06\x12\x16\n\x12pending_rebackfill\x10\x07\x12\x0b\n\x07swapped\x10\x08\x12\t\n\x05other\x10\t\"[\n\nTaskStatus\"M\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07pending\x10\x01\x12\x0b\n\x07running\x10\x02\x12\r\n\tcompleted\x10\x03\x12\n\n\x06\x66\x61iled\x10\x04\"?\n\nPermission\"1\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x08\n\x04\x66ull\x10\x01\x12\r\n\tread_only\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65mbedd/v1/values.proto\x12\tembedd.v1\";\n\x04Mode\"3\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08platform\x10\x01\x12\x0b\n\x07managed\x10\x02\"M\n\x12\x43onnectionProvider\"7\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0e\n\npostgresql\x10\x01\x12\r\n\tsnowflake\x10\x02\"S\n\x10\x43onnectionStatus\"?\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07\x63reated\x10\x01\x12\r\n\tconnected\x10\x02\x12\t\n\x05\x65rror\x10\x03\":\n\nTestStatus\",\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x06\n\x02ok\x10\x01\x12\n\n\x06\x66\x61iled\x10\x02\"\x91\x02\n\x15\x43onnectionTestFailure\"\xf7\x01\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0f\n\x0bunreachable\x10\x01\x12\x0b\n\x07timeout\x10\x02\x12\x13\n\x0f\x62\x61\x64_credentials\x10\x03\x12\x16\n\x12\x64\x61tabase_not_found\x10\x04\x12\x10\n\x0cssl_required\x10\x05\x12\x13\n\x0fssl_unavailable\x10\x06\x12\x1c\n\x18vector_extension_missing\x10\x07\x12\x1c\n\x18\x63reate_privilege_missing\x10\x08\x12\x14\n\x10schema_not_found\x10\t\x12\x19\n\x15network_policy_denied\x10\n\"\x85\x01\n\x1c\x45mbeddingProviderTestFailure\"e\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07\x62\x61\x64_key\x10\x01\x12\x0f\n\x0bunreachable\x10\x02\x12\x12\n\x0eprovider_error\x10\x03\x12\x19\n\x15network_policy_denied\x10\x04\"`\n\x15\x45mbeddingProviderType\"G\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\n\n\x06openai\x10\x01\x12\n\n\x06gemini\x10\x02\x12\n\n\x06voyage\x10\x03\x12\t\n\x05local\x10\x04\"\x7f\n\nSyncStatus\"q\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07pending\x10\x01\x12\x0f\n\x0b\x62\x61\x63kfilling\x10\x02\x12\n\n\x06synced\x10\x03\x12\n\n\x06paused\x10\x04\x12\t\n\x05\x65rror\x10\x05\x12\x16\n\x12pending_rebackfill\x10\x06\"8\n\x08SyncMode\",\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\t\n\x05\x62\x61tch\x10\x01\x12\x07\n\x03\x63\x64\x63\x10\x02\"C\n\nColumnRole\"5\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\r\n\tembedding\x10\x01\x12\x0c\n\x08metadata\x10\x02\"F\n\x11\x45mbeddingStrategy\"1\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08standard\x10\x01\x12\t\n\x05\x62\x61tch\x10\x02\"J\n\x0bIndexStatus\";\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08\x62uilding\x10\x01\x12\t\n\x05ready\x10\x02\x12\x08\n\x04none\x10\x03\"f\n\nFilterType\"X\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07keyword\x10\x01\x12\x0b\n\x07integer\x10\x02\x12\t\n\x05\x66loat\x10\x03\x12\x0b\n\x07\x62oolean\x10\x04\x12\x0c\n\x08\x64\x61tetime\x10\x05\"N\n\x08TaskType\"B\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0c\n\x08\x62\x61\x63kfill\x10\x01\x12\x0e\n\nrebackfill\x10\x02\"\x04\x08\x03\x10\x03*\x04sync\"j\n\tTaskPhase\"]\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07reading\x10\x01\x12\r\n\tembedding\x10\x02\x12\x0b\n\x07writing\x10\x03\x12\x0c\n\x08indexing\x10\x04\x12\x0c\n\x08swapping\x10\x05\"\xb9\x01\n\x0bStatusCause\"\xa9\x01\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x14\n\x10\x62\x61\x63kfill_started\x10\x01\x12\x16\n\x12\x62\x61\x63kfill_completed\x10\x02\x12\n\n\x06paused\x10\x03\x12\x0b\n\x07resumed\x10\x04\x12\t\n\x05\x65rror\x10\x05\x12\r\n\trecovered\x10\x06\x12\x16\n\x12pending_rebackfill\x10\x07\x12\x0b\n\x07swapped\x10\x08\x12\t\n\x05other\x10\t\"[\n\nTaskStatus\"M\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x0b\n\x07pending\x10\x01\x12\x0b\n\x07running\x10\x02\x12\r\n\tcompleted\x10\x03\x12\n\n\x06\x66\x61iled\x10\x04\"?\n\nPermission\"1\n\x05Value\x12\x0f\n\x0bunspecified\x10\x00\x12\x08\n\x04\x66ull\x10\x01\x12\r\n\tread_only\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -75,28 +75,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDINGSTRATEGY']._serialized_end=1158
   _globals['_EMBEDDINGSTRATEGY_VALUE']._serialized_start=1109
   _globals['_EMBEDDINGSTRATEGY_VALUE']._serialized_end=1158
-  _globals['_FILTERTYPE']._serialized_start=1160
-  _globals['_FILTERTYPE']._serialized_end=1262
-  _globals['_FILTERTYPE_VALUE']._serialized_start=1174
-  _globals['_FILTERTYPE_VALUE']._serialized_end=1262
-  _globals['_TASKTYPE']._serialized_start=1264
-  _globals['_TASKTYPE']._serialized_end=1342
-  _globals['_TASKTYPE_VALUE']._serialized_start=1276
-  _globals['_TASKTYPE_VALUE']._serialized_end=1342
-  _globals['_TASKPHASE']._serialized_start=1344
-  _globals['_TASKPHASE']._serialized_end=1450
-  _globals['_TASKPHASE_VALUE']._serialized_start=1357
-  _globals['_TASKPHASE_VALUE']._serialized_end=1450
-  _globals['_STATUSCAUSE']._serialized_start=1453
-  _globals['_STATUSCAUSE']._serialized_end=1638
-  _globals['_STATUSCAUSE_VALUE']._serialized_start=1469
-  _globals['_STATUSCAUSE_VALUE']._serialized_end=1638
-  _globals['_TASKSTATUS']._serialized_start=1640
-  _globals['_TASKSTATUS']._serialized_end=1731
-  _globals['_TASKSTATUS_VALUE']._serialized_start=1654
-  _globals['_TASKSTATUS_VALUE']._serialized_end=1731
-  _globals['_PERMISSION']._serialized_start=1733
-  _globals['_PERMISSION']._serialized_end=1796
-  _globals['_PERMISSION_VALUE']._serialized_start=1747
-  _globals['_PERMISSION_VALUE']._serialized_end=1796
+  _globals['_INDEXSTATUS']._serialized_start=1160
+  _globals['_INDEXSTATUS']._serialized_end=1234
+  _globals['_INDEXSTATUS_VALUE']._serialized_start=1175
+  _globals['_INDEXSTATUS_VALUE']._serialized_end=1234
+  _globals['_FILTERTYPE']._serialized_start=1236
+  _globals['_FILTERTYPE']._serialized_end=1338
+  _globals['_FILTERTYPE_VALUE']._serialized_start=1250
+  _globals['_FILTERTYPE_VALUE']._serialized_end=1338
+  _globals['_TASKTYPE']._serialized_start=1340
+  _globals['_TASKTYPE']._serialized_end=1418
+  _globals['_TASKTYPE_VALUE']._serialized_start=1352
+  _globals['_TASKTYPE_VALUE']._serialized_end=1418
+  _globals['_TASKPHASE']._serialized_start=1420
+  _globals['_TASKPHASE']._serialized_end=1526
+  _globals['_TASKPHASE_VALUE']._serialized_start=1433
+  _globals['_TASKPHASE_VALUE']._serialized_end=1526
+  _globals['_STATUSCAUSE']._serialized_start=1529
+  _globals['_STATUSCAUSE']._serialized_end=1714
+  _globals['_STATUSCAUSE_VALUE']._serialized_start=1545
+  _globals['_STATUSCAUSE_VALUE']._serialized_end=1714
+  _globals['_TASKSTATUS']._serialized_start=1716
+  _globals['_TASKSTATUS']._serialized_end=1807
+  _globals['_TASKSTATUS_VALUE']._serialized_start=1730
+  _globals['_TASKSTATUS_VALUE']._serialized_end=1807
+  _globals['_PERMISSION']._serialized_start=1809
+  _globals['_PERMISSION']._serialized_end=1872
+  _globals['_PERMISSION_VALUE']._serialized_start=1823
+  _globals['_PERMISSION_VALUE']._serialized_end=1872
 # @@protoc_insertion_point(module_scope)

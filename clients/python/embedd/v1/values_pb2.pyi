@@ -540,6 +540,54 @@ class EmbeddingStrategy(_message.Message):
 Global___EmbeddingStrategy: _TypeAlias = EmbeddingStrategy  # noqa: Y015
 
 @_typing.final
+class IndexStatus(_message.Message):
+    """A vector table's ANN index."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Value:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ValueEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[IndexStatus._Value.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        unspecified: IndexStatus._Value.ValueType  # 0
+        """Not known (the table was never filled)."""
+        building: IndexStatus._Value.ValueType  # 1
+        """Being built after the fill: the table already answers queries, exactly (correct,
+        slower), and sync cycles keep applying changes.
+        """
+        ready: IndexStatus._Value.ValueType  # 2
+        """Built: queries use it where it pays."""
+        none: IndexStatus._Value.ValueType  # 3
+        """No ANN index: the vectors are too wide for one (queries rank exactly)."""
+
+    class Value(_Value, metaclass=_ValueEnumTypeWrapper):
+        """The index's state."""
+
+    unspecified: IndexStatus.Value.ValueType  # 0
+    """Not known (the table was never filled)."""
+    building: IndexStatus.Value.ValueType  # 1
+    """Being built after the fill: the table already answers queries, exactly (correct,
+    slower), and sync cycles keep applying changes.
+    """
+    ready: IndexStatus.Value.ValueType  # 2
+    """Built: queries use it where it pays."""
+    none: IndexStatus.Value.ValueType  # 3
+    """No ANN index: the vectors are too wide for one (queries rank exactly)."""
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexStatus: _TypeAlias = IndexStatus  # noqa: Y015
+
+@_typing.final
 class FilterType(_message.Message):
     """How a metadata column is typed for filtering."""
 

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file embedd/v1/values.proto.
  */
 export const file_embedd_v1_values: GenFile = /*@__PURE__*/
-  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACIkYKEUVtYmVkZGluZ1N0cmF0ZWd5IjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIc3RhbmRhcmQQARIJCgViYXRjaBACImYKCkZpbHRlclR5cGUiWAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdrZXl3b3JkEAESCwoHaW50ZWdlchACEgkKBWZsb2F0EAMSCwoHYm9vbGVhbhAEEgwKCGRhdGV0aW1lEAUiTgoIVGFza1R5cGUiQgoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIMCghiYWNrZmlsbBABEg4KCnJlYmFja2ZpbGwQAiIECAMQAyoEc3luYyJqCglUYXNrUGhhc2UiXQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdyZWFkaW5nEAESDQoJZW1iZWRkaW5nEAISCwoHd3JpdGluZxADEgwKCGluZGV4aW5nEAQSDAoIc3dhcHBpbmcQBSK5AQoLU3RhdHVzQ2F1c2UiqQEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASFAoQYmFja2ZpbGxfc3RhcnRlZBABEhYKEmJhY2tmaWxsX2NvbXBsZXRlZBACEgoKBnBhdXNlZBADEgsKB3Jlc3VtZWQQBBIJCgVlcnJvchAFEg0KCXJlY292ZXJlZBAGEhYKEnBlbmRpbmdfcmViYWNrZmlsbBAHEgsKB3N3YXBwZWQQCBIJCgVvdGhlchAJIlsKClRhc2tTdGF0dXMiTQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdwZW5kaW5nEAESCwoHcnVubmluZxACEg0KCWNvbXBsZXRlZBADEgoKBmZhaWxlZBAEIj8KClBlcm1pc3Npb24iMQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIICgRmdWxsEAESDQoJcmVhZF9vbmx5EAJiBnByb3RvMw");
+  fileDesc("ChZlbWJlZGQvdjEvdmFsdWVzLnByb3RvEgllbWJlZGQudjEiOwoETW9kZSIzCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgwKCHBsYXRmb3JtEAESCwoHbWFuYWdlZBACIk0KEkNvbm5lY3Rpb25Qcm92aWRlciI3CgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEg4KCnBvc3RncmVzcWwQARINCglzbm93Zmxha2UQAiJTChBDb25uZWN0aW9uU3RhdHVzIj8KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHY3JlYXRlZBABEg0KCWNvbm5lY3RlZBACEgkKBWVycm9yEAMiOgoKVGVzdFN0YXR1cyIsCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgYKAm9rEAESCgoGZmFpbGVkEAIikQIKFUNvbm5lY3Rpb25UZXN0RmFpbHVyZSL3AQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIPCgt1bnJlYWNoYWJsZRABEgsKB3RpbWVvdXQQAhITCg9iYWRfY3JlZGVudGlhbHMQAxIWChJkYXRhYmFzZV9ub3RfZm91bmQQBBIQCgxzc2xfcmVxdWlyZWQQBRITCg9zc2xfdW5hdmFpbGFibGUQBhIcChh2ZWN0b3JfZXh0ZW5zaW9uX21pc3NpbmcQBxIcChhjcmVhdGVfcHJpdmlsZWdlX21pc3NpbmcQCBIUChBzY2hlbWFfbm90X2ZvdW5kEAkSGQoVbmV0d29ya19wb2xpY3lfZGVuaWVkEAoihQEKHEVtYmVkZGluZ1Byb3ZpZGVyVGVzdEZhaWx1cmUiZQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABILCgdiYWRfa2V5EAESDwoLdW5yZWFjaGFibGUQAhISCg5wcm92aWRlcl9lcnJvchADEhkKFW5ldHdvcmtfcG9saWN5X2RlbmllZBAEImAKFUVtYmVkZGluZ1Byb3ZpZGVyVHlwZSJHCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgoKBm9wZW5haRABEgoKBmdlbWluaRACEgoKBnZveWFnZRADEgkKBWxvY2FsEAQifwoKU3luY1N0YXR1cyJxCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEgsKB3BlbmRpbmcQARIPCgtiYWNrZmlsbGluZxACEgoKBnN5bmNlZBADEgoKBnBhdXNlZBAEEgkKBWVycm9yEAUSFgoScGVuZGluZ19yZWJhY2tmaWxsEAYiOAoIU3luY01vZGUiLAoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABIJCgViYXRjaBABEgcKA2NkYxACIkMKCkNvbHVtblJvbGUiNQoFVmFsdWUSDwoLdW5zcGVjaWZpZWQQABINCgllbWJlZGRpbmcQARIMCghtZXRhZGF0YRACIkYKEUVtYmVkZGluZ1N0cmF0ZWd5IjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIc3RhbmRhcmQQARIJCgViYXRjaBACIkoKC0luZGV4U3RhdHVzIjsKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIYnVpbGRpbmcQARIJCgVyZWFkeRACEggKBG5vbmUQAyJmCgpGaWx0ZXJUeXBlIlgKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHa2V5d29yZBABEgsKB2ludGVnZXIQAhIJCgVmbG9hdBADEgsKB2Jvb2xlYW4QBBIMCghkYXRldGltZRAFIk4KCFRhc2tUeXBlIkIKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASDAoIYmFja2ZpbGwQARIOCgpyZWJhY2tmaWxsEAIiBAgDEAMqBHN5bmMiagoJVGFza1BoYXNlIl0KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHcmVhZGluZxABEg0KCWVtYmVkZGluZxACEgsKB3dyaXRpbmcQAxIMCghpbmRleGluZxAEEgwKCHN3YXBwaW5nEAUiuQEKC1N0YXR1c0NhdXNlIqkBCgVWYWx1ZRIPCgt1bnNwZWNpZmllZBAAEhQKEGJhY2tmaWxsX3N0YXJ0ZWQQARIWChJiYWNrZmlsbF9jb21wbGV0ZWQQAhIKCgZwYXVzZWQQAxILCgdyZXN1bWVkEAQSCQoFZXJyb3IQBRINCglyZWNvdmVyZWQQBhIWChJwZW5kaW5nX3JlYmFja2ZpbGwQBxILCgdzd2FwcGVkEAgSCQoFb3RoZXIQCSJbCgpUYXNrU3RhdHVzIk0KBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCwoHcGVuZGluZxABEgsKB3J1bm5pbmcQAhINCgljb21wbGV0ZWQQAxIKCgZmYWlsZWQQBCI/CgpQZXJtaXNzaW9uIjEKBVZhbHVlEg8KC3Vuc3BlY2lmaWVkEAASCAoEZnVsbBABEg0KCXJlYWRfb25seRACYgZwcm90bzM");
 
 /**
  * Where a vector table keeps its vectors.
@@ -672,6 +672,63 @@ export const EmbeddingStrategy_ValueSchema: GenEnum<EmbeddingStrategy_Value> = /
   enumDesc(file_embedd_v1_values, 10, 0);
 
 /**
+ * A vector table's ANN index.
+ *
+ * @generated from message embedd.v1.IndexStatus
+ */
+export type IndexStatus = Message<"embedd.v1.IndexStatus"> & {
+};
+
+/**
+ * Describes the message embedd.v1.IndexStatus.
+ * Use `create(IndexStatusSchema)` to create a new message.
+ */
+export const IndexStatusSchema: GenMessage<IndexStatus> = /*@__PURE__*/
+  messageDesc(file_embedd_v1_values, 11);
+
+/**
+ * The index's state.
+ *
+ * @generated from enum embedd.v1.IndexStatus.Value
+ */
+export enum IndexStatus_Value {
+  /**
+   * Not known (the table was never filled).
+   *
+   * @generated from enum value: unspecified = 0;
+   */
+  unspecified = 0,
+
+  /**
+   * Being built after the fill: the table already answers queries, exactly (correct,
+   * slower), and sync cycles keep applying changes.
+   *
+   * @generated from enum value: building = 1;
+   */
+  building = 1,
+
+  /**
+   * Built: queries use it where it pays.
+   *
+   * @generated from enum value: ready = 2;
+   */
+  ready = 2,
+
+  /**
+   * No ANN index: the vectors are too wide for one (queries rank exactly).
+   *
+   * @generated from enum value: none = 3;
+   */
+  none = 3,
+}
+
+/**
+ * Describes the enum embedd.v1.IndexStatus.Value.
+ */
+export const IndexStatus_ValueSchema: GenEnum<IndexStatus_Value> = /*@__PURE__*/
+  enumDesc(file_embedd_v1_values, 11, 0);
+
+/**
  * How a metadata column is typed for filtering.
  *
  * @generated from message embedd.v1.FilterType
@@ -684,7 +741,7 @@ export type FilterType = Message<"embedd.v1.FilterType"> & {
  * Use `create(FilterTypeSchema)` to create a new message.
  */
 export const FilterTypeSchema: GenMessage<FilterType> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 11);
+  messageDesc(file_embedd_v1_values, 12);
 
 /**
  * The filter type.
@@ -739,7 +796,7 @@ export enum FilterType_Value {
  * Describes the enum embedd.v1.FilterType.Value.
  */
 export const FilterType_ValueSchema: GenEnum<FilterType_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 11, 0);
+  enumDesc(file_embedd_v1_values, 12, 0);
 
 /**
  * The kind of work a task does.
@@ -754,7 +811,7 @@ export type TaskType = Message<"embedd.v1.TaskType"> & {
  * Use `create(TaskTypeSchema)` to create a new message.
  */
 export const TaskTypeSchema: GenMessage<TaskType> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 12);
+  messageDesc(file_embedd_v1_values, 13);
 
 /**
  * The task kind.
@@ -788,7 +845,7 @@ export enum TaskType_Value {
  * Describes the enum embedd.v1.TaskType.Value.
  */
 export const TaskType_ValueSchema: GenEnum<TaskType_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 12, 0);
+  enumDesc(file_embedd_v1_values, 13, 0);
 
 /**
  * What a running task is doing.
@@ -803,7 +860,7 @@ export type TaskPhase = Message<"embedd.v1.TaskPhase"> & {
  * Use `create(TaskPhaseSchema)` to create a new message.
  */
 export const TaskPhaseSchema: GenMessage<TaskPhase> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 13);
+  messageDesc(file_embedd_v1_values, 14);
 
 /**
  * The task phase.
@@ -858,7 +915,7 @@ export enum TaskPhase_Value {
  * Describes the enum embedd.v1.TaskPhase.Value.
  */
 export const TaskPhase_ValueSchema: GenEnum<TaskPhase_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 13, 0);
+  enumDesc(file_embedd_v1_values, 14, 0);
 
 /**
  * Why a vector table's sync status changed (or, for a swap, its vectors).
@@ -873,7 +930,7 @@ export type StatusCause = Message<"embedd.v1.StatusCause"> & {
  * Use `create(StatusCauseSchema)` to create a new message.
  */
 export const StatusCauseSchema: GenMessage<StatusCause> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 14);
+  messageDesc(file_embedd_v1_values, 15);
 
 /**
  * The cause.
@@ -956,7 +1013,7 @@ export enum StatusCause_Value {
  * Describes the enum embedd.v1.StatusCause.Value.
  */
 export const StatusCause_ValueSchema: GenEnum<StatusCause_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 14, 0);
+  enumDesc(file_embedd_v1_values, 15, 0);
 
 /**
  * The state of a task.
@@ -971,7 +1028,7 @@ export type TaskStatus = Message<"embedd.v1.TaskStatus"> & {
  * Use `create(TaskStatusSchema)` to create a new message.
  */
 export const TaskStatusSchema: GenMessage<TaskStatus> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 15);
+  messageDesc(file_embedd_v1_values, 16);
 
 /**
  * The task state.
@@ -1019,7 +1076,7 @@ export enum TaskStatus_Value {
  * Describes the enum embedd.v1.TaskStatus.Value.
  */
 export const TaskStatus_ValueSchema: GenEnum<TaskStatus_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 15, 0);
+  enumDesc(file_embedd_v1_values, 16, 0);
 
 /**
  * What an API key may do.
@@ -1034,7 +1091,7 @@ export type Permission = Message<"embedd.v1.Permission"> & {
  * Use `create(PermissionSchema)` to create a new message.
  */
 export const PermissionSchema: GenMessage<Permission> = /*@__PURE__*/
-  messageDesc(file_embedd_v1_values, 16);
+  messageDesc(file_embedd_v1_values, 17);
 
 /**
  * The permission level.
@@ -1068,5 +1125,5 @@ export enum Permission_Value {
  * Describes the enum embedd.v1.Permission.Value.
  */
 export const Permission_ValueSchema: GenEnum<Permission_Value> = /*@__PURE__*/
-  enumDesc(file_embedd_v1_values, 16, 0);
+  enumDesc(file_embedd_v1_values, 17, 0);
 

@@ -1,0 +1,142 @@
+"""The ANN index as a phase of its own (docs/indexes.md): a table is synced and answers queries
+once every row is written, sync cycles go on during the index build, and the index is built
+concurrently; an interrupted concurrent build leaves nothing a later one trips over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+from embedd_server import app
+from embedd_server.sinks.pgvector import PgVectorTable
+
+from tests.conftest import PRODUCT_ROWS, UserDb
+from tests.harness import Org, wait_for
+from tests.integration.test_vector_tables import create_vt, wait_synced
+from tests.modes import StoreView
+
+
+async def _status(org: Org, vt_id: str) -> dict[str, Any]:
+    return (await org.http("GET", f"/v1/vector-tables/{vt_id}/sync/status")).json()  # type: ignore[no-any-return]
+
+
+async def _valid_hnsw(conn: asyncpg.Connection[Any], ref: str) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = to_regclass($1) AND a.amname = 'hnsw'"
+            " AND i.indisvalid)",
+            f'"{ref}"',
+        )
+    )
+
+
+async def test_a_table_is_queryable_and_syncs_while_its_index_builds(
+    org: Org, user_db: UserDb, service: app.Service
+) -> None:
+    made = await create_vt(org, user_db, sync_interval_seconds=1)
+    ref = made["platform_vector_ref"]
+    # A transaction with an old snapshot holds every CREATE INDEX CONCURRENTLY at its last
+    # wait ("waiting for old snapshots"): the build cannot finish while it is open.
+    blocker = await asyncpg.connect(user_db.owner_dsn)
+    owner = await asyncpg.connect(user_db.owner_dsn)
+    original = await owner.fetchval("SELECT description FROM products WHERE id = 17")
+    try:
+        tx = blocker.transaction(isolation="repeatable_read")
+        await tx.start()
+        await blocker.fetchval("SELECT count(*) FROM products")
+        task = (await org.http("POST", f"/v1/vector-tables/{made['id']}/backfill")).json()
+        status = await wait_synced(org, made["id"], indexed=False)
+        assert status["sync_status"] == "synced" and status["synced_rows"] == PRODUCT_ROWS
+        assert status["index_status"] == "building" and 0 <= status.get("index_progress", 0) <= 1
+        running = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
+        assert running["status"] == "running" and running["phase"] == "indexing"
+        assert not await _valid_hnsw(owner, ref)
+
+        async def built_and_waiting() -> bool:  # the build is done; CIC waits for the blocker
+            got = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
+            return bool(got["progress"].get("phase_progress", 0) >= 0.99)
+
+        await wait_for(built_and_waiting, what="the task's phase progress")
+        index_progress = (await _status(org, made["id"]))["index_progress"]
+        assert 0.99 <= index_progress < 1, index_progress
+        # Queries answer meanwhile (exactly: there is no index to use).
+        r = await org.http(
+            "POST", f"/v1/vector-tables/{made['id']}/query", {"query": "warm jacket", "limit": 5}
+        )
+        assert r.status_code == 200 and len(r.json()["results"]) == 5
+        # And sync cycles apply changes during the build.
+        await owner.execute("UPDATE products SET description = 'changed while indexing' WHERE id = 17")
+        view = StoreView(service, user_db, made)
+        await wait_for(
+            lambda: _text_ends(view, "17", "changed while indexing"),
+            what="the update applied during the build",
+        )
+        assert (await _status(org, made["id"]))["index_status"] == "building"
+        await tx.rollback()
+        final = await wait_synced(org, made["id"])
+        assert final["index_status"] == "ready" and "index_progress" not in final
+        assert await _valid_hnsw(owner, ref)
+        done = (await org.http("GET", f"/v1/tasks/{task['task_id']}")).json()
+        assert done["status"] == "completed"
+    finally:
+        await owner.execute("UPDATE products SET description = $1 WHERE id = 17", original)
+        await blocker.close()
+        await owner.close()
+
+
+async def _text_ends(view: StoreView, pk: str, suffix: str) -> bool:
+    text = await view.text(pk)
+    return bool(text and text.endswith(suffix))
+
+
+async def test_an_interrupted_concurrent_build_is_dropped_and_built_again(user_db: UserDb) -> None:
+    """A CREATE INDEX CONCURRENTLY that is cancelled (its holder killed) leaves an invalid
+    index behind; the next build drops it and builds a valid one."""
+    table = PgVectorTable("public", "embedd_vt_cic_probe", 4)
+    owner = await asyncpg.connect(user_db.owner_dsn)
+    builder = await asyncpg.connect(user_db.owner_dsn)
+    blocker = await asyncpg.connect(user_db.owner_dsn)
+    try:
+        await table.create(owner, with_index=False)
+        await owner.execute(
+            f"INSERT INTO {table.qualified} (pk_value, embedding, embedded_text, metadata, row_hash)"
+            " SELECT g::text, '[1,2,3,4]', 't', '{}', 'h' FROM generate_series(1, 50) g"
+        )
+        tx = blocker.transaction(isolation="repeatable_read")
+        await tx.start()
+        await blocker.fetchval("SELECT 1")
+        build = asyncio.create_task(table.create_hnsw(builder, concurrently=True))
+        pid = builder.get_server_pid()
+
+        async def waiting() -> bool:
+            return bool(
+                await owner.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_progress_create_index WHERE pid = $1)", pid
+                )
+            )
+
+        await wait_for(waiting, what="the concurrent build to start")
+        await owner.execute("SELECT pg_cancel_backend($1)", pid)
+        with contextlib.suppress(asyncpg.QueryCanceledError):  # the build's own end: cancelled
+            await build
+        await tx.rollback()
+        invalid = await owner.fetchval(
+            "SELECT count(*) FROM pg_index WHERE indrelid = to_regclass($1) AND NOT indisvalid",
+            table.qualified,
+        )
+        assert invalid == 1 and not await table.has_hnsw(owner)
+        await table.create_hnsw(owner, concurrently=True)
+        assert await table.has_hnsw(owner)
+        remaining = await owner.fetchval(
+            "SELECT count(*) FROM pg_index WHERE indrelid = to_regclass($1) AND NOT indisvalid",
+            table.qualified,
+        )
+        assert remaining == 0
+    finally:
+        await blocker.close()
+        await builder.close()
+        await table.drop(owner)
+        await owner.close()
