@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install chromium run test test-faults lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-managed bench-paths bench-watch clean
+.PHONY: install chromium run test test-faults lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-remote bench-managed bench-paths bench-watch clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -109,6 +109,11 @@ bench-index: install
 # A backfill at a 60,000 tokens/min budget against its lower bound (docs/providers.md).
 bench-budget: install
 	$(PY) -m bench.bench_budget
+
+# 100k x 1,536 through the fake OpenAI at 0 and 150 ms: to synced, to index ready, recall,
+# and the budget case (docs/indexes.md).
+bench-remote: install
+	$(PY) -m bench.bench_remote
 
 # Managed mode: backfill into embedded Qdrant vs a raw qdrant-client load; query p50 and filtered recall.
 bench-managed: install

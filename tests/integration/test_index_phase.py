@@ -9,8 +9,12 @@ import contextlib
 from typing import Any
 
 import asyncpg
+import numpy as np
+import pytest
 from embedd_server import app
-from embedd_server.sinks.pgvector import PgVectorTable
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, register_vector_codec
+from embedd_server.sinks.pgvector_filters import CompiledFilter
+from embedd_server.sinks.pgvector_search import PgVectorSearch, run_search
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.harness import Org, wait_for
@@ -138,5 +142,43 @@ async def test_an_interrupted_concurrent_build_is_dropped_and_built_again(user_d
     finally:
         await blocker.close()
         await builder.close()
+        await table.drop(owner)
+        await owner.close()
+
+
+@pytest.mark.parametrize("halfvec", [True, False])
+async def test_queries_order_by_the_expression_the_index_covers(user_db: UserDb, halfvec: bool) -> None:
+    """New tables index `embedding::halfvec(d)` (docs/indexes.md), tables made before index the
+    vector: either way the HNSW query path is an index scan, and its scores are the exact
+    cosine of the stored vectors (the index only orders the candidates)."""
+    table = PgVectorTable("public", f"embedd_vt_kind_probe_{int(halfvec)}", 8, halfvec=halfvec)
+    owner = await asyncpg.connect(user_db.owner_dsn)
+    try:
+        await register_vector_codec(owner)
+        await table.create(owner, with_index=False)
+        rng = np.random.default_rng(7)
+        vectors = rng.normal(size=(500, 8)).astype(np.float32)
+        await owner.executemany(
+            f"INSERT INTO {table.qualified} (pk_value, embedding, embedded_text, metadata, row_hash)"
+            " VALUES ($1, $2, 't', '{}', 'h')",
+            [(str(i), v) for i, v in enumerate(encode_vectors(vectors))],
+        )
+        await table.create_hnsw(owner, concurrently=True)
+        (definition,) = [d for _, d, _ in await table.indexes(owner) if "USING hnsw" in d]
+        assert ("halfvec_cosine_ops" in definition) is halfvec, definition
+        query = vectors[3]
+        statement = PgVectorSearch(table).hnsw(
+            encode_vectors(query.reshape(1, -1))[0], CompiledFilter("TRUE"), 5, False
+        )
+        async with owner.transaction():
+            await owner.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await owner.fetch("EXPLAIN " + statement.sql, *statement.params))
+            hits = await run_search(owner, statement)
+        assert "Index Scan using" in plan and "_hnsw" in plan, plan
+        assert hits[0].id == "3"
+        exact = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
+        for hit in hits:
+            assert abs(hit.score - float(exact[int(hit.id)])) < 1e-5
+    finally:
         await table.drop(owner)
         await owner.close()

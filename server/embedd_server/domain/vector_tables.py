@@ -98,6 +98,11 @@ class VectorTableSpec:
     # Vectors to import instead of embedding (None: none), and how fills embed the rest.
     embedding_import: ImportSpec | None = None
     embedding_strategy: str = "standard"
+    # Platform mode's HNSW index over `embedding::halfvec(d)`: the same recall as over the
+    # vector, half the size, built faster (docs/indexes.md). Tables made before it index the
+    # vector itself up to 2,000 dimensions (a spec stored without the key), and keep that
+    # index through re-backfills: queries must order by the indexed expression.
+    hnsw_halfvec: bool = True
 
     @property
     def embedding_columns(self) -> list[ColumnSpec]:
@@ -111,12 +116,15 @@ class VectorTableSpec:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["columns"] = [asdict(c) for c in self.columns]
+        if not self.hnsw_halfvec:
+            del data["hnsw_halfvec"]  # as such specs were stored: their swap markers stay
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VectorTableSpec:
         data = dict(data)
         data["columns"] = tuple(ColumnSpec(**c) for c in data["columns"])
+        data.setdefault("hnsw_halfvec", False)
         if data.get("embedding_import") is not None:
             data["embedding_import"] = ImportSpec(**data["embedding_import"])
         return cls(**data)

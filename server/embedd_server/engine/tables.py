@@ -185,7 +185,9 @@ class TableManager:
             if completed.mode == "managed":
                 await self._stores.open(completed, ref, None).create()
                 return completed
-            target = PgVectorTable(completed.target_schema, ref, completed.embedding_dimensions)
+            target = PgVectorTable(
+                completed.target_schema, ref, completed.embedding_dimensions, halfvec=completed.hnsw_halfvec
+            )
             try:
                 async with conn.transaction():  # the table and its index, or nothing
                     await target.create(conn, with_index=True)

@@ -88,15 +88,18 @@ def metadata_expression(column: ColumnSpec) -> str | None:
 class PgVectorTable:
     """One physical vector table (`schema.name`) in the user's database."""
 
-    def __init__(self, schema: str, name: str, dimensions: int) -> None:
+    def __init__(self, schema: str, name: str, dimensions: int, *, halfvec: bool = False) -> None:
         self.schema = schema
         self.name = name
         self.dimensions = dimensions
         self.qualified = qualified(schema, name)
+        # HNSW over halfvec (VectorTableSpec.hnsw_halfvec), and always above 2,000 dimensions:
+        # pgvector indexes `vector` only up to there.
+        self.halfvec = halfvec or dimensions > HNSW_MAX_VECTOR_DIMS
 
     def vector_expression(self) -> str:
         """What the HNSW index covers; queries must order by the same expression."""
-        if self.dimensions > HNSW_MAX_VECTOR_DIMS:
+        if self.halfvec:
             return f"(embedding::halfvec({self.dimensions}))"
         return "embedding"
 
@@ -152,7 +155,7 @@ class PgVectorTable:
         the memory setting is the session's for the build, then reset)."""
         if self.dimensions > HNSW_MAX_HALFVEC_DIMS or await self.has_hnsw(conn):
             return  # too wide for HNSW even as halfvec (queries scan exactly), or built already
-        ops = "halfvec_cosine_ops" if self.dimensions > HNSW_MAX_VECTOR_DIMS else "vector_cosine_ops"
+        ops = "halfvec_cosine_ops" if self.halfvec else "vector_cosine_ops"
         create = (
             f"CREATE INDEX {'CONCURRENTLY ' if concurrently else ''}{quote_ident(self._index_name('hnsw'))}"
             f" ON {self.qualified} USING hnsw ({self.vector_expression()} {ops})"

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS, HNSW_MAX_VECTOR_DIMS
+from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS
 from embedd_server.sinks.pgvector import PgVectorTable, register_vector_codec
 from embedd_server.sinks.pgvector_filters import CompiledFilter
 
@@ -111,7 +111,7 @@ class PgVectorSearch:
 
     def hnsw(self, vector: bytes, where: CompiledFilter, limit: int, include_text: bool) -> SearchStatement:
         dims = self.table.dimensions
-        if dims > HNSW_MAX_VECTOR_DIMS:
+        if self.table.halfvec:
             order = f"{self.table.vector_expression()} <=> ($1::vector)::halfvec({dims})"
         else:
             order = f"{self.table.vector_expression()} <=> $1::vector"

@@ -63,7 +63,9 @@ class PgVectorStore:
     ) -> None:
         self.spec = spec
         self._ref = ref  # the live name, whichever table this store writes
-        self.table = PgVectorTable(spec.target_schema, name or ref, spec.embedding_dimensions)
+        self.table = PgVectorTable(
+            spec.target_schema, name or ref, spec.embedding_dimensions, halfvec=spec.hnsw_halfvec
+        )
         self._conn = conn
         self._reader = reader
         self.exact_threshold = exact_threshold
@@ -194,7 +196,12 @@ class PgVectorStore:
         return PgVectorStore(spec, self._ref, self._conn, name=f"{self._ref}_swap", reader=self._reader)
 
     def _old(self) -> PgVectorTable:
-        return PgVectorTable(self.spec.target_schema, f"{self._ref}_old", self.spec.embedding_dimensions)
+        return PgVectorTable(
+            self.spec.target_schema,
+            f"{self._ref}_old",
+            self.spec.embedding_dimensions,
+            halfvec=self.spec.hnsw_halfvec,
+        )
 
     def promoted(self) -> PgVectorStore:
         """After the rename the vectors are the live-named table."""
