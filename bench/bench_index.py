@@ -40,6 +40,8 @@ from embedd_server.devtools.demo_data import products
 from embedd_server.providers.local import lexical_vector
 from embedd_server.sinks.pgvector import encode_vectors, register_vector_codec
 
+from bench.bench_budget import budget_products
+from bench.bench_remote import phrases
 from bench.common import local_postgres
 
 K = 10
@@ -88,6 +90,14 @@ def lexical_set(rows: int, queries: int, dims: int) -> tuple[np.ndarray[Any, Any
         start = rnd.randrange(max(1, len(words) - 4))
         phrases.append("query " + " ".join(words[start : start + 4]))
     return data, np.vstack([lexical_vector(q, dims) for q in phrases]).astype(np.float32)
+
+
+def long_set(rows: int, queries: int, dims: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Rows like bench_remote's (descriptions lengthened with shared detail words: many
+    near-equal vectors) and its two-word queries."""
+    texts = [f"Product: {p.name}\nDescription: {p.description}" for p in budget_products(rows)]
+    data = np.vstack([lexical_vector(t, dims) for t in texts]).astype(np.float32)
+    return data, np.vstack([lexical_vector(q, dims) for q in phrases(queries)]).astype(np.float32)
 
 
 def clustered_set(rows: int, queries: int, dims: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
@@ -153,7 +163,16 @@ async def measure(
     }
 
 
-async def run(rows: int, queries: int, dims_list: list[int]) -> list[dict[str, Any]]:
+SETS = {"lexical": lexical_set, "clustered": clustered_set, "long": long_set}
+
+
+async def run(
+    rows: int,
+    queries: int,
+    dims_list: list[int],
+    sets: tuple[str, ...] = ("lexical", "clustered"),
+    kind_names: tuple[str, ...] = ("vector", "halfvec", "bit+rerank"),
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with local_postgres() as pg:
         conn = await asyncpg.connect(pg.superuser_dsn(direct=True))
@@ -165,11 +184,15 @@ async def run(rows: int, queries: int, dims_list: list[int]) -> list[dict[str, A
                 f" SET hnsw.ef_search = {EF_SEARCH}"
             )
             for dims in dims_list:
-                for name, make in (("lexical", lexical_set), ("clustered", clustered_set)):
+                for name, make in SETS.items():
+                    if name not in sets:
+                        continue
                     data, qs = make(rows, queries, dims)
                     truth = exact_top(data, qs)
                     await load(conn, data)
                     for kind in kinds(dims):
+                        if kind.name not in kind_names:
+                            continue
                         result = {"dims": dims, "vectors": name, **await measure(conn, kind, dims, qs, truth)}
                         print(json.dumps(result), flush=True)
                         results.append(result)
@@ -185,8 +208,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--dims", default="384,1536,3072")
+    parser.add_argument("--sets", default="lexical,clustered", help="of lexical, clustered, long")
+    parser.add_argument("--kinds", default="vector,halfvec,bit+rerank")
     args = parser.parse_args()
-    results = asyncio.run(run(args.rows, args.queries, [int(d) for d in args.dims.split(",")]))
+    dims = [int(d) for d in args.dims.split(",")]
+    results = asyncio.run(
+        run(args.rows, args.queries, dims, tuple(args.sets.split(",")), tuple(args.kinds.split(",")))
+    )
     print(json.dumps({"rows": args.rows, "queries": args.queries, "results": results}))
 
 

@@ -32,6 +32,10 @@ FILTER_FIRST_PARAM = 2
 # 2.4 ms, 100 0.92 / 2.8 ms, 128 0.94 / 3.2 ms, 200 0.97 / 4.4 ms. Recall >= 0.95 needs ~200.
 DEFAULT_EF_SEARCH = 200
 MAX_SCAN_TUPLES = 20_000
+# A halfvec index orders by distances of ~3 significant digits: among near-equal candidates
+# it may keep the wrong ones. It is asked for this many more, and they are re-ranked by the
+# exact distance of the stored vectors (docs/indexes.md, bench/bench_remote.py).
+HALFVEC_RERANK_EXTRA = 30
 # Cosine distance is at most 2. A zero vector's distance is NaN, which PostgreSQL sorts above
 # every number: this drops it (and NULL) instead of returning a NaN score.
 _VALID = "d <= 3"
@@ -115,10 +119,11 @@ class PgVectorSearch:
             order = f"{self.table.vector_expression()} <=> ($1::vector)::halfvec({dims})"
         else:
             order = f"{self.table.vector_expression()} <=> $1::vector"
+        candidates = limit + HALFVEC_RERANK_EXTRA if self.table.halfvec else limit
         sql = (
             f"{self._outer(include_text)} (SELECT {self._columns(include_text)}"
-            f" FROM {self.table.qualified} WHERE {where.sql} ORDER BY {order} LIMIT {int(limit)}) s"
-            f" WHERE {_VALID} ORDER BY d"
+            f" FROM {self.table.qualified} WHERE {where.sql} ORDER BY {order} LIMIT {int(candidates)}) s"
+            f" WHERE {_VALID} ORDER BY d LIMIT {int(limit)}"
         )
         return SearchStatement(sql, [vector, *where.params])
 
