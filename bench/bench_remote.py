@@ -14,6 +14,8 @@ text-embedding-3-small at 1,536 dimensions; POST backfill, then GetSyncStatus ev
                         built index) against an exact ranking of the stored vectors (numpy),
                         over `--queries` product phrases, at the last latency; a result is
                         a hit when its exact score reaches the 10th best (ties)
+  index_recall_without_rerank  the same on the same index in the index's own order (SQL,
+                        the service's session settings): what the halfvec re-rank adds
 
 and the budget case of bench/bench_budget.py (2,000 rows at 60,000 TPM):
 `budget_time_ratio` (the budget's lower bound / the time achieved) and `rate_429`.
@@ -28,6 +30,7 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,7 +39,8 @@ from embedd.v1 import query_pb2, sync_pb2, values_pb2
 from embedd_client import EmbeddClient
 from embedd_server.devtools.demo_data import products
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
-from embedd_server.sinks.pgvector import register_vector_codec
+from embedd_server.sinks.pgvector import encode_vectors, register_vector_codec
+from embedd_server.sinks.pgvector_search import prepare_query_connection
 
 from bench.bench_budget import DIMENSIONS, load_products, measure
 from bench.common import create_table, local_postgres, openai_provider, platform_connection, prepare_databases
@@ -64,8 +68,11 @@ async def stored_vectors(dsn: str, ref: str) -> tuple[list[str], np.ndarray[Any,
     return [r["pk_value"] for r in rows], matrix
 
 
+Answer = Callable[[str, np.ndarray[Any, Any]], Awaitable[list[str]]]
+
+
 async def recall(
-    client: EmbeddClient, fake: FakeProvider, vt_id: str, ids: list[str], matrix: np.ndarray[Any, Any], n: int
+    fake: FakeProvider, answer: Answer, ids: list[str], matrix: np.ndarray[Any, Any], n: int
 ) -> float:
     """A result is a hit when its exact score reaches the 10th best exact score: the fake's
     lexical vectors have ties, which any of the tied rows answers correctly (as bench_query)."""
@@ -75,11 +82,31 @@ async def recall(
         query = fake.expected(text, None, DIMENSIONS).astype(np.float32)
         scores = matrix @ query
         tenth = float(np.partition(-scores, K - 1)[K - 1]) * -1
+        found += sum(1 for pk in await answer(text, query) if scores[row_of[pk]] >= tenth - 1e-6)
+    return found / (K * n)
+
+
+def by_service(client: EmbeddClient, vt_id: str) -> Answer:
+    """QueryVectorTable: the service's query path (a halfvec index's candidates re-ranked)."""
+
+    async def answer(text: str, query: np.ndarray[Any, Any]) -> list[str]:
         response = await client.query.QueryVectorTable(
             query_pb2.QueryVectorTableRequest(vector_table_id=vt_id, query=text, limit=K)
         )
-        found += sum(1 for r in response.results if scores[row_of[r.id]] >= tenth - 1e-6)
-    return found / (K * n)
+        return [r.id for r in response.results]
+
+    return answer
+
+
+def by_index_order(conn: asyncpg.Connection[Any], ref: str) -> Answer:
+    """The index's own order, nothing re-ranked, on the same index and session settings."""
+    half = f"halfvec({DIMENSIONS})"
+    sql = f'SELECT pk_value FROM "{ref}" ORDER BY embedding::{half} <=> $1::vector::{half} LIMIT {K}'
+
+    async def answer(text: str, query: np.ndarray[Any, Any]) -> list[str]:
+        return [r["pk_value"] for r in await conn.fetch(sql, encode_vectors(query.reshape(1, -1))[0])]
+
+    return answer
 
 
 async def fill(rows: int, latency_s: float, queries: int) -> dict[str, float]:
@@ -117,15 +144,27 @@ async def fill(rows: int, latency_s: float, queries: int) -> dict[str, float]:
                 assert status.synced_rows == rows, status
                 assert synced_s is not None
                 ids, matrix = await stored_vectors(source, vt.platform_vector_ref)
-                got = await recall(client, fake, vt.id, ids, matrix, queries)
+                got = await recall(fake, by_service(client, vt.id), ids, matrix, queries)
+                conn = await asyncpg.connect(source)
+                try:
+                    await prepare_query_connection(conn)
+                    plain = await recall(
+                        fake, by_index_order(conn, vt.platform_vector_ref), ids, matrix, queries
+                    )
+                finally:
+                    await conn.close()
         finally:
             server.stop()
     ms = round(latency_s * 1000)
-    print(f"latency {ms} ms: synced {synced_s:.1f} s, index ready {index_s:.1f} s, recall@10 {got:.3f}")
+    print(
+        f"latency {ms} ms: synced {synced_s:.1f} s, index ready {index_s:.1f} s,"
+        f" recall@10 {got:.3f} (index order alone {plain:.3f})"
+    )
     return {
         f"synced_s_{ms}ms": round(synced_s, 1),
         f"index_ready_s_{ms}ms": round(index_s, 1),
         "index_recall": got,
+        "index_recall_without_rerank": plain,
     }
 
 

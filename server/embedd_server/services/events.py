@@ -75,6 +75,8 @@ def progress_to_proto(task: Task, rows_per_s: float, eta_seconds: float | None) 
         msg.eta_seconds = round(eta_seconds, 1)
     if task.last_error:
         msg.last_error = task.last_error
+    if task.phase_progress is not None and task.status == "running":
+        msg.phase_progress = task.phase_progress
     return msg
 
 

@@ -474,6 +474,7 @@ class BackfillProgress(_message.Message):
     ROWS_PER_S_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    PHASE_PROGRESS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """The task's identifier."""
     task_type: _values_pb2.TaskType.Value.ValueType
@@ -494,6 +495,10 @@ class BackfillProgress(_message.Message):
     """Estimated seconds to completion; absent when unknown (e.g. while indexing)."""
     last_error: _builtins.str
     """The last attempt's error; absent if none."""
+    phase_progress: _builtins.float
+    """The share of the current phase done (0 to 1) where it is measured: the index build of
+    the `indexing` phase. Absent otherwise.
+    """
     def __init__(
         self,
         *,
@@ -507,19 +512,24 @@ class BackfillProgress(_message.Message):
         rows_per_s: _builtins.float = ...,
         eta_seconds: _builtins.float | None = ...,
         last_error: _builtins.str | None = ...,
+        phase_progress: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "eta_seconds", b"eta_seconds", "last_error", b"last_error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "_phase_progress", b"_phase_progress", "eta_seconds", b"eta_seconds", "last_error", b"last_error", "phase_progress", b"phase_progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "eta_seconds", b"eta_seconds", "last_error", b"last_error", "phase", b"phase", "rows_failed", b"rows_failed", "rows_per_s", b"rows_per_s", "rows_processed", b"rows_processed", "rows_total", b"rows_total", "status", b"status", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds", "_last_error", b"_last_error", "_phase_progress", b"_phase_progress", "eta_seconds", b"eta_seconds", "last_error", b"last_error", "phase", b"phase", "phase_progress", b"phase_progress", "rows_failed", b"rows_failed", "rows_per_s", b"rows_per_s", "rows_processed", b"rows_processed", "rows_total", b"rows_total", "status", b"status", "task_id", b"task_id", "task_type", b"task_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__eta_seconds: _TypeAlias = _typing.Literal["eta_seconds"]  # noqa: Y015
     _WhichOneofArgType__eta_seconds: _TypeAlias = _typing.Literal["_eta_seconds", b"_eta_seconds"]  # noqa: Y015
     _WhichOneofReturnType__last_error: _TypeAlias = _typing.Literal["last_error"]  # noqa: Y015
     _WhichOneofArgType__last_error: _TypeAlias = _typing.Literal["_last_error", b"_last_error"]  # noqa: Y015
+    _WhichOneofReturnType__phase_progress: _TypeAlias = _typing.Literal["phase_progress"]  # noqa: Y015
+    _WhichOneofArgType__phase_progress: _TypeAlias = _typing.Literal["_phase_progress", b"_phase_progress"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__eta_seconds) -> _WhichOneofReturnType__eta_seconds | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__last_error) -> _WhichOneofReturnType__last_error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__phase_progress) -> _WhichOneofReturnType__phase_progress | None: ...
 
 Global___BackfillProgress: _TypeAlias = BackfillProgress  # noqa: Y015
 
