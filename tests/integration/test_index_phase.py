@@ -71,6 +71,10 @@ async def test_a_table_is_queryable_and_syncs_while_its_index_builds(
             "POST", f"/v1/vector-tables/{made['id']}/query", {"query": "warm jacket", "limit": 5}
         )
         assert r.status_code == 200 and len(r.json()["results"]) == 5
+        # Paused and resumed meanwhile, the table is synced again - not backfilling.
+        assert (await org.http("POST", f"/v1/vector-tables/{made['id']}/sync/pause")).status_code == 200
+        assert (await org.http("POST", f"/v1/vector-tables/{made['id']}/sync/resume")).status_code == 200
+        assert (await _status(org, made["id"]))["sync_status"] == "synced"
         # And sync cycles apply changes during the build.
         await owner.execute("UPDATE products SET description = 'changed while indexing' WHERE id = 17")
         view = StoreView(service, user_db, made)

@@ -34,6 +34,11 @@ def _spec(value: object) -> VectorTableSpec | None:
     return VectorTableSpec.from_json(json.loads(value) if isinstance(value, str) else value)  # type: ignore[arg-type]
 
 
+# A fill that has written every row and builds its index (docs/indexes.md): its table is
+# synced, sync cycles run, and a resumed table is synced rather than backfilling.
+_NOT_INDEXING = "NOT (t.task_type = 'backfill' AND t.phase IS NOT DISTINCT FROM 'indexing')"
+
+
 def _vt(r: asyncpg.Record) -> VectorTable:
     spec = _spec(r["spec"])
     assert spec is not None
@@ -217,7 +222,7 @@ class VectorTableStore:
         resumes that fill): a cycle would embed its missing rows behind the user's back, and
         again beside the backfill they ask for."""
         rows = await self._pool.fetch(
-            "UPDATE vector_tables SET sync_lease_owner = $1, sync_lease_epoch = sync_lease_epoch + 1,"
+            "UPDATE vector_tables SET sync_lease_owner = $1, sync_lease_epoch = sync_lease_epoch + 1,"  # noqa: S608 - a constant
             " sync_lease_expires_at = clock_timestamp() + make_interval(secs => $2)"
             " WHERE id IN (SELECT v.id FROM vector_tables v"
             "   WHERE v.sync_status IN ('synced', 'error') AND v.last_synced_at IS NOT NULL"
@@ -226,8 +231,7 @@ class VectorTableStore:
             # none while a fill is queued or running - but for its index build: the table
             # is synced by then, and changes go on (docs/indexes.md)
             "   AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id"
-            "                   AND t.status IN ('pending', 'running')"
-            "                   AND NOT (t.task_type = 'backfill' AND t.phase = 'indexing'))"
+            f"                   AND t.status IN ('pending', 'running') AND {_NOT_INDEXING})"
             "   ORDER BY v.next_sync_at NULLS FIRST FOR UPDATE SKIP LOCKED LIMIT $3)"
             " RETURNING *, clock_timestamp() AS claimed_at,"
             " extract(epoch FROM clock_timestamp() - last_delete_sweep_at)::float8 AS since_sweep_s",
@@ -262,9 +266,9 @@ class VectorTableStore:
         """The state sync resumes in, or None when the table was not paused. The next poll is
         due at once, so changes made while paused are applied now."""
         state: str | None = await self._pool.fetchval(
-            "UPDATE vector_tables v SET sync_status = CASE"
-            "   WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id AND t.status = 'running')"
-            "     THEN 'backfilling'"
+            "UPDATE vector_tables v SET sync_status = CASE"  # noqa: S608 - a constant
+            "   WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.target_id = v.id AND t.status = 'running'"
+            f"     AND {_NOT_INDEXING}) THEN 'backfilling'"
             "   WHEN pending_spec IS NOT NULL THEN 'pending_rebackfill'"
             "   WHEN last_synced_at IS NULL THEN 'pending'"
             "   ELSE 'synced' END,"
