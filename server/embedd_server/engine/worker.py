@@ -346,6 +346,8 @@ _CONNECTION_LOST = (
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
     asyncpg.IdleSessionTimeoutError,
+    # a pooled connection left mid-operation by a session that ended (store/db.acquire)
+    asyncpg.InternalClientError,
 )
 # The longest pause before a failed attempt is retried.
 MAX_RETRY_DELAY_S = 600.0

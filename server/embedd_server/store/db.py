@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -69,6 +69,21 @@ async def migrate(conn: asyncpg.Connection[Any] | PoolConnectionProxy[Any]) -> l
 
 async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
     return None
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: asyncpg.Pool[Any]) -> AsyncIterator[PoolConnectionProxy[Any]]:
+    """A pooled connection that is closed, not reused, when asyncpg finds it in the middle of
+    an operation that never ended (InternalClientError "another operation is in progress"):
+    a session the server ended mid-transaction - a restart, idle_in_transaction_session_timeout
+    - can come back from the pool in that state (asyncpg issue 784). The pool opens a new one;
+    the caller's attempt fails and is retried like any lost connection."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except asyncpg.InternalClientError:
+            conn.terminate()
+            raise
 
 
 async def create_pool(

@@ -23,7 +23,7 @@ from embedd_server.domain.leases import Lease, LeaseLost
 from embedd_server.domain.models import BatchProgress, Page, Task
 from embedd_server.domain.validation import PageRequest
 from embedd_server.domain.vector_tables import VectorTableSpec
-from embedd_server.store.db import Executor
+from embedd_server.store.db import Executor, acquire
 from embedd_server.store.paging import fetch_page
 
 # Tasks as the API shows them: with their provider batches counted (docs/batch.md).
@@ -262,7 +262,7 @@ class TaskLease:
     async def _fenced(self) -> AsyncIterator[Executor]:
         """A transaction in which the task is ours: its row stays locked (FOR UPDATE) until
         commit, so no claim can slip in between the check and the writes."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with acquire(self._pool) as conn, conn.transaction():
             held = await conn.fetchval(
                 "SELECT true FROM tasks WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3"
                 " AND status = 'running' FOR UPDATE",
