@@ -69,7 +69,7 @@ async def baseline(dsn: str, table: str, rows: int) -> float:
             VectorRow(r["pk"], encoded[i], r["text"], r["metadata"], r["row_hash"])
             for i, r in enumerate(fetched)
         ]
-        target = PgVectorTable("public", "baseline_vectors", 384)
+        target = PgVectorTable("public", "baseline_vectors", 384, halfvec=True)  # the server's index
         await target.create(conn, with_index=False)
         await register_vector_codec(conn)
         started = time.perf_counter()

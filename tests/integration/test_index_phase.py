@@ -155,13 +155,14 @@ async def test_queries_order_by_the_expression_the_index_covers(user_db: UserDb,
     """New tables index `embedding::halfvec(d)` (docs/indexes.md), tables made before index the
     vector: either way the HNSW query path is an index scan, and its scores are the exact
     cosine of the stored vectors (the index only orders the candidates)."""
-    table = PgVectorTable("public", f"embedd_vt_kind_probe_{int(halfvec)}", 8, halfvec=halfvec)
+    table = PgVectorTable("public", f"embedd_vt_kind_probe_{int(halfvec)}", 1024, halfvec=halfvec)
+    assert table.halfvec is halfvec
     owner = await asyncpg.connect(user_db.owner_dsn)
     try:
         await register_vector_codec(owner)
         await table.create(owner, with_index=False)
         rng = np.random.default_rng(7)
-        vectors = rng.normal(size=(500, 8)).astype(np.float32)
+        vectors = rng.normal(size=(500, 1024)).astype(np.float32)
         await owner.executemany(
             f"INSERT INTO {table.qualified} (pk_value, embedding, embedded_text, metadata, row_hash)"
             " VALUES ($1, $2, 't', '{}', 'h')",

@@ -37,7 +37,12 @@ def test_a_spec_stored_before_indexes_the_vector_and_hashes_as_before() -> None:
 
 
 def test_the_indexed_expression() -> None:
-    assert PgVectorTable("public", "t", 384, halfvec=True).vector_expression() == "(embedding::halfvec(384))"
-    assert PgVectorTable("public", "t", 384).vector_expression() == "embedding"
+    wide = PgVectorTable("public", "t", 1536, halfvec=True)
+    assert wide.vector_expression() == "(embedding::halfvec(1536))"
+    assert PgVectorTable("public", "t", 1536).vector_expression() == "embedding"  # a table made before
+    # narrow vectors keep the vector index: it recalled more at 384 for no gain in build time
+    assert PgVectorTable("public", "t", 384, halfvec=True).vector_expression() == "embedding"
+    assert PgVectorTable("public", "t", 1023, halfvec=True).vector_expression() == "embedding"
+    assert PgVectorTable("public", "t", 1024, halfvec=True).halfvec
     # above pgvector's 2,000-dimension limit for `vector`, halfvec whatever the spec says
     assert PgVectorTable("public", "t", 3072).vector_expression() == "(embedding::halfvec(3072))"

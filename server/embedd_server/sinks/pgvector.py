@@ -19,6 +19,7 @@ import numpy as np
 from pgvector import Vector
 
 from embedd_server.domain.vector_tables import (
+    HALFVEC_MIN_DIMS,
     HNSW_MAX_HALFVEC_DIMS,
     HNSW_MAX_VECTOR_DIMS,
     ColumnSpec,
@@ -93,9 +94,10 @@ class PgVectorTable:
         self.name = name
         self.dimensions = dimensions
         self.qualified = qualified(schema, name)
-        # HNSW over halfvec (VectorTableSpec.hnsw_halfvec), and always above 2,000 dimensions:
-        # pgvector indexes `vector` only up to there.
-        self.halfvec = halfvec or dimensions > HNSW_MAX_VECTOR_DIMS
+        # HNSW over halfvec where the spec chose it (VectorTableSpec.hnsw_halfvec) and the
+        # vectors are wide enough for it to pay, and always above 2,000 dimensions: pgvector
+        # indexes `vector` only up to there.
+        self.halfvec = (halfvec and dimensions >= HALFVEC_MIN_DIMS) or dimensions > HNSW_MAX_VECTOR_DIMS
 
     def vector_expression(self) -> str:
         """What the HNSW index covers; queries must order by the same expression."""
