@@ -39,7 +39,7 @@ from embedd.v1 import query_pb2, sync_pb2, values_pb2
 from embedd_client import EmbeddClient
 from embedd_server.devtools.demo_data import products
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
-from embedd_server.sinks.pgvector import encode_vectors, register_vector_codec
+from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, register_vector_codec
 from embedd_server.sinks.pgvector_search import prepare_query_connection
 
 from bench.bench_budget import DIMENSIONS, load_products, measure
@@ -100,8 +100,8 @@ def by_service(client: EmbeddClient, vt_id: str) -> Answer:
 
 def by_index_order(conn: asyncpg.Connection[Any], ref: str) -> Answer:
     """The index's own order, nothing re-ranked, on the same index and session settings."""
-    half = f"halfvec({DIMENSIONS})"
-    sql = f'SELECT pk_value FROM "{ref}" ORDER BY embedding::{half} <=> $1::vector::{half} LIMIT {K}'
+    indexed = PgVectorTable("public", ref, DIMENSIONS, halfvec=True).vector_expression()
+    sql = f'SELECT pk_value FROM "{ref}" ORDER BY {indexed} <=> $1::vector::halfvec({DIMENSIONS}) LIMIT {K}'
 
     async def answer(text: str, query: np.ndarray[Any, Any]) -> list[str]:
         return [r["pk_value"] for r in await conn.fetch(sql, encode_vectors(query.reshape(1, -1))[0])]

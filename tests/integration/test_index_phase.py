@@ -27,14 +27,7 @@ async def _status(org: Org, vt_id: str) -> dict[str, Any]:
 
 
 async def _valid_hnsw(conn: asyncpg.Connection[Any], ref: str) -> bool:
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = to_regclass($1) AND a.amname = 'hnsw'"
-            " AND i.indisvalid)",
-            f'"{ref}"',
-        )
-    )
+    return await PgVectorTable("public", ref, 384).has_hnsw(conn)  # valid indexes only
 
 
 async def test_a_table_is_queryable_and_syncs_while_its_index_builds(

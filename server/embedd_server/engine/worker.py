@@ -178,7 +178,7 @@ class Worker:
                 use_import=import_applies(vt.spec, first_fill=vt.last_synced_at is None),
                 set_phase=lease.set_phase,
                 written=functools.partial(_written, lease, vt.id),
-                index_progress=functools.partial(lease.index_progress, vt.id),
+                index_progress=lease.index_progress,
             )
             await _guard(job.run())
         return functools.partial(lease.complete_indexing, vt.id, index_status=job.index_status)

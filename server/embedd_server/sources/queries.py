@@ -1,5 +1,6 @@
 """The SQL that reads a source table: text to embed, typed metadata and a change hash, all
-computed inside the database (DESIGN.md section 3). Pure: builds SQL text and parameters.
+computed inside the database (docs/architecture.md, "The path of a row"). Pure: builds SQL
+text and parameters.
 
 Text to embed = embedding columns in ordinal order, each `name_prefix || value`, NULLs
 skipped, joined by a newline. Metadata = every mapped column, typed per filter type.

@@ -417,15 +417,11 @@ class TaskLease:
                 index_status="building",
             )
 
-    async def index_progress(self, vt_id: str, done: float) -> None:
-        """The index build's share done, for sync status and the task's watchers."""
+    async def index_progress(self, done: float) -> None:
+        """The index build's share done, for the task's watchers and sync status (which
+        reads it from here: store/vector_tables.py)."""
         async with self._fenced() as conn:
             await conn.execute("UPDATE tasks SET phase_progress = $2 WHERE id = $1", self.task.id, done)
-            await conn.execute(
-                "UPDATE vector_tables SET index_progress = $2 WHERE id = $1 AND index_status = 'building'",
-                vt_id,
-                done,
-            )
 
     async def complete_indexing(self, vt_id: str, *, index_status: str) -> None:
         """Completed once its index is built. The table has been synced since mark_written,
@@ -433,8 +429,7 @@ class TaskLease:
         async with self._fenced() as conn:
             await self._finish(conn, "completed", None)
             await conn.execute(
-                "UPDATE vector_tables SET index_status = $2, index_progress = NULL,"
-                " updated_at = clock_timestamp() WHERE id = $1",
+                "UPDATE vector_tables SET index_status = $2, updated_at = clock_timestamp() WHERE id = $1",
                 vt_id,
                 index_status,
             )
@@ -482,7 +477,7 @@ class TaskLease:
                 " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
                 " synced_rows = $3, total_rows = $4, last_synced_at = clock_timestamp(),"
                 " last_error = NULL, last_error_at = NULL, sync_failures = 0, sync_cursor = NULL,"
-                " rows_skipped = $5, index_status = $6, index_progress = NULL,"
+                " rows_skipped = $5, index_status = $6,"
                 " next_sync_at = clock_timestamp(), updated_at = clock_timestamp() WHERE id = $1",
                 vt_id,
                 json.dumps(spec.to_json()),
@@ -545,7 +540,7 @@ async def _mark_synced(
         " sync_status = CASE WHEN sync_status = 'paused' THEN 'paused' ELSE 'synced' END,"
         " synced_rows = $2, total_rows = $3, last_synced_at = clock_timestamp(),"
         " last_error = NULL, last_error_at = NULL, sync_failures = 0, rows_skipped = $4,"
-        " index_status = $5, index_progress = CASE WHEN $5 = 'building' THEN 0 END,"
+        " index_status = $5,"
         " next_sync_at = clock_timestamp()"
         " + make_interval(secs => (spec->>'sync_interval_seconds')::int),"
         " updated_at = clock_timestamp() WHERE id = $1",

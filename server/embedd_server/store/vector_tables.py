@@ -26,6 +26,12 @@ _STALENESS = (
     "CASE WHEN last_synced_at IS NOT NULL THEN"
     " greatest(0, extract(epoch FROM clock_timestamp() - last_synced_at))::float8 END AS staleness_s"
 )
+# The index build's share done while a fill builds it: the fill task's own phase progress
+# (read as a vector table `v`).
+_INDEX_PROGRESS = (
+    "(SELECT t.phase_progress FROM tasks t WHERE t.target_id = v.id AND t.status = 'running'"
+    " AND t.phase = 'indexing' LIMIT 1) AS index_progress"
+)
 
 
 def _spec(value: object) -> VectorTableSpec | None:
@@ -62,7 +68,7 @@ def _vt(r: asyncpg.Record) -> VectorTable:
         staleness_s=r.get("staleness_s"),
         rows_skipped=r["rows_skipped"],
         index_status=r["index_status"],
-        index_progress=r["index_progress"],
+        index_progress=r.get("index_progress"),
         rows_imported=r["rows_imported"],
         batch_tokens=r["batch_tokens"],
     )
@@ -136,7 +142,8 @@ class VectorTableStore:
 
     async def get(self, org_id: str, env_id: str, vt_id: str) -> VectorTable | None:
         row = await self._pool.fetchrow(
-            f"SELECT *, {_STALENESS} FROM vector_tables WHERE org_id = $1 AND env_id = $2 AND id = $3",  # noqa: S608 - a constant
+            f"SELECT v.*, {_STALENESS}, {_INDEX_PROGRESS} FROM vector_tables v"  # noqa: S608 - constants
+            " WHERE v.org_id = $1 AND v.env_id = $2 AND v.id = $3",
             org_id,
             env_id,
             vt_id,
@@ -166,7 +173,8 @@ class VectorTableStore:
         """The table, its latest backfill or re-backfill, and its latest event sequence, read
         together: the state a watch starts from and the sequence it is current to."""
         row = await self._pool.fetchrow(
-            f"SELECT v.*, {_STALENESS}, (SELECT to_jsonb(t) FROM tasks t WHERE t.target_id = v.id"  # noqa: S608 - a constant
+            f"SELECT v.*, {_STALENESS}, {_INDEX_PROGRESS},"  # noqa: S608 - constants
+            " (SELECT to_jsonb(t) FROM tasks t WHERE t.target_id = v.id"
             "   ORDER BY t.created_at DESC, t.id DESC LIMIT 1) AS latest_task"
             " FROM vector_tables v WHERE v.org_id = $1 AND v.env_id = $2 AND v.id = $3",
             org_id,

@@ -1,10 +1,9 @@
 -- The ANN index as its own phase after a fill: the table is synced (queryable, exactly) once
--- every row is written, and `index_status` says when the index is ready; `index_progress` is
--- the build's share done while it runs (pg_stat_progress_create_index).
+-- every row is written, and `index_status` says when the index is ready; the build's share
+-- done while it runs (pg_stat_progress_create_index) is the fill task's `phase_progress`.
 
 ALTER TABLE vector_tables
-    ADD COLUMN index_status text CHECK (index_status IN ('building', 'ready', 'none')),
-    ADD COLUMN index_progress double precision;
+    ADD COLUMN index_status text CHECK (index_status IN ('building', 'ready', 'none'));
 
 -- The share of a task's phase done, where it can be measured (the index build): a change of
 -- it is a progress event, coalesced with the one before like the row counts.
