@@ -18,8 +18,10 @@ from embedd_server.sinks.pgvector_search import PgVectorSearch, run_search
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.harness import Org, wait_for
-from tests.integration.test_vector_tables import create_vt, wait_synced
+from tests.integration.test_vector_tables import SEED_COLUMNS, create_vt, wait_synced
 from tests.modes import StoreView
+
+_RENAMED = [{**SEED_COLUMNS[0], "name_prefix": "Item: "}, *SEED_COLUMNS[1:]]
 
 
 async def _status(org: Org, vt_id: str) -> dict[str, Any]:
@@ -59,6 +61,15 @@ async def test_a_table_is_queryable_and_syncs_while_its_index_builds(
         await wait_for(built_and_waiting, what="the task's phase progress")
         index_progress = (await _status(org, made["id"]))["index_progress"]
         assert 0.99 <= index_progress < 1, index_progress
+        # A fill, or a change that needs one, is refused meanwhile, saying why and for how long.
+        for method, path, body in (
+            ("POST", f"/v1/vector-tables/{made['id']}/backfill", None),
+            ("PATCH", f"/v1/vector-tables/{made['id']}?update_mask=columns", {"columns": _RENAMED}),
+        ):
+            refused = await org.http(method, path, body)
+            error = refused.json()["error"]
+            assert refused.status_code == 409 and error["code"] == "backfill_in_progress", refused.text
+            assert "index is being built" in error["message"] and task["task_id"] in error["message"]
         # Queries answer meanwhile (exactly: there is no index to use).
         r = await org.http(
             "POST", f"/v1/vector-tables/{made['id']}/query", {"query": "warm jacket", "limit": 5}

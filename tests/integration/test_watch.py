@@ -84,6 +84,14 @@ def synced(event: Event) -> bool:
     return kind(event) == "status_change" and event["status_change"]["status"] == "synced"
 
 
+def fill_completed(task_type: str) -> Callable[[Event], bool]:
+    return lambda e: (
+        kind(e) == "progress"
+        and e["progress"]["task_type"] == task_type
+        and e["progress"]["status"] == "completed"
+    )
+
+
 def status_change(cause: str) -> Callable[[Event], bool]:
     return lambda e: kind(e) == "status_change" and e["status_change"]["cause"] == cause
 
@@ -501,7 +509,9 @@ async def test_a_rebackfill_is_watched_through_its_swap(org: Org, user_db: UserD
     vt = await create_vt(org, user_db, name="reembedded", source_table=source, columns=NAME_ONLY)
     await org.http("POST", f"/v1/vector-tables/{vt['id']}/backfill")
     async with grpc_watch(org, vt["id"]) as g:
-        await g.until(synced, "the first fill")
+        # Synced comes first; the fill ends once its index is built, and a column change
+        # waits for that (test_index_phase shows the 409 it gets meanwhile).
+        await g.until(fill_completed("backfill"), "the first fill and its index")
         renamed = [{"name": "name", "role": "embedding", "name_prefix": "Item: "}, NAME_ONLY[1]]
         r = await org.http("PATCH", f"/v1/vector-tables/{vt['id']}?update_mask=columns", {"columns": renamed})
         assert r.status_code == 200, r.text

@@ -95,27 +95,48 @@ async def insert_task(
     target_id: str,
     embedding_strategy: str | None = None,
 ) -> Task:
-    """A new pending task; `backfill_in_progress` while a fill is queued or running."""
-    try:
-        row = await conn.fetchrow(
-            "INSERT INTO tasks (id, org_id, env_id, task_type, target_id, embedding_strategy)"
-            " VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-            id,
-            org_id,
-            env_id,
-            task_type,
-            target_id,
-            embedding_strategy,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        raise ApiError(
+    """A new pending task; `backfill_in_progress` while a fill is queued or running. The
+    conflict is skipped rather than raised, so the transaction can still say which fill is in
+    the way - and whether it is only building the index of a table already synced."""
+    row = await conn.fetchrow(
+        "INSERT INTO tasks (id, org_id, env_id, task_type, target_id, embedding_strategy)"
+        " VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (target_id) WHERE status IN ('pending', 'running')"
+        "   AND task_type IN ('backfill', 'rebackfill') DO NOTHING RETURNING *",
+        id,
+        org_id,
+        env_id,
+        task_type,
+        target_id,
+        embedding_strategy,
+    )
+    if row is None:
+        raise await _fill_in_the_way(conn, target_id)
+    return task_from_row(row)
+
+
+async def _fill_in_the_way(conn: Executor, target_id: str) -> ApiError:
+    blocking = await conn.fetchrow(
+        "SELECT id, phase FROM tasks WHERE target_id = $1 AND status IN ('pending', 'running')"
+        " AND task_type IN ('backfill', 'rebackfill')",
+        target_id,
+    )
+    if blocking is not None and blocking["phase"] == "indexing":  # docs/indexes.md
+        return ApiError(
             Kind.CONFLICT,
             "backfill_in_progress",
-            "A backfill of this vector table is already queued or running. Watch it with "
-            "GET /v1/tasks?target_id=... and try again when it has finished.",
-        ) from exc
-    assert row is not None
-    return task_from_row(row)
+            f"Every row of this vector table is written and its index is being built (task "
+            f"{blocking['id']}; index_progress in GET /v1/vector-tables/{target_id}/sync/status). "
+            "Try again when index_status is ready.",
+        )
+    # None: the fill in the way ended after the insert saw it; asking again succeeds.
+    watch = f"GET /v1/tasks/{blocking['id']}" if blocking else f"GET /v1/tasks?target_id={target_id}"
+    return ApiError(
+        Kind.CONFLICT,
+        "backfill_in_progress",
+        "A backfill of this vector table is already queued or running. "
+        f"Watch it with {watch} and try again when it has finished.",
+    )
 
 
 class TaskStore:
