@@ -8,7 +8,7 @@ CLIENT := clients/python
 TS := clients/typescript
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install chromium run test test-faults lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-sync bench-index bench-budget bench-remote bench-managed bench-paths bench-watch clean
+.PHONY: install chromium run test test-faults lint typecheck gen gen-check proto-lint proto-breaking unit integration e2e bench-providers bench-backfill bench-query bench-query-ab bench-sync bench-index bench-budget bench-remote bench-managed bench-paths bench-watch clean
 
 # Installs the server, the client package (with the `embedd` command) and the dev tools into
 # .venv, both editable; redone when either pyproject.toml changes.
@@ -98,6 +98,10 @@ bench-backfill: install
 
 bench-query: install
 	$(PY) -m bench.bench_query
+
+# The query path of this tree against OTHER's (a git worktree of an earlier commit).
+bench-query-ab: install
+	$(PY) -m bench.bench_query_ab --other $(OTHER)
 
 bench-sync: install
 	$(PY) -m bench.bench_sync

@@ -9,8 +9,13 @@ query embeddings cached (each query text is sent once before timing), one client
 
   grpc   QueryVectorTable over gRPC
   rest   POST /v1/vector-tables/{id}/query through Envoy's transcoder
+  rest_raw  the same through Envoy from a minimal HTTP/1.1 client (bench.common.RawHttp):
+         httpx's own per-request cost left out
+  grpc_floor  a bare grpc.aio server answering the service's own response bytes, through the
+         same client (bench/grpc_floor.py): what grpc.aio costs with none of our code
   sql    the statements the engine issues for the same query (sinks.pgvector_search), run
-         directly with asyncpg on a connection made like the engine's
+         directly with asyncpg on a connection made like the engine's (statements prepared
+         once per connection; rows as asyncpg decodes them)
 
 for unfiltered queries, and over gRPC for price-window filters selecting ~1 % and ~0.1 % of
 the rows. `qps_rest` is 16 concurrent REST clients for a few seconds. Recall@10 is against an
@@ -21,11 +26,12 @@ engine's EXACT_THRESHOLD comes from (with a selective range filter PostgreSQL's 
 still serve the "hnsw" statement from the btree index), and a sweep of hnsw.ef_search where
 DEFAULT_EF_SEARCH comes from.
 
-Last line: {"grpc_p50_ms", "rest_p50_ms", "sql_p50_ms", "grpc_p99_ms", "rest_p99_ms",
-"sql_p99_ms", "qps_rest", "recall_unfiltered", "recall_filtered", "filtered_p50_ms",
-"filtered_full_page_share", "ratelimit_cost_p50_ms"}. `ratelimit_cost_p50_ms`: gRPC p50 of a
-server with rate limits on less that of one with them off (`EMBEDD_RATE_LIMITS_ENABLED=false`),
-two fresh servers on the same control plane, queries alternating between them.
+Last line: {"grpc_p50_ms", "rest_p50_ms", "rest_raw_p50_ms", "grpc_floor_p50_ms", "sql_p50_ms",
+"grpc_p99_ms", "rest_p99_ms", "sql_p99_ms", "qps_rest", "recall_unfiltered", "recall_filtered",
+"filtered_p50_ms", "filtered_full_page_share", "ratelimit_cost_p50_ms"}.
+`ratelimit_cost_p50_ms`: gRPC p50 of a server with rate limits on less that of one with them
+off (`EMBEDD_RATE_LIMITS_ENABLED=false`), two fresh servers on the same control plane, queries
+alternating between them.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from embedd_server.devtools.envoy import EnvoyProcess, render_config
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.domain.credentials import PgCredentials
 from embedd_server.domain.filters import parse_filters
+from embedd_server.engine.query import QUERY_STATEMENT_CACHE
 from embedd_server.network_policy import PERMISSIVE
 from embedd_server.providers.local import lexical_vector
 from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors
@@ -76,6 +83,7 @@ from google.protobuf import json_format
 from bench.common import (
     PRODUCT_COLUMNS,
     ROOT,
+    RawHttp,
     backfill,
     create_table,
     local_postgres,
@@ -150,6 +158,13 @@ async def load_source(dsn: str, rows: int) -> list[float]:
         return sorted(float(p[4]) for p in data)
     finally:
         await conn.close()
+
+
+def source_credentials(pg_port: int, password: str) -> PgCredentials:
+    """The bench's source database as the vector table's connection reads it."""
+    return PgCredentials(
+        host="127.0.0.1", port=pg_port, database="bench_source", user="bench_user", password=password
+    )
 
 
 async def fill(client: EmbeddClient, pg_port: int, password: str, rows: int) -> vector_table_pb2.VectorTable:
@@ -240,7 +255,7 @@ async def sweep(
                     started = time.perf_counter()
                     hits = await run_search(conn, stmt)
                     times.append((time.perf_counter() - started) * 1000)
-                    recalls.append(exact.recall(text, [h.id for h in hits], w))
+                    recalls.append(exact.recall(text, [h.pk for h in hits], w))
             line[f"{path}_p50_ms"] = round(statistics.median(times), 2)
             line[f"{path}_recall"] = round(statistics.mean(recalls), 3)
         rows.append(line)
@@ -262,7 +277,7 @@ async def ef_sweep(pool: asyncpg.Pool[Any], search: PgVectorSearch, exact: Exact
                 started = time.perf_counter()
                 hits = await run_search(conn, stmt)
                 times.append((time.perf_counter() - started) * 1000)
-                recalls.append(exact.recall(text, [h.id for h in hits], None))
+                recalls.append(exact.recall(text, [h.pk for h in hits], None))
             await conn.execute(session_settings())  # the pool's connections serve on
         line = {
             "ef_search": ef,
@@ -302,13 +317,7 @@ async def main(rows: int, n_queries: int) -> dict[str, Any]:
                     ) as http,
                 ):
                     vt = await fill(client, pg.backend_port, password, rows)
-                    creds = PgCredentials(
-                        host="127.0.0.1",
-                        port=pg.backend_port,
-                        database="bench_source",
-                        user="bench_user",
-                        password=password,
-                    )
+                    creds = source_credentials(pg.backend_port, password)
                     result = await measure(client, http, vt, creds, prices, n_queries)
                     result["ratelimit_cost_p50_ms"] = await rate_limit_cost(
                         control, key, api_key, vt.id, n_queries
@@ -405,7 +414,7 @@ async def measure(
     statements: list[SearchStatement] = [search.hnsw(v, compiled(None), LIMIT, False) for v in vectors]
 
     async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
-        return await connect(creds, policy=PERMISSIVE)
+        return await connect(creds, policy=PERMISSIVE, statement_cache_size=QUERY_STATEMENT_CACHE)
 
     async def no_reset(conn: asyncpg.Connection[Any]) -> None:
         return None
@@ -413,9 +422,25 @@ async def measure(
     pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
         connect=make, min_size=1, max_size=2, init=prepare_query_connection, reset=no_reset
     )
+    canned = await client.query.QueryVectorTable(grpc_request(texts[0], None))
+    floor = await asyncio.create_subprocess_exec(  # our own interpreter and module
+        sys.executable,
+        "-m",
+        "bench.grpc_floor",
+        canned.SerializeToString().hex(),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert floor.stdout is not None
+    floor_port = int(await floor.stdout.readline())
+    raw = await RawHttp.open(str(http.base_url))
+    raw_headers = {"Authorization": http.headers["Authorization"], "Content-Type": "application/json"}
+    bodies = [json.dumps({"query": t, "limit": LIMIT}).encode() for t in texts]
     try:
         grpc_ms: list[float] = []
         rest_ms: list[float] = []
+        rest_raw_ms: list[float] = []
+        floor_ms: list[float] = []
         sql_ms: list[float] = []
 
         async def via_grpc(i: int) -> None:
@@ -425,15 +450,28 @@ async def measure(
             r = await http.post(path, json={"query": texts[i % len(texts)], "limit": LIMIT})
             assert r.status_code == 200
 
-        async def via_sql(i: int) -> None:
+        async def via_rest_raw(i: int) -> None:
+            status, _ = await raw.post(path, bodies[i % len(bodies)], raw_headers)
+            assert status == 200
+
+        async def via_floor(i: int) -> None:
+            await floor_client.query.QueryVectorTable(grpc_request(texts[i % len(texts)], None))
+
+        async def via_sql(i: int) -> None:  # the rows as asyncpg decodes them: nothing of ours
+            statement = statements[i % len(statements)]
             async with pool.acquire() as conn:
-                await run_search(conn, statements[i % len(statements)])
+                await conn.fetch(statement.sql, *statement.params)
 
         rounds = 4
-        for _ in range(rounds):
-            grpc_ms += await timed(n_queries // rounds, via_grpc)
-            rest_ms += await timed(n_queries // rounds, via_rest)
-            sql_ms += await timed(n_queries // rounds, via_sql)
+        async with EmbeddClient(f"127.0.0.1:{floor_port}", "sk_floor") as floor_client:
+            await timed(50, via_floor)
+            await timed(50, via_rest_raw)
+            for _ in range(rounds):
+                grpc_ms += await timed(n_queries // rounds, via_grpc)
+                rest_ms += await timed(n_queries // rounds, via_rest)
+                rest_raw_ms += await timed(n_queries // rounds, via_rest_raw)
+                floor_ms += await timed(n_queries // rounds, via_floor)
+                sql_ms += await timed(n_queries // rounds, via_sql)
 
         # The filtered SQL the engine runs (probe + exact), for reference.
         async def filtered_sql(i: int) -> None:
@@ -465,6 +503,9 @@ async def measure(
         sweep_rows = await sweep(pool, search, prices, exact)
         ef_rows = await ef_sweep(pool, search, exact)
     finally:
+        await raw.aclose()
+        floor.kill()
+        await floor.wait()
         await pool.close()
 
     # A sanity check that the REST body is the gRPC one.
@@ -480,6 +521,8 @@ async def measure(
     return {
         "grpc_p50_ms": round(statistics.median(grpc_ms), 3),
         "rest_p50_ms": round(statistics.median(rest_ms), 3),
+        "rest_raw_p50_ms": round(statistics.median(rest_raw_ms), 3),
+        "grpc_floor_p50_ms": round(statistics.median(floor_ms), 3),
         "sql_p50_ms": round(statistics.median(sql_ms), 3),
         "grpc_p99_ms": round(pct(grpc_ms, 0.99), 3),
         "rest_p99_ms": round(pct(rest_ms, 0.99), 3),

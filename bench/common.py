@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,3 +154,33 @@ async def wait_task(client: EmbeddClient, task_id: str) -> task_pb2.Task:
             assert event.task.status == values_pb2.TaskStatus.completed, event
             return event.task
     raise AssertionError(f"the progress stream of {task_id} ended before the task did")
+
+
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client (one connection, one request at a time): what a
+    REST call costs the service and Envoy, without a Python HTTP library's own per-request
+    work (httpx spends ~0.5 ms a request here). Replies must carry Content-Length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self._reader, self._writer, self._host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> RawHttp:
+        parts = urllib.parse.urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None, url
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        return cls(reader, writer, parts.netloc)
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self._host}", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line)
+        length = int(next(v for k, v in fields.items() if k.lower() == b"content-length"))
+        return status, await self._reader.readexactly(length)
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        await self._writer.wait_closed()

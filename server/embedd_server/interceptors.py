@@ -19,6 +19,8 @@ metadata (Envoy passes them on as HTTP headers); a refused call answers RESOURCE
 The headers go out with the response, or with a stream's first message, never before: Envoy's
 transcoder passes a stream's headers on at once, as a 200, so a call refused before its first
 message (WatchTask of an unknown task) must end trailers-only to reach REST with its status.
+
+The wrapped handler of each method is built once and reused.
 """
 
 from __future__ import annotations
@@ -85,16 +87,27 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._auth = authenticator
         self._cursors = cursors
         self._limiter = limiter
+        # Method -> its wrapped handler. The servicers' handlers are fixed at start-up, and
+        # a method name only gets here once the server knows it (bounded by the API).
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: Handler, method: str) -> Handler:
         deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -110,10 +123,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler  # the API has no client-streaming RPCs
 
-    async def _enter(self, call: _Call, context: Context, method: str, request: Any) -> Principal:
+    async def _enter(self, call: _Call, metadata: dict[str, str], method: str, request: Any) -> Principal:
         """Authenticates the caller, counts the call and checks the request; raises an
         ApiError to answer."""
-        metadata = _metadata(context)
         principal = await self._auth.authenticate(metadata, method)
         set_principal(principal)
         structlog.contextvars.bind_contextvars(org_id=principal.org_id, env_id=principal.env_id)
@@ -138,10 +150,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def wrapper(request: Any, context: Context) -> Any:
             started = time.perf_counter()
-            request_id = _begin(context, method)
+            metadata = _metadata(context)
+            request_id = _begin(metadata, method)
             call = _Call()
             try:
-                principal = await self._enter(call, context, method, request)
+                principal = await self._enter(call, metadata, method, request)
                 response = self._leave(await behavior(request, context), method, principal)
                 await call.send_headers(context)
             except grpc.aio.AbortError:
@@ -157,10 +170,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap_stream(self, behavior: Streaming, method: str) -> Streaming:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
-            request_id = _begin(context, method)
+            metadata = _metadata(context)
+            request_id = _begin(metadata, method)
             call = _Call()
             try:
-                await self._enter(call, context, method, request)
+                await self._enter(call, metadata, method, request)
                 async for message in behavior(request, context):
                     await call.send_headers(context)
                     yield message
@@ -197,10 +211,10 @@ def _metadata(context: Context) -> dict[str, str]:
     return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
 
 
-def _begin(context: Context, method: str) -> str:
+def _begin(metadata: dict[str, str], method: str) -> str:
     """The call's request id, bound to every log line of the call: Envoy's x-request-id (or a
     gRPC client's own), else a new one. Fixed first, so that any answer carries it."""
-    given = _metadata(context).get("x-request-id", "")
+    given = metadata.get("x-request-id", "")
     request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=method)

@@ -184,12 +184,12 @@ async def test_queries_order_by_the_expression_the_index_covers(user_db: UserDb,
             plan = "\n".join(r[0] for r in await owner.fetch("EXPLAIN " + statement.sql, *statement.params))
             hits = await run_search(owner, statement)
         assert "Index Scan using" in plan and "_hnsw" in plan, plan
-        assert hits[0].id == "3" and len(hits) == 5  # halfvec: 35 candidates, re-ranked, 5 kept
-        distances = [h.distance for h in hits]
-        assert distances == sorted(distances)
+        assert hits[0].pk == "3" and len(hits) == 5  # halfvec: 35 candidates, re-ranked, 5 kept
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
         exact = vectors @ query / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(query))
         for hit in hits:
-            assert abs(hit.score - float(exact[int(hit.id)])) < 1e-5
+            assert abs(hit.score - float(exact[int(hit.pk)])) < 1e-5
     finally:
         await table.drop(owner)
         await owner.close()

@@ -346,6 +346,41 @@ async def test_repeated_queries_use_the_embedding_cache(shop: Shop, service: app
     assert engine.cache.misses == before + 1
 
 
+async def test_a_database_that_keeps_no_prepared_statements_is_queried_without_them(
+    shop: Shop, service: app.Service
+) -> None:
+    """Query connections prepare their statements once (one round trip a query instead of two).
+    A pooler in transaction mode (PgBouncer) loses them between transactions; that is played
+    here by deallocating them on every pooled connection. The query that meets it is answered
+    all the same, and that database's queries go without prepared statements from then on."""
+    if shop.mode == "managed":
+        pytest.skip("platform mode: the user's database")
+    engine = service.query_engine
+    assert engine is not None
+    body = {"query": "warm jacket for hiking", "limit": 3}
+    first = await query(shop.org, shop.seed.id, body)  # prepared by now
+    connection_id = (await shop.org.http("GET", f"/v1/vector-tables/{shop.seed.id}")).json()["connection_id"]
+    (key,) = [k for k in engine.pools.pools if k.startswith(f"{connection_id}:")]
+    pool = engine.pools.pools[key]
+    held = [await pool.acquire() for _ in range(pool.get_size())]
+    try:
+        for conn in held:
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements") > 0
+            await conn.execute("DEALLOCATE ALL")
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    try:
+        assert await query(shop.org, shop.seed.id, body) == first
+        assert key in engine.pools.unprepared and engine.pools.pools[key] is not pool
+        async with engine.pools.pools[key].acquire() as conn:
+            await query(shop.org, shop.seed.id, body)
+            assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
+    finally:
+        engine.pools.unprepared.discard(key)
+        await engine.pools.invalidate(key)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 INVALID: list[tuple[dict[str, Any], str]] = [

@@ -76,6 +76,34 @@ async def test_grpc_metadata_and_resource_exhausted(service: app.Service, org: O
             raise AssertionError("the third call of a 2 rpm organisation was admitted")
 
 
+async def test_a_call_admitted_then_refused_by_its_servicer_keeps_its_status_and_headers(
+    service: app.Service, org: Org
+) -> None:
+    """Counted, then refused by its servicer: REST gets the servicer's status and body with
+    the X-RateLimit-* headers, gRPC its status with ErrorInfo and the headers in trailers."""
+    small = await limited_org(service, org, 5)
+    missing = "conn_" + "0" * 16
+    for _ in range(2):
+        r = await small.http("GET", f"/v1/connections/{missing}")
+        status, code, _ = rest_error(r)
+        assert (status, code) == (404, "connection_not_found"), r.text
+        assert r.headers["x-ratelimit-limit"] == "5" and "x-ratelimit-remaining" in r.headers
+    async with small.client() as c:
+        call = c.connections.GetConnection(connection_pb2.GetConnectionRequest(connection_id=missing))
+        try:
+            await call
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            trailing = dict(err.trailing_metadata() or ())
+            assert trailing["x-ratelimit-limit"] == "5"
+            status = status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+            info = error_details_pb2.ErrorInfo()
+            status.details[0].Unpack(info)
+            assert info.reason == "connection_not_found"
+        else:
+            raise AssertionError("an unknown connection was found")
+
+
 async def test_health_checks_are_exempt_and_streams_count_once(service: app.Service, org: Org) -> None:
     small = await limited_org(service, org, 5)
     async with grpc.aio.insecure_channel(small.grpc_target) as channel:

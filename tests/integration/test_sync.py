@@ -277,6 +277,13 @@ async def test_rebackfill_swaps_atomically_under_a_query_loop(
     assert stats["queries"] > 20 and stats["failed"] == 0 and stats["empty"] == 0, (stats, queries.errors[:3])
     now = await view.rows()
     assert len(now) == ROWS and now["1"].text == "Item: item 1\nbody of item 1"
+    # Queries answer from the swapped-in table (platform mode: through statements prepared
+    # before the swap, which PostgreSQL analyses again by name).
+    r = await org.http(
+        "POST", f"/v1/vector-tables/{vt_id}/query", {"query": "item", "include_embedded_text": True}
+    )
+    assert r.status_code == 200 and r.json()["results"], r.text
+    assert all(hit["embedded_text"].startswith("Item: ") for hit in r.json()["results"])
     if mode == "platform":
         leftovers = await owner.fetchval(
             "SELECT count(*) FROM pg_class WHERE relname IN ($1, $2)", f"{view.ref}_swap", f"{view.ref}_old"

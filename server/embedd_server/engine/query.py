@@ -121,11 +121,20 @@ async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
     their hnsw session settings, which must survive (open transactions are still rolled back)."""
 
 
+# asyncpg's own default. A query's statements are few (by path, filter shape and page size),
+# so each is prepared once per connection: one round trip a statement instead of two
+# (Parse/Describe, then Bind/Execute). A re-backfill's swap renames tables under them, which
+# PostgreSQL answers by analysing a prepared statement again, by name (docs/query-path.md).
+QUERY_STATEMENT_CACHE = 100
+# Named prepared statements the user's database cannot keep: a pooler in transaction mode.
+_UNPREPARED = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedStatementError)
+
+
 class UserPools:
     """A small asyncpg pool per connection (and credentials version), built on first use, the
     least recently used closed beyond `max_pools`. Connections are `sources.postgres.connect`'s
-    (no statement cache: re-backfill renames tables under live queries) with the vector codec
-    and the hnsw session settings."""
+    with the vector codec, the hnsw session settings and a statement cache - or none, for a
+    database that turned out not to keep prepared statements (`without_statement_cache`)."""
 
     def __init__(
         self,
@@ -142,6 +151,7 @@ class UserPools:
         self.pools: collections.OrderedDict[str, asyncpg.Pool[Any]] = collections.OrderedDict()
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        self.unprepared: set[str] = set()  # pool keys whose database refused prepared statements
 
     async def get(self, key: str, creds: PgCredentials) -> asyncpg.Pool[Any]:
         pool = self.pools.get(key)
@@ -151,16 +161,32 @@ class UserPools:
         async with self._lock:
             pool = self.pools.get(key)
             if pool is None:
-                pool = await self._create(creds)
+                cache = 0 if key in self.unprepared else QUERY_STATEMENT_CACHE
+                pool = await self._create(creds, cache)
                 self.pools[key] = pool
                 self._evict()
             return pool
 
-    async def _create(self, creds: PgCredentials) -> asyncpg.Pool[Any]:
+    async def without_statement_cache(self, key: str) -> None:
+        """From now on this database's queries go without named prepared statements."""
+        if key not in self.unprepared:
+            log.warning(
+                "the database refused named prepared statements (a pooler in transaction mode?);"
+                " its queries go without them from now on",
+                pool=key.split(":", 1)[0],
+            )
+            if len(self.unprepared) > 10_000:
+                self.unprepared.clear()
+            self.unprepared.add(key)
+        await self.invalidate(key)
+
+    async def _create(self, creds: PgCredentials, statement_cache: int) -> asyncpg.Pool[Any]:
         timeout, policy = self._timeout, self._policy
 
         async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
-            return await connect(creds, policy=policy, timeout_s=timeout)
+            return await connect(
+                creds, policy=policy, timeout_s=timeout, statement_cache_size=statement_cache
+            )
 
         pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
             connect=make,
@@ -210,14 +236,6 @@ class QueryRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class QueryResult:
-    id: str
-    score: float
-    metadata: dict[str, Any]
-    embedded_text: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Source:
     creds: PgCredentials
     pool_key: str
@@ -249,7 +267,7 @@ class QueryEngine:
     async def aclose(self) -> None:
         await self.pools.aclose()
 
-    async def query(self, vt: VectorTable, request: QueryRequest) -> list[QueryResult]:
+    async def query(self, vt: VectorTable, request: QueryRequest) -> list[Hit]:
         if vt.last_synced_at is None:
             raise not_ready(
                 f"Vector table {vt.id!r} has not been filled yet (sync_status {vt.sync_status!r}). "
@@ -271,11 +289,10 @@ class QueryEngine:
             hits = await self._search_platform(
                 vt, source=source, vector=vector, where=where, request=request, rows_hint=rows_hint
             )
-        return [
-            QueryResult(h.pk, h.score, h.metadata, h.embedded_text if request.include_embedded_text else None)
-            for h in hits
-            if request.min_score is None or h.score >= request.min_score
-        ]
+        # The stores return embedded text only when asked (include_text).
+        if request.min_score is None:
+            return hits
+        return [h for h in hits if h.score >= request.min_score]
 
     async def _search_managed(
         self, vt: VectorTable, vector: Vectors, where: Node, request: QueryRequest, rows_hint: int
@@ -314,7 +331,8 @@ class QueryEngine:
         rows_hint: int,
     ) -> list[Hit]:
         pool_key, creds = source.pool_key, source.creds
-        try:
+
+        async def search() -> list[Hit]:
             pool = await self.pools.get(pool_key, creds)
             async with pool.acquire() as conn:
                 store = self.stores.open(vt.spec, vt.platform_vector_ref, conn)
@@ -325,6 +343,13 @@ class QueryEngine:
                     include_text=request.include_embedded_text,
                     rows_hint=rows_hint,
                 )
+
+        try:
+            try:
+                return await search()
+            except _UNPREPARED:  # a read: asked again, without prepared statements
+                await self.pools.without_statement_cache(pool_key)
+                return await search()
         except asyncpg.DataError as exc:
             if "dimensions" in str(exc):
                 raise StaleTable(vt.id) from exc

@@ -115,7 +115,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         response = query_pb2.QueryVectorTableResponse()
         for r in results:
             # Vectors are float32: digits past the sixth are noise.
-            item = response.results.add(id=r.id, score=round(r.score, 6))
+            item = response.results.add(id=r.pk, score=round(r.score, 6))
             item.metadata.update(r.metadata)
             if r.embedded_text is not None:
                 item.embedded_text = r.embedded_text

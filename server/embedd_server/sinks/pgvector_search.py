@@ -16,6 +16,7 @@ Two paths, chosen by the engine from how many rows the filter selects
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -23,6 +24,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS
+from embedd_server.sinks.base import Hit
 from embedd_server.sinks.pgvector import PgVectorTable, register_vector_codec
 from embedd_server.sinks.pgvector_filters import CompiledFilter
 
@@ -59,19 +61,6 @@ async def prepare_query_connection(conn: asyncpg.Connection[Any]) -> None:
     """Pool `init` of a query connection: the vector codec and the session GUCs."""
     await register_vector_codec(conn)
     await conn.execute(session_settings())
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    id: str
-    distance: float
-    metadata: str  # the stored JSON object, as text
-    embedded_text: str | None
-
-    @property
-    def score(self) -> float:
-        """Cosine similarity."""
-        return 1.0 - self.distance
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,5 +123,6 @@ async def run_count(conn: Conn, statement: SearchStatement, cap: int) -> int:
 
 
 async def run_search(conn: Conn, statement: SearchStatement) -> list[Hit]:
+    """The hits as the engine answers them: score = cosine similarity, metadata parsed."""
     rows = await conn.fetch(statement.sql, *statement.params)
-    return [Hit(r["pk_value"], float(r["d"]), r["metadata"], r["embedded_text"]) for r in rows]
+    return [Hit(r["pk_value"], 1.0 - r["d"], json.loads(r["metadata"]), r["embedded_text"]) for r in rows]

@@ -15,7 +15,6 @@ so a holder that dies after the rename is finished by the next one instead of re
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -187,7 +186,7 @@ class PgVectorStore:
         hits = await run_search(self._conn, statement)
         if path == "hnsw" and len(hits) < limit:
             hits = await run_search(self._conn, search.exact(encoded, compiled, limit, include_text))
-        return [Hit(h.id, h.score, json.loads(h.metadata), h.embedded_text) for h in hits]
+        return hits
 
     # -- re-backfill -------------------------------------------------------------------------
 

@@ -17,11 +17,18 @@ _SERVER_SETTINGS = {"application_name": "embedd-sync", "TimeZone": "UTC"}
 
 
 async def connect(
-    creds: PgCredentials, *, policy: NetworkPolicy, timeout_s: float = 10.0, vector: bool = False
+    creds: PgCredentials,
+    *,
+    policy: NetworkPolicy,
+    timeout_s: float = 10.0,
+    vector: bool = False,
+    statement_cache_size: int = 0,
 ) -> asyncpg.Connection[Any]:
     """A connection as the connection's user, to an address the network `policy` allows
-    (`NetworkPolicyDenied` otherwise). Statement caching is off: vector tables are renamed
-    under live queries (re-backfill swap) and cached plans would point at the old relation."""
+    (`NetworkPolicyDenied` otherwise). Statement caching (named prepared statements) is off
+    unless asked for: a pooler in transaction mode (PgBouncer before 1.21, and after it unless
+    `max_prepared_statements` is set) cannot keep them. Only query pools ask for it, and fall
+    back without it (engine/query.py, docs/query-path.md)."""
     conn: asyncpg.Connection[Any] = await asyncpg.connect(
         host=await asyncio.wait_for(policy.pg_hosts(creds.host, creds.port), timeout_s),
         port=creds.port,
@@ -30,7 +37,7 @@ async def connect(
         database=creds.database,
         ssl=ssl_argument(creds.ssl_mode, server_name=creds.host),
         timeout=timeout_s,
-        statement_cache_size=0,
+        statement_cache_size=statement_cache_size,
         server_settings=_SERVER_SETTINGS,
     )
     if vector:
