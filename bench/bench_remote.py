@@ -40,7 +40,7 @@ from embedd_client import EmbeddClient
 from embedd_server.devtools.demo_data import products
 from embedd_server.devtools.serverproc import ServerProcess, create_org, new_secret_key
 from embedd_server.sinks.pgvector import PgVectorTable, encode_vectors, register_vector_codec
-from embedd_server.sinks.pgvector_search import prepare_query_connection
+from embedd_server.sinks.pgvector_search import ef_search_for, prepare_query_connection
 
 from bench.bench_budget import DIMENSIONS, load_products, measure
 from bench.common import create_table, local_postgres, openai_provider, platform_connection, prepare_databases
@@ -147,7 +147,7 @@ async def fill(rows: int, latency_s: float, queries: int) -> dict[str, float]:
                 got = await recall(fake, by_service(client, vt.id), ids, matrix, queries)
                 conn = await asyncpg.connect(source)
                 try:
-                    await prepare_query_connection(conn)
+                    await prepare_query_connection(conn, ef_search_for(DIMENSIONS))  # as the engine's
                     plain = await recall(
                         fake, by_index_order(conn, vt.platform_vector_ref), ids, matrix, queries
                     )

@@ -16,11 +16,13 @@ import aiohttp
 import asyncpg
 import numpy as np
 import pytest
+from embedd_server import app
 from embedd_server.domain.models import EmbeddingProvider, LearnedLimits
 from embedd_server.providers.base import Embedder, InputType
 from embedd_server.providers.http import RetryPolicy
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox
+from embedd_server.sinks.pgvector_search import ef_search_for
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.fakes.providers import FakeCompatible, FakeOpenAI
@@ -210,6 +212,56 @@ async def test_a_compatible_server_over_the_api(org: Org, user_db: UserDb) -> No
             assert max(server.counters.batch_sizes) == 16
         finally:
             await org.http("DELETE", f"/v1/vector-tables/{vt_id}")
+
+
+async def test_a_wide_table_is_queried_with_a_wider_beam(
+    org: Org, user_db: UserDb, service: app.Service
+) -> None:
+    """Tables of 1,024 dimensions and more are searched with hnsw.ef_search 400, narrower ones
+    with 200 (sinks/pgvector_search.ef_search_for): one query pool each, on the same database."""
+    wide_model, wide = "BAAI/bge-large-en-v1.5", 1024
+    engine = service.query_engine
+    assert engine is not None
+    async with FakeCompatible(models={wide_model: wide}) as server:
+        body = {"name": "tei-large", "provider": "openai", "default_model": wide_model}
+        made = await org.http(
+            "POST", "/v1/embedding-providers", {**body, "base_url": server.base_url, "dimensions": wide}
+        )
+        assert made.status_code == 200, made.text
+        conn = await org.http(
+            "POST",
+            "/v1/providers/postgresql/connections",
+            {"name": "src", "mode": "platform", "credentials": user_db.credentials()},
+        )
+        columns = [{"name": "name", "role": "embedding"}, {"name": "description", "role": "embedding"}]
+        vt = await org.http(
+            "POST",
+            "/v1/vector-tables",
+            {
+                "name": "wide",
+                "connection_id": conn.json()["id"],
+                "embedding_provider_id": made.json()["id"],
+                "source_table": "products",
+                "primary_key_column": "id",
+                "columns": columns,
+            },
+        )
+        assert vt.status_code == 200, vt.text
+        vt_id = vt.json()["id"]
+        try:
+            await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill")
+            assert (await wait_synced(org, vt_id, 60))["sync_status"] == "synced"
+            r = await org.http(
+                "POST", f"/v1/vector-tables/{vt_id}/query", {"query": "warm jacket", "limit": 3}
+            )
+            assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+            (variant,) = [v for v in engine.pools.pools if v[0].startswith(f"{conn.json()['id']}:")]
+            assert variant[1] == 400 == ef_search_for(wide) and ef_search_for(wide - 1) == 200
+            async with engine.pools.pools[variant].acquire() as c:
+                assert await c.fetchval("SHOW hnsw.ef_search") == "400"
+        finally:
+            await org.http("DELETE", f"/v1/vector-tables/{vt_id}")
+            await org.http("DELETE", f"/v1/connections/{conn.json()['id']}")
 
 
 async def test_limit_settings_are_checked_and_shown(org: Org) -> None:

@@ -360,8 +360,8 @@ async def test_a_database_that_keeps_no_prepared_statements_is_queried_without_t
     body = {"query": "warm jacket for hiking", "limit": 3}
     first = await query(shop.org, shop.seed.id, body)  # prepared by now
     connection_id = (await shop.org.http("GET", f"/v1/vector-tables/{shop.seed.id}")).json()["connection_id"]
-    (key,) = [k for k in engine.pools.pools if k.startswith(f"{connection_id}:")]
-    pool = engine.pools.pools[key]
+    (variant,) = [v for v in engine.pools.pools if v[0].startswith(f"{connection_id}:")]
+    key, pool = variant[0], engine.pools.pools[variant]
     held = [await pool.acquire() for _ in range(pool.get_size())]
     try:
         for conn in held:
@@ -372,8 +372,8 @@ async def test_a_database_that_keeps_no_prepared_statements_is_queried_without_t
             await pool.release(conn)
     try:
         assert await query(shop.org, shop.seed.id, body) == first
-        assert key in engine.pools.unprepared and engine.pools.pools[key] is not pool
-        async with engine.pools.pools[key].acquire() as conn:
+        assert key in engine.pools.unprepared and engine.pools.pools[variant] is not pool
+        async with engine.pools.pools[variant].acquire() as conn:
             await query(shop.org, shop.seed.id, body)
             assert await conn.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
     finally:

@@ -33,7 +33,7 @@ from embedd_server.providers.base import InputType, ProviderError, Vectors
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.sinks.base import Hit
-from embedd_server.sinks.pgvector_search import prepare_query_connection
+from embedd_server.sinks.pgvector_search import DEFAULT_EF_SEARCH, ef_search_for, prepare_query_connection
 from embedd_server.sources.postgres import connect
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 
@@ -131,10 +131,12 @@ _UNPREPARED = (asyncpg.InvalidSQLStatementNameError, asyncpg.DuplicatePreparedSt
 
 
 class UserPools:
-    """A small asyncpg pool per connection (and credentials version), built on first use, the
-    least recently used closed beyond `max_pools`. Connections are `sources.postgres.connect`'s
-    with the vector codec, the hnsw session settings and a statement cache - or none, for a
-    database that turned out not to keep prepared statements (`without_statement_cache`)."""
+    """A small asyncpg pool per connection (and credentials version) and hnsw.ef_search (a
+    database may hold tables of either width: sinks/pgvector_search.ef_search_for), built on
+    first use, the least recently used closed beyond `max_pools`. Connections are
+    `sources.postgres.connect`'s with the vector codec, the hnsw session settings and a
+    statement cache - or none, for a database that turned out not to keep prepared statements
+    (`without_statement_cache`)."""
 
     def __init__(
         self,
@@ -148,22 +150,25 @@ class UserPools:
         self._max_size = max_size
         self._max_pools = max_pools
         self._timeout = connect_timeout_s
-        self.pools: collections.OrderedDict[str, asyncpg.Pool[Any]] = collections.OrderedDict()
+        self.pools: collections.OrderedDict[tuple[str, int], asyncpg.Pool[Any]] = collections.OrderedDict()
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
         self.unprepared: set[str] = set()  # pool keys whose database refused prepared statements
 
-    async def get(self, key: str, creds: PgCredentials) -> asyncpg.Pool[Any]:
-        pool = self.pools.get(key)
+    async def get(
+        self, key: str, creds: PgCredentials, ef_search: int = DEFAULT_EF_SEARCH
+    ) -> asyncpg.Pool[Any]:
+        variant = (key, ef_search)
+        pool = self.pools.get(variant)
         if pool is not None:
-            self.pools.move_to_end(key)
+            self.pools.move_to_end(variant)
             return pool
         async with self._lock:
-            pool = self.pools.get(key)
+            pool = self.pools.get(variant)
             if pool is None:
                 cache = 0 if key in self.unprepared else QUERY_STATEMENT_CACHE
-                pool = await self._create(creds, cache)
-                self.pools[key] = pool
+                pool = await self._create(creds, cache, ef_search)
+                self.pools[variant] = pool
                 self._evict()
             return pool
 
@@ -180,7 +185,7 @@ class UserPools:
             self.unprepared.add(key)
         await self.invalidate(key)
 
-    async def _create(self, creds: PgCredentials, statement_cache: int) -> asyncpg.Pool[Any]:
+    async def _create(self, creds: PgCredentials, statement_cache: int, ef_search: int) -> asyncpg.Pool[Any]:
         timeout, policy = self._timeout, self._policy
 
         async def make(*_: object, **__: object) -> asyncpg.Connection[Any]:
@@ -193,7 +198,7 @@ class UserPools:
             min_size=1,
             max_size=self._max_size,
             max_inactive_connection_lifetime=120.0,
-            init=prepare_query_connection,
+            init=functools.partial(prepare_query_connection, ef_search=ef_search),
             reset=_no_reset,
         )
         return pool
@@ -213,9 +218,9 @@ class UserPools:
             pool.terminate()
 
     async def invalidate(self, key: str) -> None:
-        pool = self.pools.pop(key, None)
-        if pool is not None:
-            await self._close(pool)
+        """Closes every pool of this connection."""
+        for variant in [v for v in self.pools if v[0] == key]:
+            await self._close(self.pools.pop(variant))
 
     async def aclose(self) -> None:
         pools = list(self.pools.values())
@@ -333,7 +338,7 @@ class QueryEngine:
         pool_key, creds = source.pool_key, source.creds
 
         async def search() -> list[Hit]:
-            pool = await self.pools.get(pool_key, creds)
+            pool = await self.pools.get(pool_key, creds, ef_search_for(vt.spec.embedding_dimensions))
             async with pool.acquire() as conn:
                 store = self.stores.open(vt.spec, vt.platform_vector_ref, conn)
                 return await store.search(

@@ -8,8 +8,9 @@ Two paths, chosen by the engine from how many rows the filter selects
   ORDER BY to the HNSW index: recall 1.0 and `limit` rows whenever `limit` rows match.
 - hnsw: the HNSW index with `hnsw.iterative_scan = relaxed_order`, `hnsw.ef_search` and
   `hnsw.max_scan_tuples` (set once on every query connection: ef_search 200 covers twice the
-  largest page, 100), the filter applied during the scan; then re-sorted by exact distance
-  (relaxed order returns rows slightly out of order).
+  largest page, 100; 400 for vectors of 1,024 dimensions and more, `ef_search_for`), the
+  filter applied during the scan; then re-sorted by exact distance (relaxed order returns
+  rows slightly out of order).
 
 `count_sql` is the cheap, exact selectivity probe: it stops counting at the threshold.
 """
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from embedd_server.domain.vector_tables import HNSW_MAX_HALFVEC_DIMS
+from embedd_server.domain.vector_tables import HALFVEC_MIN_DIMS, HNSW_MAX_HALFVEC_DIMS
 from embedd_server.sinks.base import Hit
 from embedd_server.sinks.pgvector import PgVectorTable, register_vector_codec
 from embedd_server.sinks.pgvector_filters import CompiledFilter
@@ -31,8 +32,14 @@ from embedd_server.sinks.pgvector_filters import CompiledFilter
 # Filter parameters are numbered from here: $1 is the query vector (or the probe's limit).
 FILTER_FIRST_PARAM = 2
 # Measured on 100k x 384 (bench/bench_query.py, unfiltered recall@10 / SQL p50): ef 40 0.82 /
-# 2.4 ms, 100 0.92 / 2.8 ms, 128 0.94 / 3.2 ms, 200 0.97 / 4.4 ms. Recall >= 0.95 needs ~200.
+# 2.4 ms, 100 0.92 / 2.8 ms, 128 0.94 / 3.2 ms, 200 0.97 / 4.4 ms; a later build: 200 0.93 /
+# 4.4 ms, 300 0.951 / 5.5 ms, 400 0.959 / 7.2 ms. 200 is kept here for latency (docs/indexes.md).
 DEFAULT_EF_SEARCH = 200
+# Wide vectors (HALFVEC_MIN_DIMS and up: a halfvec index for new tables) need a wider beam.
+# On 100k x 1,536 rows that are nearly alike (bench-remote's), halfvec HNSW recall@10 through
+# this module's statement: ef 200 0.946 / 7.4 ms, 400 0.973 / 10.6 ms, 800 0.985 / 16.6 ms;
+# re-ranking 200 candidates instead of 40 changed nothing (docs/indexes.md).
+WIDE_EF_SEARCH = 400
 MAX_SCAN_TUPLES = 20_000
 # A halfvec index orders by distances of ~3 significant digits: among near-equal candidates
 # it may keep the wrong ones. It is asked for this many more, and they are re-ranked by the
@@ -48,6 +55,11 @@ else:
     Conn = Any
 
 
+def ef_search_for(dimensions: int) -> int:
+    """The query path's hnsw.ef_search for a table of these dimensions."""
+    return WIDE_EF_SEARCH if dimensions >= HALFVEC_MIN_DIMS else DEFAULT_EF_SEARCH
+
+
 def session_settings(ef_search: int = DEFAULT_EF_SEARCH, max_scan_tuples: int = MAX_SCAN_TUPLES) -> str:
     """Session GUCs of a query connection (pgvector 0.8: iterative_scan takes
     off | relaxed_order | strict_order). One simple-protocol statement."""
@@ -57,10 +69,10 @@ def session_settings(ef_search: int = DEFAULT_EF_SEARCH, max_scan_tuples: int = 
     )
 
 
-async def prepare_query_connection(conn: asyncpg.Connection[Any]) -> None:
+async def prepare_query_connection(conn: asyncpg.Connection[Any], ef_search: int = DEFAULT_EF_SEARCH) -> None:
     """Pool `init` of a query connection: the vector codec and the session GUCs."""
     await register_vector_codec(conn)
-    await conn.execute(session_settings())
+    await conn.execute(session_settings(ef_search))
 
 
 @dataclass(frozen=True, slots=True)
