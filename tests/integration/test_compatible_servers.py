@@ -28,7 +28,7 @@ from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.fakes.providers import FakeCompatible, FakeOpenAI
 from tests.harness import Org, rest_error
 from tests.integration.test_providers import sentence
-from tests.integration.test_vector_tables import wait_synced
+from tests.integration.test_vector_tables import seed_body, wait_synced
 
 MODEL, DIMS = "BAAI/bge-small-en-v1.5", 384
 # Quick retries; a 429 without Retry-After (TEI's "overloaded") pauses 50 ms.
@@ -233,18 +233,9 @@ async def test_a_wide_table_is_queried_with_a_wider_beam(
             "/v1/providers/postgresql/connections",
             {"name": "src", "mode": "platform", "credentials": user_db.credentials()},
         )
-        columns = [{"name": "name", "role": "embedding"}, {"name": "description", "role": "embedding"}]
+        changes = {"name": "wide", "embedding_model": wide_model, "embedding_dimensions": wide}
         vt = await org.http(
-            "POST",
-            "/v1/vector-tables",
-            {
-                "name": "wide",
-                "connection_id": conn.json()["id"],
-                "embedding_provider_id": made.json()["id"],
-                "source_table": "products",
-                "primary_key_column": "id",
-                "columns": columns,
-            },
+            "POST", "/v1/vector-tables", seed_body(conn.json()["id"], made.json()["id"], **changes)
         )
         assert vt.status_code == 200, vt.text
         vt_id = vt.json()["id"]
