@@ -14,9 +14,9 @@ import collections
 import functools
 import hashlib
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import numpy as np
@@ -33,11 +33,17 @@ from embedd_server.providers.base import InputType, ProviderError, Vectors
 from embedd_server.providers.registry import EmbedderRegistry
 from embedd_server.secretbox import SecretBox, open_credentials
 from embedd_server.sinks.base import Hit
-from embedd_server.sinks.pgvector_search import DEFAULT_EF_SEARCH, ef_search_for, prepare_query_connection
+from embedd_server.sinks.pgvector_search import (
+    DEFAULT_EF_SEARCH,
+    Conn,
+    ef_search_for,
+    prepare_query_connection,
+)
 from embedd_server.sources.postgres import connect
 from embedd_server.store.connections import ConnectionStore, EmbeddingProviderStore
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class StaleTable(Exception):
@@ -171,6 +177,22 @@ class UserPools:
                 self.pools[variant] = pool
                 self._evict()
             return pool
+
+    async def read(
+        self, key: str, creds: PgCredentials, ef_search: int, work: Callable[[Conn], Awaitable[T]]
+    ) -> T:
+        """`work` (reads only) on a connection of the pool; asked once more without prepared
+        statements when the database turns out not to keep them."""
+        try:
+            return await self._on(await self.get(key, creds, ef_search), work)
+        except _UNPREPARED:
+            await self.without_statement_cache(key)
+            return await self._on(await self.get(key, creds, ef_search), work)
+
+    @staticmethod
+    async def _on(pool: asyncpg.Pool[Any], work: Callable[[Conn], Awaitable[T]]) -> T:
+        async with pool.acquire() as conn:
+            return await work(conn)
 
     async def without_statement_cache(self, key: str) -> None:
         """From now on this database's queries go without named prepared statements."""
@@ -335,26 +357,18 @@ class QueryEngine:
         request: QueryRequest,
         rows_hint: int,
     ) -> list[Hit]:
-        pool_key, creds = source.pool_key, source.creds
+        pool_key = source.pool_key
 
-        async def search() -> list[Hit]:
-            pool = await self.pools.get(pool_key, creds, ef_search_for(vt.spec.embedding_dimensions))
-            async with pool.acquire() as conn:
-                store = self.stores.open(vt.spec, vt.platform_vector_ref, conn)
-                return await store.search(
-                    vector,
-                    where,
-                    request.limit,
-                    include_text=request.include_embedded_text,
-                    rows_hint=rows_hint,
-                )
+        async def search(conn: Conn) -> list[Hit]:
+            store = self.stores.open(vt.spec, vt.platform_vector_ref, conn)
+            return await store.search(
+                vector, where, request.limit, include_text=request.include_embedded_text, rows_hint=rows_hint
+            )
 
         try:
-            try:
-                return await search()
-            except _UNPREPARED:  # a read: asked again, without prepared statements
-                await self.pools.without_statement_cache(pool_key)
-                return await search()
+            return await self.pools.read(
+                pool_key, source.creds, ef_search_for(vt.spec.embedding_dimensions), search
+            )
         except asyncpg.DataError as exc:
             if "dimensions" in str(exc):
                 raise StaleTable(vt.id) from exc
