@@ -138,6 +138,18 @@ async def wait_for(
         await asyncio.sleep(0.02)
 
 
+async def task_ended(org: Org, task_id: str, within_s: float, *, what: str) -> dict[str, Any]:
+    """The task over REST once it is `completed` or `failed`."""
+    task: dict[str, Any] = {}
+
+    async def ended() -> bool:
+        task.update((await org.http("GET", f"/v1/tasks/{task_id}")).json())
+        return task["status"] in ("completed", "failed")
+
+    await wait_for(ended, within_s, what=what)
+    return task
+
+
 def lua_errors(log_text: str) -> list[str]:
     """The lines of an Envoy log written by its Lua filter (at `warn` level and above, which
     is what the tests run Envoy with: a Lua runtime error shows only there)."""

@@ -14,7 +14,7 @@ from embedd.v1 import sync_pb2, task_pb2, values_pb2
 
 from tests.conftest import PRODUCT_ROWS, UserDb
 from tests.fakes.providers import FakeOpenAI
-from tests.harness import Org, rest_error, wait_for
+from tests.harness import Org, rest_error, task_ended, wait_for
 
 KEY = "test-key"
 MODEL = "text-embedding-3-small"
@@ -76,15 +76,7 @@ async def backfill(org: Org, vt_id: str, body: dict[str, Any] | None = None) -> 
     """Queues a backfill and waits for it; the finished task."""
     r = await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill", body)
     assert r.status_code == 200, r.text
-    task_id = r.json()["task_id"]
-    task: dict[str, Any] = {}
-
-    async def done() -> bool:
-        task.update((await org.http("GET", f"/v1/tasks/{task_id}")).json())
-        return task["status"] in ("completed", "failed")
-
-    await wait_for(done, 60, what="the batch backfill")
-    return task
+    return await task_ended(org, r.json()["task_id"], 60, what="the batch backfill")
 
 
 async def product_texts(user_db: UserDb) -> dict[str, str]:
@@ -280,16 +272,12 @@ async def test_a_rebackfill_fills_its_replacement_through_the_batch_api(
     r = await org.http("PATCH", f"/v1/vector-tables/{vt['id']}?update_mask=columns", {"columns": columns})
     assert r.status_code == 200 and r.json()["sync_status"] == "pending_rebackfill", r.text
     tasks = (await org.http("GET", f"/v1/tasks?target_id={vt['id']}&status=pending")).json()["tasks"]
-    task: dict[str, Any] = {"id": tasks[0]["id"]} if tasks else {}
-    if not task:  # already claimed
+    if tasks:
+        task_id = tasks[0]["id"]
+    else:  # already claimed
         listed = (await org.http("GET", f"/v1/tasks?target_id={vt['id']}")).json()["tasks"]
-        task = next(t for t in listed if t["task_type"] == "rebackfill")
-
-    async def done() -> bool:
-        task.update((await org.http("GET", f"/v1/tasks/{task['id']}")).json())
-        return task["status"] in ("completed", "failed")
-
-    await wait_for(done, 60, what="the re-backfill")
+        task_id = next(t["id"] for t in listed if t["task_type"] == "rebackfill")
+    task = await task_ended(org, task_id, 60, what="the re-backfill")
     assert task["status"] == "completed" and task["embedding_strategy"] == "batch", task
     assert task["progress"]["batches_completed"] == BATCHES
     assert fake.batches.calls["POST /batches"] == 2 * BATCHES and fake.counters.requests == 0

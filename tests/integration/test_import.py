@@ -17,7 +17,8 @@ from embedd_server.providers.local import lexical_vector
 from pgvector.asyncpg import register_vector
 
 from tests.conftest import UserDb
-from tests.harness import Org, counting, grpc_error, rest_error, wait_for
+from tests.harness import Org, counting, grpc_error, rest_error, task_ended
+from tests.modes import connection
 
 ROWS = 10_000
 STALE = 100  # rows of the separate table whose recorded text is not the row's any more
@@ -85,21 +86,6 @@ async def gear(user_db: UserDb) -> AsyncIterator[str]:
         await conn.close()
 
 
-async def setup(org: Org, user_db: UserDb, mode: str) -> tuple[str, str]:
-    conn = await org.http(
-        "POST",
-        "/v1/providers/postgresql/connections",
-        {"name": "gear-db", "mode": mode, "credentials": user_db.credentials()},
-    )
-    emb = await org.http(
-        "POST",
-        "/v1/embedding-providers",
-        {"name": "local", "provider": "local", "default_model": "local-lexical-384"},
-    )
-    assert conn.status_code == 200 and emb.status_code == 200, (conn.text, emb.text)
-    return conn.json()["id"], emb.json()["id"]
-
-
 def body(conn_id: str, emb_id: str, name: str, **changes: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -118,14 +104,7 @@ async def fill(org: Org, vt_id: str) -> dict[str, Any]:
     """Backfills and waits; the completed task."""
     r = await org.http("POST", f"/v1/vector-tables/{vt_id}/backfill")
     assert r.status_code == 200, r.text
-    task_id = r.json()["task_id"]
-    task: dict[str, Any] = {}
-
-    async def done() -> bool:
-        task.update((await org.http("GET", f"/v1/tasks/{task_id}")).json())
-        return task["status"] in ("completed", "failed")
-
-    await wait_for(done, 120, what="the backfill")
+    task = await task_ended(org, r.json()["task_id"], 120, what="the backfill")
     assert task["status"] == "completed", task
     return task
 
@@ -187,7 +166,7 @@ async def test_imported_vectors_cost_no_provider_call_and_answer_like_fresh_ones
     vectors a fill from scratch stores and answer queries the same."""
     tables: dict[str, dict[str, Any]] = {}
     for mode in MODES:
-        conn_id, emb_id = await setup(org, user_db, mode)
+        conn_id, emb_id = await connection(org, user_db, mode)
         made = await org.http(
             "POST",
             "/v1/vector-tables",
@@ -233,7 +212,7 @@ async def test_a_separate_table_with_the_text_each_vector_was_made_from(
     """A halfvec column of another table, keyed by the same key: rows whose recorded text is
     not theirs any more, or that have no vector, are embedded; the rest are imported. Over
     gRPC."""
-    conn_id, emb_id = await setup(org, user_db, "platform")
+    conn_id, emb_id = await connection(org, user_db, "platform")
     spec = vector_table_pb2.VectorTable(
         name="separate",
         connection_id=conn_id,
@@ -329,7 +308,7 @@ async def test_an_import_that_does_not_fit_is_refused_at_create(
     code: str,
     field: str,
 ) -> None:
-    conn_id, emb_id = await setup(org, user_db, mode)
+    conn_id, emb_id = await connection(org, user_db, mode)
     got_status, got_code, err = rest_error(
         await org.http("POST", "/v1/vector-tables", body(conn_id, emb_id, "bad", embedding_import=imp))
     )
@@ -342,7 +321,7 @@ async def test_an_import_that_does_not_fit_is_refused_at_create(
 
 
 async def test_a_dimension_mismatch_over_grpc(org: Org, user_db: UserDb, gear: str) -> None:
-    conn_id, emb_id = await setup(org, user_db, "platform")
+    conn_id, emb_id = await connection(org, user_db, "platform")
     spec = vector_table_pb2.VectorTable(
         name="bad",
         connection_id=conn_id,
